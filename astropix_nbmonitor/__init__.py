@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .fmt import (
     HIT_DTYPE,
     AbstractAstroPixHit,
@@ -20,10 +22,30 @@ __all__ = [
     "HIT_DTYPE",
     "AbstractAstroPixHit",
     "AbstractAstroPixReadout",
+    "AbstractMonitor",
     "AstroPix4Hit",
     "AstroPix4Readout",
+    "AstroPix4SimpleMonitor",
     "BatchDecoder",
     "DecodingFlag",
     "MalformedReadoutError",
+    "SimulatedSource",
     "decode_batch",
 ]
+
+# The widget classes pull in ipywidgets and bqplot: import them on first use,
+# so that the command-line tools start fast.
+_LAZY = {
+    "AbstractMonitor": "monitor",
+    "AstroPix4SimpleMonitor": "monitor",
+    "SimulatedSource": "source",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
