@@ -396,6 +396,14 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
     def reset_histograms(self) -> None:
         """Clear the subclass's accumulators (called by :meth:`reset`)."""
 
+    def refresh(self) -> None:
+        """Update the counter traitlets and call :meth:`update_display` now.
+
+        The processing thread does this every ``refresh_interval``; call it
+        after feeding :meth:`process_batch` by hand (no threads).
+        """
+        self._refresh_safely()
+
     @property
     def port(self) -> int:
         """The UDP port (the one actually bound, when created with port 0)."""
@@ -678,8 +686,8 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
         ticks = list(range(0, self.NUM_ROWS, 5))
         fig_map.axes = [
             bqplot.Axis(scale=col_scale, label="column", tick_values=np.arange(0, self.NUM_COLS, 3)),
-            bqplot.Axis(scale=row_scale, orientation="vertical", label="row", tick_values=np.array(ticks)),
-            bqplot.ColorAxis(scale=self._color_scale, orientation="vertical", side="right", label="hits"),
+            bqplot.Axis(scale=row_scale, side="left", label="row", tick_values=np.array(ticks)),
+            bqplot.ColorAxis(scale=self._color_scale, side="right", label="hits"),
         ]
         fig_map.marks = [self.heatmap]
         fig_map.title = "Hit map"
@@ -699,7 +707,7 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
         )
         fig_tot.axes = [
             bqplot.Axis(scale=x_tot, label="TOT [us]"),
-            bqplot.Axis(scale=y_tot, orientation="vertical", label="hits", tick_format=".3~s"),
+            bqplot.Axis(scale=y_tot, side="left", label="hits", tick_format=".3~s"),
         ]
         fig_tot.marks = [self.tot_bars]
         fig_tot.title = "TOT spectrum"
@@ -717,7 +725,7 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
         )
         fig_rate.axes = [
             bqplot.Axis(scale=x_rate, label="seconds ago"),
-            bqplot.Axis(scale=y_rate, orientation="vertical", label="rate [1/s]", tick_format=".3~s"),
+            bqplot.Axis(scale=y_rate, side="left", label="rate [1/s]", tick_format=".3~s"),
         ]
         fig_rate.marks = [self.rate_lines]
         fig_rate.title = "Rates"

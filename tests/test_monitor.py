@@ -1,0 +1,347 @@
+"""The monitor widget: lifecycle, exact histograms over loopback, display state."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import astropix_nbmonitor.monitor as monitor_mod
+from astropix_nbmonitor.fmt import AstroPix4Readout, decode_batch
+from astropix_nbmonitor.hist import TOT_EDGES
+from astropix_nbmonitor.monitor import AbstractMonitor, AstroPix4SimpleMonitor
+from astropix_nbmonitor.sim import AstroPix4Simulator
+from astropix_nbmonitor.sock import AddressInUseError, MulticastSender
+
+MONITOR_THREADS = ("astropix-monitor-listener", "astropix-monitor-processing", "astropix-listener")
+
+
+def _monitor_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name in MONITOR_THREADS]
+
+
+def _wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def _send(port: int, records: list[bytes]) -> None:
+    """Send records over loopback in small bursts, so the kernel drops none."""
+    with MulticastSender("127.0.0.1", port) as sender:
+        for i, record in enumerate(records):
+            sender.send_data(record)
+            if i % 100 == 99:
+                time.sleep(0.0005)
+
+
+@pytest.fixture
+def monitor():
+    mon = AstroPix4SimpleMonitor(port=0)
+    yield mon
+    mon.close()
+    assert _monitor_threads() == []
+
+
+def _expected_maps(hits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    inside = hits[hits["column"] < 16]
+    hit_map = np.zeros((16, 35), dtype=np.int64)
+    np.add.at(hit_map, (inside["column"].astype(int), inside["row"].astype(int)), 1)
+    tot, _ = np.histogram(hits["tot_us"], bins=TOT_EDGES)
+    return hit_map, tot
+
+
+def _run_stream(mon: AstroPix4SimpleMonitor, records: list[bytes]) -> None:
+    mon.start(refresh_interval=0.05)
+    _send(mon.port, records)
+    _wait_for(lambda: mon.listener_stats().accepted >= len(records), what="every datagram")
+    mon.stop()
+
+
+def test_start_returns_self_at_once_and_stop_ends_every_thread(monitor):
+    assert monitor.start() is monitor
+    assert monitor.running
+    assert set(_monitor_threads()) == {"astropix-monitor-listener", "astropix-monitor-processing"}
+    monitor.stop()
+    assert not monitor.running
+    assert _monitor_threads() == []
+    # The port is free again: a plain socket can bind it.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", monitor.port))
+    monitor.stop()  # twice is harmless
+
+
+def test_stream_over_loopback_fills_exact_histograms_and_counters(monitor):
+    sim = AstroPix4Simulator(seed=11, hits_per_readout=2.0, chip_ids=(0,), faults={"out_of_matrix": 0.05, "ff_padding": 0.1})
+    run = sim.generate(3000)
+    _run_stream(monitor, run.records)
+    hits = decode_batch(run.records)
+    exp_map, exp_tot = _expected_maps(hits)
+    assert monitor.num_readouts == 3000
+    assert monitor.num_hits == len(hits)
+    assert np.array_equal(monitor.hit_map.values(), exp_map)
+    assert np.array_equal(monitor.tot_hist.values(), exp_tot)
+    assert monitor.tot_hist.values(flow=True)[-1] == np.count_nonzero(hits["tot_us"] >= 500.0)
+    assert monitor.out_of_matrix_hits == np.count_nonzero(hits["column"] >= 16) > 0
+    assert monitor.lost_readouts == 0
+    assert monitor.malformed_packets == 0
+    assert monitor.dropped_readouts == 0
+    # The decoded hits are the simulator's truth.
+    assert len(hits) == len(run.truth)
+
+
+def test_split_hits_are_recovered_and_lost_readouts_counted(monitor):
+    sim = AstroPix4Simulator(seed=5, hits_per_readout=1.5, faults={"split": 0.2, "skip_ids": 0.02})
+    run = sim.generate(2000)
+    assert run.num_split > 0 and run.lost > 0
+    _run_stream(monitor, run.records)
+    exp_map, _ = _expected_maps(run.truth)
+    assert monitor.recovered_hits == run.num_split
+    assert monitor.lost_readouts == run.lost
+    assert monitor.num_hits == len(run.truth)
+    assert np.array_equal(monitor.hit_map.values(), exp_map)
+
+
+def test_malformed_datagrams_are_counted_and_do_not_stop_the_monitor(monitor):
+    run = AstroPix4Simulator(seed=2).generate(200)
+    monitor.start(refresh_interval=0.05)
+    junk = [b"", b"\x00" * 5, b"\xfe\xdc\xba" + b"\x00" * 30, run.records[0][:-3], bytes(range(256)) * 100]
+    _send(monitor.port, [j for j in junk if j] + run.records)
+    _wait_for(lambda: monitor.listener_stats().datagrams >= len(run.records) + 4, what="all datagrams")
+    monitor.stop()
+    assert monitor.malformed_packets == 4
+    assert monitor.num_readouts == 200
+    assert "malformed" in monitor.dashboard.value
+
+
+def test_restart_keeps_counting_and_calls_setup_each_time():
+    calls = []
+
+    class Counting(AstroPix4SimpleMonitor):
+        def setup(self):
+            calls.append(self.num_readouts)
+
+    mon = Counting(port=0)
+    try:
+        sim = AstroPix4Simulator(seed=3)
+        _run_stream(mon, sim.generate(300).records)
+        assert mon.num_readouts == 300
+        _run_stream(mon, sim.generate(200).records)
+        assert mon.num_readouts == 500
+        assert calls == [0, 300]
+        assert mon.lost_readouts == 0
+    finally:
+        mon.close()
+    assert _monitor_threads() == []
+
+
+def test_buttons_drive_the_lifecycle_and_reset_clears_everything(monitor):
+    monitor.start_button.click()
+    assert monitor.running and monitor.start_button.disabled and not monitor.stop_button.disabled
+    _send(monitor.port, AstroPix4Simulator(seed=4, hits_per_readout=3).generate(500).records)
+    _wait_for(lambda: monitor.listener_stats().accepted >= 500, what="500 readouts")
+    monitor.stop_button.click()
+    assert not monitor.running and _monitor_threads() == []
+    assert monitor.num_readouts == 500 and monitor.hit_map.sum() > 0
+    assert monitor.heatmap.color.sum() > 0
+    monitor.reset_button.click()
+    assert monitor.num_readouts == monitor.num_hits == monitor.recovered_hits == 0
+    assert monitor.hit_map.sum() == 0 and monitor.tot_hist.sum(flow=True) == 0
+    assert monitor.heatmap.color.sum() == 0
+    assert monitor.tot_bars.y.sum() == 0
+    assert monitor.listener_stats().accepted == 0
+    assert 'class="apx-num-readouts">0<' in monitor.dashboard.value
+
+
+def test_update_display_sends_a_javascript_safe_color_array(monitor):
+    hits = AstroPix4Simulator(seed=8, hits_per_readout=4).generate(400).records
+    monitor.process_batch(hits)
+    monitor.update_display()
+    color = monitor.heatmap.color
+    assert color.shape == (35, 16)
+    assert color.dtype in (np.float64, np.float32, np.int32)
+    assert np.array_equal(color, monitor.hit_map.values().T)
+    assert monitor.tot_bars.y.dtype == np.float64
+    # Log scale shows log10(1 + counts), linear again restores the counts.
+    monitor.scale_toggle.value = "log"
+    assert np.allclose(monitor.heatmap.color, np.log10(1 + monitor.hit_map.values().T))
+    monitor.scale_toggle.value = "linear"
+    assert np.array_equal(monitor.heatmap.color, monitor.hit_map.values().T)
+
+
+def test_batch_path_equals_per_readout_path():
+    run = AstroPix4Simulator(seed=21, hits_per_readout=2, faults={"split": 0.1, "ff_padding": 0.1, "garbled": 0.02}).generate(1500)
+    fast = AstroPix4SimpleMonitor(port=0)
+    slow = AstroPix4SimpleMonitor(port=0)
+    try:
+        for i in range(0, 1500, 250):
+            fast.process_batch(run.records[i : i + 250])
+        AbstractMonitor.process_batch(slow, run.records)
+        fast.refresh()
+        slow.refresh()
+        assert fast.num_hits == slow.num_hits > 0
+        assert fast.recovered_hits == slow.recovered_hits > 0
+        assert np.array_equal(fast.hit_map.values(), slow.hit_map.values())
+        assert np.array_equal(fast.tot_hist.values(flow=True), slow.tot_hist.values(flow=True))
+        assert fast.flag_counts == slow.flag_counts
+    finally:
+        fast.close()
+        slow.close()
+
+
+def test_chip_selector_appears_with_several_chips(monitor):
+    run = AstroPix4Simulator(seed=9, chip_ids=(0, 3), hits_per_readout=2).generate(300)
+    monitor.process_batch(run.records[:1])
+    monitor.update_display()
+    monitor.process_batch(run.records[1:])
+    monitor.update_display()
+    assert monitor.chips_seen == [0, 3]
+    assert monitor.chip_selector.layout.display != "none"
+    assert [v for _, v in monitor.chip_selector.options] == [-1, 0, 3]
+    total = monitor.hit_map.values()
+    monitor.chip_selector.value = 3
+    only3 = monitor.hit_map.values()
+    assert 0 < only3.sum() < total.sum()
+    assert np.array_equal(monitor.heatmap.color, only3.T)
+    assert np.array_equal(monitor.chip_hit_map(0).values() + only3, total)
+
+
+def test_new_monitor_on_same_address_stops_the_old_one():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    first = AstroPix4SimpleMonitor(port=port).start()
+    try:
+        second = AstroPix4SimpleMonitor(port=port)
+        assert not first.running
+        second.start()
+        assert second.running
+        second.close()
+    finally:
+        first.close()
+    assert _monitor_threads() == []
+
+
+def test_port_in_use_raises_a_clear_error_and_the_button_shows_it():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        mon = AstroPix4SimpleMonitor(port=port)
+        try:
+            with pytest.raises(AddressInUseError, match=str(port)):
+                mon.start()
+            assert not mon.running
+            mon.start_button.click()
+            assert not mon.running
+            assert "AddressInUseError" in mon.dashboard.value
+        finally:
+            mon.close()
+    assert _monitor_threads() == []
+
+
+def test_dashboard_warns_when_no_data_arrives(monitor, monkeypatch):
+    monkeypatch.setattr(monitor_mod, "NO_DATA_WARNING_S", 0.1)
+    monitor.start(refresh_interval=0.05)
+    _wait_for(lambda: "apx-warning" in monitor.dashboard.value, what="the no-data warning")
+    assert "no data" in monitor.dashboard.value
+    monitor.stop()
+
+
+def test_traitlets_are_observable_and_update_while_main_thread_sleeps(monitor):
+    seen = []
+    monitor.observe(lambda change: seen.append(change["new"]), names="num_readouts")
+    monitor.start(refresh_interval=0.05)
+    sender = threading.Thread(target=_send, args=(monitor.port, AstroPix4Simulator(seed=1).generate(2000).records))
+    sender.start()
+    time.sleep(1.0)  # a busy notebook cell: the monitor keeps going on its threads
+    sender.join()
+    _wait_for(lambda: monitor.num_readouts == 2000, what="2000 readouts")
+    monitor.stop()
+    assert seen and seen[-1] == 2000
+    assert monitor.readout_rate == 0.0  # stopped
+
+
+def test_repr_holds_no_live_values(monitor):
+    text = repr(monitor)
+    monitor.process_batch(AstroPix4Simulator(seed=1).generate(10).records)
+    monitor.update_display()
+    assert repr(monitor) == text == f"AstroPix4SimpleMonitor(group='127.0.0.1', port={monitor.port})"
+
+
+def test_abstract_monitor_and_incomplete_subclass_raise_type_error():
+    with pytest.raises(TypeError):
+        AbstractMonitor(AstroPix4Readout, port=0)
+
+    class NoDisplay(AbstractMonitor):
+        def process_readout(self, readout):
+            return 0
+
+    with pytest.raises(TypeError):
+        NoDisplay(AstroPix4Readout, port=0)
+
+
+class ColumnOccupancyMonitor(AbstractMonitor):
+    """A user's monitor: hits per column, written with only the two abstract methods."""
+
+    def __init__(self, group="127.0.0.1", port=0):
+        super().__init__(AstroPix4Readout, group, port)
+        self.occupancy = np.zeros(32, dtype=np.int64)
+        import bqplot
+
+        (fig,) = self.create_canvas(figsize=(6, 3))
+        x, y = bqplot.LinearScale(), bqplot.LinearScale()
+        self.bars = bqplot.Bars(x=np.arange(32), y=np.zeros(32), scales={"x": x, "y": y})
+        fig.marks = [self.bars]
+
+    def process_readout(self, readout):
+        hits = self.decode_readout(readout)
+        for hit in hits:
+            self.occupancy[hit.column] += 1
+        return hits
+
+    def update_display(self):
+        self.bars.y = self.occupancy.astype(np.float64)
+        self.display_message(0.0, 1.0, f"{self.num_readouts} readouts")
+
+
+def test_user_subclass_with_two_methods_works_end_to_end():
+    run = AstroPix4Simulator(seed=13, hits_per_readout=2, faults={"split": 0.1}).generate(800)
+    mon = ColumnOccupancyMonitor()
+    try:
+        _run_stream(mon, run.records)
+        expected = np.bincount(run.truth["column"], minlength=32)
+        assert np.array_equal(mon.occupancy, expected)
+        assert mon.num_hits == len(run.truth)
+        assert mon.recovered_hits == run.num_split > 0
+        assert np.array_equal(mon.bars.y, expected)
+        assert "800 readouts" in mon.dashboard.value
+    finally:
+        mon.close()
+    assert _monitor_threads() == []
+
+
+def test_create_canvas_grid_and_display_message_positions(monitor):
+    figs = monitor.create_canvas(2, 3, height_ratios=(2, 1), width_ratios=(1, 1, 2), figsize=(12, 6))
+    assert len(figs) == 6 and monitor.canvas.children == tuple(figs)
+    assert monitor.canvas.layout.grid_template_rows == "2fr 1fr"
+    assert monitor.canvas.layout.grid_template_columns == "1fr 1fr 2fr"
+    assert monitor.canvas.layout.width == "1200px"
+    with pytest.raises(ValueError, match="expected 2 ratios"):
+        monitor.create_canvas(2, 1, height_ratios=(1, 2, 3))
+    monitor.clear_messages()
+    monitor.display_message(0.5, 0.25, "a < b", color="red", fontsize=12)
+    assert "left:50.0%" in monitor.dashboard.value and "top:75.0%" in monitor.dashboard.value
+    assert "a &lt; b" in monitor.dashboard.value and "color:red" in monitor.dashboard.value
+
+
+def test_close_stops_threads_and_closes_widgets():
+    mon = AstroPix4SimpleMonitor(port=0).start()
+    mon.close()
+    assert not mon.running and _monitor_threads() == []
+    assert mon.comm is None
