@@ -1,0 +1,539 @@
+"""The ``demo`` and ``serve`` commands: JupyterLab and Voila launchers.
+
+``astropix-nbmonitor demo`` copies the example notebooks to a working folder
+and starts JupyterLab on the quickstart; ``astropix-nbmonitor serve`` shows
+the monitor of one UDP address as a Voila dashboard, for a control-room
+screen. Both run the server as a child process in its own process group,
+print the URL to open (token included) on a line of its own, forward
+Ctrl-C and SIGTERM to the child, and leave no server or kernel behind.
+
+The command-line entry point (:mod:`astropix_nbmonitor.cli`) registers the
+two sub-commands with :func:`add_demo_arguments` / :func:`run_demo` and
+:func:`add_serve_arguments` / :func:`run_serve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+__all__ = [
+    "DASHBOARD_NOTEBOOK",
+    "DEMO_NOTEBOOKS",
+    "add_demo_arguments",
+    "add_serve_arguments",
+    "dashboard_path",
+    "notebooks_dir",
+    "prepare_notebooks",
+    "run_demo",
+    "run_serve",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The example notebooks that ``demo`` copies, in the order a newcomer reads them.
+DEMO_NOTEBOOKS = ("quickstart.ipynb", "custom_monitor.ipynb", "replay.ipynb")
+#: The notebook that ``serve`` renders with Voila (shipped inside the package).
+DASHBOARD_NOTEBOOK = "dashboard.ipynb"
+#: Cells with this tag stop what a notebook started; ``demo`` leaves them out.
+CLEANUP_TAG = "cleanup"
+
+DEFAULT_DEMO_HTTP_PORT = 8888
+DEFAULT_SERVE_HTTP_PORT = 8866
+DEFAULT_GROUP = "127.0.0.1"
+DEFAULT_UDP_PORT = 5007
+
+#: Environment variables through which ``serve`` tells the dashboard what to monitor.
+GROUP_ENV = "ASTROPIX_GROUP"
+PORT_ENV = "ASTROPIX_PORT"
+
+_READY_TIMEOUT_S = 90.0
+_STOP_TIMEOUT_S = 15.0
+_PROG = "astropix-nbmonitor"
+
+
+class LaunchError(RuntimeError):
+    """A server could not be started (missing package, port taken...)."""
+
+
+# --------------------------------------------------------------------------
+# Where the notebooks are.
+
+
+def notebooks_dir() -> Path:
+    """Return the folder holding the example notebooks.
+
+    An installed wheel carries them in ``astropix_nbmonitor/notebooks``; a
+    source checkout (or an editable install) has them in ``notebooks/`` at
+    the project root.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "notebooks", here.parent / "notebooks"):
+        if all((candidate / name).is_file() for name in DEMO_NOTEBOOKS):
+            return candidate
+    msg = f"the example notebooks were not found next to {here}"
+    raise FileNotFoundError(msg)
+
+
+def dashboard_path() -> Path:
+    """Return the path of the Voila dashboard notebook shipped with the package."""
+    return Path(__file__).resolve().with_name(DASHBOARD_NOTEBOOK)
+
+
+def _strip_notebook(nb: dict, drop_tags: Iterable[str]) -> dict:
+    """Drop the cells carrying any of ``drop_tags`` and clear all outputs."""
+    drop = set(drop_tags)
+    cells = []
+    for cell in nb.get("cells", []):
+        if drop & set(cell.get("metadata", {}).get("tags", [])):
+            continue
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = []
+            cell["execution_count"] = None
+        cells.append(cell)
+    nb["cells"] = cells
+    # The stored widget state belongs to the outputs just cleared.
+    nb.get("metadata", {}).pop("widgets", None)
+    return nb
+
+
+def prepare_notebooks(
+    dest: str | os.PathLike[str],
+    *,
+    names: Sequence[str] = DEMO_NOTEBOOKS,
+    drop_tags: Iterable[str] = (CLEANUP_TAG,),
+    overwrite: bool = False,
+) -> list[Path]:
+    """Copy example notebooks to ``dest``, ready to be run by hand.
+
+    Outputs are cleared and the cells tagged ``cleanup`` (the ones that stop
+    the source and the monitor at the end, for unattended runs) are left out,
+    so that "Run All" ends on a live monitor.
+
+    Parameters
+    ----------
+    dest
+        Folder to write to; created if needed.
+    names
+        Notebook file names to copy (from :func:`notebooks_dir`).
+    drop_tags
+        Cells with any of these tags are not copied.
+    overwrite
+        Replace notebooks that already exist in ``dest`` (by default an
+        existing notebook is kept: it may hold the user's own work).
+
+    Returns
+    -------
+    list of Path
+        The notebooks in ``dest``, in the order of ``names``.
+    """
+    src_dir = notebooks_dir()
+    dest_dir = Path(dest)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    drop = tuple(drop_tags)
+    for name in names:
+        target = dest_dir / name
+        if target.exists() and not overwrite:
+            logger.info("keeping the existing %s", target)
+        else:
+            nb = json.loads((src_dir / name).read_text(encoding="utf-8"))
+            text = json.dumps(_strip_notebook(nb, drop), indent=1, ensure_ascii=False)
+            target.write_text(text + "\n", encoding="utf-8")
+            logger.info("wrote %s", target)
+        written.append(target)
+    return written
+
+
+# --------------------------------------------------------------------------
+# Ports and processes.
+
+
+def _require_module(module: str, package: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        msg = (
+            f"{package} is not installed; install it with "
+            f"pip install '{_PROG}[app]' (or pip install {package})"
+        )
+        raise LaunchError(msg)
+
+
+def _check_port_free(ip: str, port: int) -> int:
+    """Return ``port`` if a server could listen on it; 0 picks a free one."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # Jupyter servers set SO_REUSEADDR too: only a listening socket blocks.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((ip, port))
+        except OSError as exc:
+            msg = f"cannot listen on {ip}:{port} ({exc.strerror}); choose another --http-port"
+            raise LaunchError(msg) from None
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(ip: str, port: int, proc: subprocess.Popen, timeout: float) -> bool:
+    """Wait until something accepts TCP connections on ``ip:port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        with contextlib.suppress(OSError), socket.create_connection((ip, port), timeout=1.0):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _proc_stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time) of a live process, from /proc; None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] == "Z":  # a zombie has already exited
+        return None
+    return int(fields[1]), int(fields[19])
+
+
+def _descendants(root: int) -> dict[int, int]:
+    """Map pid -> start time for every live descendant of ``root`` (Linux only)."""
+    parents: dict[int, tuple[int, int]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                stat = _proc_stat(int(entry.name))
+                if stat is not None:
+                    parents[int(entry.name)] = stat
+    found: dict[int, int] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, start) in parents.items():
+            if ppid == parent and pid not in found:
+                found[pid] = start
+                frontier.append(pid)
+    return found
+
+
+def _alive(pids: dict[int, int]) -> dict[int, int]:
+    """The processes of ``pids`` that still run (same pid and start time)."""
+    alive = {}
+    for pid, start in pids.items():
+        stat = _proc_stat(pid)
+        if stat is not None and stat[1] == start:
+            alive[pid] = start
+    return alive
+
+
+class _ServerProcess:
+    """A server child in its own process group, stopped with its descendants."""
+
+    def __init__(self, cmd: Sequence[str], *, env: dict[str, str], cwd: Path) -> None:
+        try:
+            out = sys.stderr.fileno()
+        except (AttributeError, OSError, ValueError):
+            out = None
+        # Server logs go to stderr: stdout carries only our own lines (the URL).
+        self.proc = subprocess.Popen(  # noqa: S603 - our own argument list
+            list(cmd),
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            start_new_session=True,
+        )
+        self.known: dict[int, int] = {}
+
+    def remember_descendants(self) -> None:
+        """Note the kernels and helpers the server started, to reap them later."""
+        self.known.update(_descendants(self.proc.pid))
+
+    def stop(self, timeout: float = _STOP_TIMEOUT_S) -> int:
+        """Stop the server (SIGTERM, then SIGKILL) and every process it started."""
+        self.remember_descendants()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning("the server did not stop within %.0f s: killing it", timeout)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        # Whatever is left of the group (helpers that ignored SIGTERM).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        # Kernels run in sessions of their own: the server shuts them down on
+        # SIGTERM; any it left behind are killed here.
+        leftovers = _alive(self.known)
+        for pid in leftovers:
+            logger.warning("killing process %d left behind by the server", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5.0
+        while _alive(leftovers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.proc.returncode
+
+
+def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _run_server(
+    cmd: Sequence[str],
+    *,
+    ip: str,
+    port: int,
+    url: str,
+    cwd: Path,
+    env: dict[str, str],
+    what: str,
+) -> int:
+    """Run a server until it exits or we get SIGINT/SIGTERM/SIGHUP; return an exit code."""
+    stop_signal: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop_signal.append(signum)
+
+    handled = [signal.SIGINT, signal.SIGTERM]
+    if hasattr(signal, "SIGHUP"):
+        handled.append(signal.SIGHUP)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, on_signal) for sig in handled}
+    server = None
+    try:
+        logger.debug("starting %s", " ".join(cmd))
+        server = _ServerProcess(cmd, env=env, cwd=cwd)
+        deadline = time.monotonic() + _READY_TIMEOUT_S
+        ready = False
+        while not stop_signal and time.monotonic() < deadline:
+            if _wait_for_port(ip, port, server.proc, timeout=0.5):
+                ready = True
+                break
+            if server.proc.poll() is not None:
+                break
+        if stop_signal:
+            return 0
+        if not ready:
+            code = server.proc.poll()
+            reason = f"exited with status {code}" if code is not None else "did not answer in time"
+            print(f"{_PROG}: error: {what} {reason} (see its log above)", file=sys.stderr)
+            return 1
+        print(f"{what} is running; open this URL (Ctrl-C stops it):", flush=True)
+        print(url, flush=True)
+        while not stop_signal:
+            server.remember_descendants()
+            try:
+                code = server.proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                continue
+            print(f"{_PROG}: error: {what} exited with status {code}", file=sys.stderr)
+            return code or 1
+        print(f"stopping {what}...", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        if server is not None:
+            server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _host_for_url(ip: str) -> str:
+    if ip in ("", "0.0.0.0", "::"):  # noqa: S104 - only for display
+        return socket.gethostname()
+    return f"[{ip}]" if ":" in ip else ip
+
+
+# --------------------------------------------------------------------------
+# demo
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``astropix-nbmonitor demo`` to ``parser``."""
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        default=DEFAULT_DEMO_HTTP_PORT,
+        help=f"port of the JupyterLab server (default {DEFAULT_DEMO_HTTP_PORT}; 0 picks a free one)",
+    )
+    parser.add_argument(
+        "--ip",
+        default="127.0.0.1",
+        help="address the JupyterLab server listens on (default 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="folder to copy the example notebooks to and keep (default: a temporary "
+        "folder removed on exit); notebooks already there are kept",
+    )
+    parser.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="only copy the notebooks to --dir and print the folder, do not start JupyterLab",
+    )
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Start JupyterLab on a fresh copy of the quickstart notebook.
+
+    Returns the process exit code: 0 after a clean stop on Ctrl-C/SIGTERM,
+    non-zero (with one line on stderr) if JupyterLab is missing, the port is
+    taken or the server fails.
+    """
+    if args.prepare_only:
+        if args.dir is None:
+            print(f"{_PROG}: error: --prepare-only needs --dir", file=sys.stderr)
+            return 2
+        prepare_notebooks(args.dir)
+        print(Path(args.dir).resolve(), flush=True)
+        return 0
+    try:
+        _require_module("jupyterlab", "jupyterlab")
+        notebooks_dir()
+        port = _check_port_free(args.ip, args.http_port)
+    except (LaunchError, FileNotFoundError) as exc:
+        print(f"{_PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    with contextlib.ExitStack() as stack:
+        if args.dir is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="astropix-demo-")))
+        else:
+            workdir = Path(args.dir).resolve()
+        prepare_notebooks(workdir)
+        token = secrets.token_hex(24)
+        cmd = [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            f"--ip={args.ip}",
+            f"--port={port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={workdir}",
+        ]
+        if _is_root():
+            cmd.append("--allow-root")
+        url = f"http://{_host_for_url(args.ip)}:{port}/lab/tree/{DEMO_NOTEBOOKS[0]}?token={token}"
+        print(f"notebooks in {workdir}", flush=True)
+        return _run_server(
+            cmd, ip=args.ip, port=port, url=url, cwd=workdir, env=_child_env(), what="JupyterLab"
+        )
+    return 1  # pragma: no cover - the with block always returns
+
+
+# --------------------------------------------------------------------------
+# serve
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``astropix-nbmonitor serve`` to ``parser``."""
+    parser.add_argument(
+        "--group",
+        default=DEFAULT_GROUP,
+        help=f"UDP address to monitor: {DEFAULT_GROUP} (loopback) or a multicast group "
+        f"(default {DEFAULT_GROUP})",
+    )
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_UDP_PORT, help=f"UDP port (default {DEFAULT_UDP_PORT})"
+    )
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        default=DEFAULT_SERVE_HTTP_PORT,
+        help=f"port of the Voila server (default {DEFAULT_SERVE_HTTP_PORT}; 0 picks a free one)",
+    )
+    parser.add_argument(
+        "--ip",
+        default="127.0.0.1",
+        help="address the Voila server listens on (default 127.0.0.1; 0.0.0.0 for a screen "
+        "on another host)",
+    )
+    parser.add_argument(
+        "--theme", choices=("light", "dark"), default="light", help="Voila theme (default light)"
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve the monitor of ``args.group:args.port`` as a Voila dashboard.
+
+    Returns the process exit code, as :func:`run_demo` does.
+    """
+    if not 0 < args.port < 65536:
+        print(f"{_PROG}: error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
+        return 2
+    try:
+        _require_module("voila", "voila")
+        notebook = dashboard_path()
+        if not notebook.is_file():
+            msg = f"the dashboard notebook {notebook} is missing from the installation"
+            raise LaunchError(msg)
+        port = _check_port_free(args.ip, args.http_port)
+    except LaunchError as exc:
+        print(f"{_PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    token = secrets.token_hex(24)
+    with tempfile.TemporaryDirectory(prefix="astropix-serve-") as workdir:
+        # Voila renders a copy: nothing is ever written next to the package.
+        shutil.copy2(notebook, Path(workdir) / DASHBOARD_NOTEBOOK)
+        cmd = [
+            sys.executable,
+            "-m",
+            "voila",
+            DASHBOARD_NOTEBOOK,
+            "--no-browser",
+            f"--Voila.ip={args.ip}",
+            f"--port={port}",
+            "--Voila.port_retries=0",
+            f"--token={token}",
+            f"--theme={args.theme}",
+        ]
+        url = f"http://{_host_for_url(args.ip)}:{port}/?token={token}"
+        env = _child_env({GROUP_ENV: args.group, PORT_ENV: str(args.port)})
+        print(f"monitoring UDP {args.group}:{args.port}", flush=True)
+        return _run_server(
+            cmd, ip=args.ip, port=port, url=url, cwd=Path(workdir), env=env, what="Voila"
+        )
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """``python -m astropix_nbmonitor.app demo|serve ...`` (the CLI offers the same)."""
+    parser = argparse.ArgumentParser(prog=f"python -m {__name__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_demo_arguments(sub.add_parser("demo", help="JupyterLab on the quickstart notebook"))
+    add_serve_arguments(sub.add_parser("serve", help="the monitor as a Voila dashboard"))
+    args = parser.parse_args(argv)
+    return run_demo(args) if args.command == "demo" else run_serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
