@@ -581,21 +581,44 @@ def uid_to_readout_class(uid: int) -> type[AbstractAstroPixReadout]:
 # --------------------------------------------------------------------------
 
 
-def _words_to_hits(words: np.ndarray) -> np.ndarray:
-    """Fill a HIT_DTYPE array from an (N, 8) uint8 array of wire-order words."""
-    n = len(words)
+def _words64(data: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The 64-bit hit words (bits reversed per byte) starting at ``starts`` in ``data``."""
+    rev = _BIT_REVERSE_NP[data]
+    if len(rev) < HIT_SIZE or len(starts) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    # One (unaligned) big-endian 64-bit view at every byte offset, then a gather.
+    view = np.ndarray(shape=(len(rev) - HIT_SIZE + 1,), dtype=">u8", buffer=rev, strides=(1,))
+    return view[starts].astype(np.uint64)
+
+
+def _words_to_hits(w: np.ndarray) -> np.ndarray:
+    """Fill a HIT_DTYPE array from 64-bit hit words (bits already reversed).
+
+    The fields are sliced from the two 32-bit halves of the word (32-bit
+    arithmetic is cheaper than 64-bit here); see ``_AP4_LAYOUT``.
+    """
+    n = len(w)
     out = np.zeros(n, dtype=HIT_DTYPE)
     if n == 0:
         return out
-    rev = _BIT_REVERSE_NP[words]
-    w = np.ascontiguousarray(rev).view(">u8").ravel().astype(np.uint64)
-    for name, shift, mask in _AP4_SHIFTS:
-        out[name] = (w >> np.uint64(shift)) & np.uint64(mask)
-    c1 = out["ts_coarse1"].astype(np.uint32)
-    c2 = out["ts_coarse2"].astype(np.uint32)
-    d1 = _GRAY17[(c1 << 3) + out["ts_fine1"]]
-    d2 = _GRAY17[(c2 << 3) + out["ts_fine2"]]
-    d2 = np.where(d2 < d1, d2 + np.uint32(CLOCK_ROLLOVER), d2)
+    hi = (w >> np.uint64(32)).astype(np.uint32)
+    lo = w.astype(np.uint32)
+    out["chip_id"] = hi >> 27
+    out["payload"] = (hi >> 24) & 0x7
+    out["row"] = (hi >> 19) & 0x1F
+    out["column"] = (hi >> 14) & 0x1F
+    out["ts_neg1"] = (hi >> 13) & 0x1
+    out["ts_coarse1"] = ((hi << 1) | (lo >> 31)) & 0x3FFF
+    out["ts_fine1"] = (lo >> 28) & 0x7
+    out["ts_tdc1"] = (lo >> 23) & 0x1F
+    out["ts_neg2"] = (lo >> 22) & 0x1
+    out["ts_coarse2"] = (lo >> 8) & 0x3FFF
+    out["ts_fine2"] = (lo >> 5) & 0x7
+    out["ts_tdc2"] = lo & 0x1F
+    # (coarse << 3) + fine is the 17 bits just above each 5-bit tdc field.
+    d1 = _GRAY17[((hi << 4) | (lo >> 28)) & 0x1FFFF]
+    d2 = _GRAY17[(lo >> 5) & 0x1FFFF]
+    d2 += (d2 < d1) * np.uint32(CLOCK_ROLLOVER)
     out["ts_dec1"] = d1
     out["ts_dec2"] = d2
     out["tot_us"] = (d2.astype(np.float64) - d1) / CLOCK_CYCLES_PER_US
@@ -674,14 +697,39 @@ class BatchDecoder:
         itype = np.int32 if size < 2**31 - 16 else np.int64
         d0 = d0.astype(itype)
         d1 = d1.astype(itype)
-        nonff = np.flatnonzero(buf != PADDING_BYTE).astype(itype)
-        last = np.searchsorted(nonff, d1 - 1, side="right") - 1
-        end = np.maximum(nonff[np.maximum(last, 0)] + 1, d0)
-        end = np.where((d1 > d0) & (last >= 0), end, d0)
-        # --- byte classes; "busy" = neither bc nor ff ----------------------
-        is_start = np.r_[(buf >= 0xE0) & (buf != PADDING_BYTE), False]
-        busy = np.r_[np.flatnonzero((buf != IDLE_BYTE) & (buf != PADDING_BYTE)).astype(itype), itype(size)]
-        nonbc = np.r_[np.flatnonzero(buf != IDLE_BYTE).astype(itype), itype(size)]
+        end = d1.copy()
+        padded = np.flatnonzero((d1 > d0) & (buf[np.maximum(d1 - 1, 0)] == PADDING_BYTE))
+        if len(padded):  # rare: the sender strips the padding already
+            for i in padded.tolist():
+                end[i] = d0[i] + len(buf[d0[i] : d1[i]].tobytes().rstrip(b"\xff"))
+        # --- byte classes (with a sentinel past the end) -------------------
+        ext = np.r_[buf, np.uint8(0)]
+        is_start = (ext >= 0xE0) & (ext != PADDING_BYTE)
+        is_idle = (ext == IDLE_BYTE) | (ext == PADDING_BYTE)
+        is_bc = ext == IDLE_BYTE
+        lookup: dict[str, np.ndarray] = {}
+
+        def skip(pos: np.ndarray, limit: np.ndarray, mask: np.ndarray, key: str) -> np.ndarray:
+            """First position >= pos whose byte is not in mask, or >= limit.
+
+            Idle runs are short: step over them with array operations, and
+            search a table of positions only for the rare long ones.
+            """
+            more = mask[pos] & (pos < limit)
+            steps = 0
+            while more.any():
+                if steps == 16:
+                    if key not in lookup:
+                        lookup[key] = np.r_[np.flatnonzero(~mask[:-1]).astype(itype), itype(size)]
+                    table = lookup[key]
+                    pos = pos.copy()
+                    pos[more] = table[np.searchsorted(table, pos[more])]
+                    return np.minimum(pos, limit)
+                pos = pos + more
+                more = mask[pos] & (pos < limit)
+                steps += 1
+            return pos
+
         # --- walk all readouts in lockstep, one hit per step ----------------
         # A readout leaves the vectorised walk ("bad") as soon as it needs a
         # branch other than "idle bytes, then a hit whose word is followed by
@@ -696,8 +744,8 @@ class BatchDecoder:
         k_parts: list[np.ndarray] = []
         step = 0
         while len(act):
-            c = busy[np.searchsorted(busy, cur)]
             ea = end[act]
+            c = skip(cur, ea, is_idle, "busy")
             live = c < ea
             if not live.all():
                 act, c, ea = act[live], c[live], ea[live]
@@ -710,7 +758,7 @@ class BatchDecoder:
                 act, c, ea = act[stay], c[stay], ea[stay]
             inner = is_start[c[:, None] + inner_off].any(axis=1)
             if inner.any():
-                f = nonbc[np.searchsorted(nonbc, c + HIT_SIZE)]
+                f = skip(c + HIT_SIZE, ea, is_bc, "nonbc")
                 trunc = inner & (f < ea) & ~is_start[f]
                 if trunc.any():
                     bad_r[act[trunc]] = True
@@ -731,7 +779,7 @@ class BatchDecoder:
             cst = np.zeros(0, dtype=itype)
             cr = np.zeros(0, dtype=np.int64)
             corder = np.zeros(0, dtype=np.int64)
-        cwords = buf[cst[:, None] + np.arange(HIT_SIZE, dtype=itype)]
+        cwords = _words64(buf, cst)
         # --- the others: the reference state machine, chained ------------
         flag_counts = self.flag_counts
         fwords: list[bytes] = []
@@ -739,6 +787,7 @@ class BatchDecoder:
         forder: list[int] = []
         bad_list = np.flatnonzero(bad_r).tolist()
         bad_set = set(bad_list)
+        extra_of_previous: bytes | None = None
         raw = buf.tobytes() if bad_list else b""
         rid_list = rid.tolist()
         for i in bad_list:
@@ -746,12 +795,12 @@ class BatchDecoder:
             if i == 0:
                 prev_extra = self.last_extra
             elif (i - 1) in bad_set:
-                prev_extra = self._extra_cache
+                prev_extra = extra_of_previous
             else:
                 prev_extra = None
             chained = prev_id is not None and rid_list[i] == prev_id + 1
             words, flags, extra = _scan(raw[d0[i] : end[i]], prev_extra if chained else None)
-            self._extra_cache = extra
+            extra_of_previous = extra
             for k in range(8):
                 if flags >> k & 1:
                     flag_counts[k] += 1
@@ -762,10 +811,10 @@ class BatchDecoder:
             forder.extend(range(len(words)))
         # chaining state for the next batch
         self.last_id = rid_list[-1]
-        self.last_extra = self._extra_cache if (nr - 1) in bad_set else None
+        self.last_extra = extra_of_previous if (nr - 1) in bad_set else None
         # --- merge ---------------------------------------------------------
         if fwords:
-            fw = np.frombuffer(b"".join(fwords), dtype=np.uint8).reshape(-1, HIT_SIZE)
+            fw = _words64(np.frombuffer(b"".join(fwords), dtype=np.uint8), np.arange(0, HIT_SIZE * len(fwords), HIT_SIZE))
             words_all = np.concatenate([cwords, fw])
             r_all = np.concatenate([cr, np.asarray(fr, dtype=np.int64)])
             o_all = np.concatenate([corder, np.asarray(forder, dtype=np.int64)])
@@ -773,6 +822,11 @@ class BatchDecoder:
             words_all, r_all, o_all = words_all[order], r_all[order], o_all[order]
         else:
             words_all, r_all, o_all = cwords, cr, corder
+            if step > 1:
+                # The walk lists hits step by step; put them readout by readout
+                # (a stable sort keeps each readout's hits in decoding order).
+                order = np.argsort(r_all, kind="stable")
+                words_all, r_all, o_all = words_all[order], r_all[order], o_all[order]
         hits = _words_to_hits(words_all)
         hits["readout_id"] = rid[r_all]
         hits["timestamp"] = tstamp[r_all]
@@ -780,8 +834,6 @@ class BatchDecoder:
         self.num_readouts += nr
         self.num_hits += len(hits)
         return hits
-
-    _extra_cache: bytes | None = None
 
 
 def decode_batch(records: Sequence[bytes] | Iterable[bytes]) -> np.ndarray:
