@@ -581,6 +581,33 @@ def uid_to_readout_class(uid: int) -> type[AbstractAstroPixReadout]:
 # --------------------------------------------------------------------------
 
 
+# Byte classes for the batch decoder, one bit each.
+_START_CLASS, _IDLE_CLASS, _BC_CLASS = 1, 2, 4
+_BYTE_CLASS = np.array(
+    [(_START_CLASS if _IS_START[b] else 0) | (_IDLE_CLASS if _IS_IDLE[b] else 0) | (_BC_CLASS if b == IDLE_BYTE else 0)
+     for b in range(256)],
+    dtype=np.uint8,
+)
+_LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
+_HIGH = np.uint64(0x8080808080808080)
+_TOP3 = np.uint64(0xE0E0E0E0E0E0E0E0)
+_ALL1 = np.uint64(0xFFFFFFFFFFFFFFFF)
+_NOT_FIRST = np.uint64(0x00FFFFFFFFFFFFFF)
+
+
+def _zero_bytes(v: np.ndarray) -> np.ndarray:
+    """0x80 in each byte of ``v`` that is zero, 0 elsewhere (exact, no carries)."""
+    return ~(((v & _LOW7) + _LOW7) | v | _LOW7)
+
+
+def _has_inner_start(words: np.ndarray) -> np.ndarray:
+    """True where bytes 1..7 of a big-endian wire word hold a start byte (e0..fe)."""
+    w = words.astype(np.uint64)
+    top3 = _zero_bytes((w & _TOP3) ^ _TOP3)
+    ff = _zero_bytes(w ^ _ALL1)
+    return (top3 & ~ff & _NOT_FIRST & _HIGH) != 0
+
+
 def _words64(data: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """The 64-bit hit words (bits reversed per byte) starting at ``starts`` in ``data``."""
     rev = _BIT_REVERSE_NP[data]
@@ -704,29 +731,30 @@ class BatchDecoder:
                 end[i] = d0[i] + len(buf[d0[i] : d1[i]].tobytes().rstrip(b"\xff"))
         # --- byte classes (with a sentinel past the end) -------------------
         ext = np.r_[buf, np.uint8(0)]
-        is_start = (ext >= 0xE0) & (ext != PADDING_BYTE)
-        is_idle = (ext == IDLE_BYTE) | (ext == PADDING_BYTE)
-        is_bc = ext == IDLE_BYTE
         lookup: dict[str, np.ndarray] = {}
+        # Every 8 bytes from every offset as one big-endian 64-bit word (a view).
+        wire = np.ndarray(shape=(max(size - HIT_SIZE + 1, 0),), dtype=">u8", buffer=buf, strides=(1,))
 
-        def skip(pos: np.ndarray, limit: np.ndarray, mask: np.ndarray, key: str) -> np.ndarray:
-            """First position >= pos whose byte is not in mask, or >= limit.
+        def skip(pos: np.ndarray, limit: np.ndarray, bit: int) -> np.ndarray:
+            """First position >= pos whose byte is not of class ``bit``, or >= limit.
 
             Idle runs are short: step over them with array operations, and
             search a table of positions only for the rare long ones.
             """
-            more = mask[pos] & (pos < limit)
+            key = bit
+            more = ((_BYTE_CLASS[ext[pos]] & bit) != 0) & (pos < limit)
             steps = 0
             while more.any():
                 if steps == 16:
                     if key not in lookup:
-                        lookup[key] = np.r_[np.flatnonzero(~mask[:-1]).astype(itype), itype(size)]
+                        other = (_BYTE_CLASS[buf] & bit) == 0
+                        lookup[key] = np.r_[np.flatnonzero(other).astype(itype), itype(size)]
                     table = lookup[key]
                     pos = pos.copy()
                     pos[more] = table[np.searchsorted(table, pos[more])]
                     return np.minimum(pos, limit)
                 pos = pos + more
-                more = mask[pos] & (pos < limit)
+                more = ((_BYTE_CLASS[ext[pos]] & bit) != 0) & (pos < limit)
                 steps += 1
             return pos
 
@@ -738,28 +766,27 @@ class BatchDecoder:
         bad_r = np.zeros(nr, dtype=bool)
         act = np.arange(nr)
         cur = d0.astype(itype)
-        inner_off = np.arange(1, HIT_SIZE, dtype=itype)
         pos_parts: list[np.ndarray] = []
         r_parts: list[np.ndarray] = []
         k_parts: list[np.ndarray] = []
         step = 0
         while len(act):
             ea = end[act]
-            c = skip(cur, ea, is_idle, "busy")
+            c = skip(cur, ea, _IDLE_CLASS)
             live = c < ea
             if not live.all():
                 act, c, ea = act[live], c[live], ea[live]
                 if not len(act):
                     break
-            leave = (c + HIT_SIZE >= ea) | ~is_start[c]
+            leave = (c + HIT_SIZE >= ea) | ((_BYTE_CLASS[ext[c]] & _START_CLASS) == 0)
             stay = ~leave
             if leave.any():
                 bad_r[act[leave]] = True
                 act, c, ea = act[stay], c[stay], ea[stay]
-            inner = is_start[c[:, None] + inner_off].any(axis=1)
+            inner = _has_inner_start(wire[c])
             if inner.any():
-                f = skip(c + HIT_SIZE, ea, is_bc, "nonbc")
-                trunc = inner & (f < ea) & ~is_start[f]
+                f = skip(c + HIT_SIZE, ea, _BC_CLASS)
+                trunc = inner & (f < ea) & ((_BYTE_CLASS[ext[f]] & _START_CLASS) == 0)
                 if trunc.any():
                     bad_r[act[trunc]] = True
                     keep = ~trunc
