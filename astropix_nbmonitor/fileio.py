@@ -259,8 +259,8 @@ class ApxReader:
                 raise self._bad_record(seen, offset)
             self.truncated_bytes = tail
             msg = (
-                f"{self.path} ends in the middle of a record: the last {tail} bytes, at offset {offset} "
-                f"(after {self.num_readouts} complete records), were not read"
+                f"{self.path} ends in the middle of a record: {tail} bytes at offset {offset} "
+                f"not read (after {self.num_readouts} complete records)"
             )
             logger.info(msg)
             warnings.warn(msg, ApxTruncatedWarning, stacklevel=2)
