@@ -310,6 +310,7 @@ def _run_server(
     cwd: Path,
     env: dict[str, str],
     what: str,
+    prog: str,
 ) -> int:
     """Run a server until it exits or we get SIGINT/SIGTERM/SIGHUP; return an exit code."""
     stop_signal: list[int] = []
@@ -340,7 +341,7 @@ def _run_server(
         if not ready:
             code = server.proc.poll()
             reason = f"exited with status {code}" if code is not None else "did not answer in time"
-            print(f"{_PROG}: error: {what} {reason} (see its log above)", file=sys.stderr)
+            print(f"{prog}: error: {what} {reason} (see its log above)", file=sys.stderr)
             return 1
         print(f"{what} is running; open this URL (Ctrl-C stops it):", flush=True)
         print(url, flush=True)
@@ -350,7 +351,7 @@ def _run_server(
                 code = server.proc.wait(timeout=1.0)
             except subprocess.TimeoutExpired:
                 continue
-            print(f"{_PROG}: error: {what} exited with status {code}", file=sys.stderr)
+            print(f"{prog}: error: {what} exited with status {code}", file=sys.stderr)
             return code or 1
         print(f"stopping {what}...", file=sys.stderr, flush=True)
         return 0
@@ -411,7 +412,7 @@ def run_demo(args: argparse.Namespace) -> int:
     """
     if args.prepare_only:
         if args.dir is None:
-            print(f"{_PROG}: error: --prepare-only needs --dir", file=sys.stderr)
+            print(f"{_PROG} demo: error: --prepare-only needs --dir", file=sys.stderr)
             return 2
         prepare_notebooks(args.dir)
         print(Path(args.dir).resolve(), flush=True)
@@ -421,7 +422,7 @@ def run_demo(args: argparse.Namespace) -> int:
         notebooks_dir()
         port = _check_port_free(args.ip, args.http_port)
     except (LaunchError, FileNotFoundError) as exc:
-        print(f"{_PROG}: error: {exc}", file=sys.stderr)
+        print(f"{_PROG} demo: error: {exc}", file=sys.stderr)
         return 1
     with contextlib.ExitStack() as stack:
         if args.dir is None:
@@ -446,7 +447,7 @@ def run_demo(args: argparse.Namespace) -> int:
         url = f"http://{_host_for_url(args.ip)}:{port}/lab/tree/{DEMO_NOTEBOOKS[0]}?token={token}"
         print(f"notebooks in {workdir}", flush=True)
         return _run_server(
-            cmd, ip=args.ip, port=port, url=url, cwd=workdir, env=_child_env(), what="JupyterLab"
+            cmd, ip=args.ip, port=port, url=url, cwd=workdir, env=_child_env(), what="JupyterLab", prog=f"{_PROG} demo"
         )
     return 1  # pragma: no cover - the with block always returns
 
@@ -489,7 +490,7 @@ def run_serve(args: argparse.Namespace) -> int:
     Returns the process exit code, as :func:`run_demo` does.
     """
     if not 0 < args.port < 65536:
-        print(f"{_PROG}: error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
+        print(f"{_PROG} serve: error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
     try:
         _require_module("voila", "voila")
@@ -499,7 +500,7 @@ def run_serve(args: argparse.Namespace) -> int:
             raise LaunchError(msg)
         port = _check_port_free(args.ip, args.http_port)
     except LaunchError as exc:
-        print(f"{_PROG}: error: {exc}", file=sys.stderr)
+        print(f"{_PROG} serve: error: {exc}", file=sys.stderr)
         return 1
     token = secrets.token_hex(24)
     with tempfile.TemporaryDirectory(prefix="astropix-serve-") as workdir:
@@ -521,19 +522,5 @@ def run_serve(args: argparse.Namespace) -> int:
         env = _child_env({GROUP_ENV: args.group, PORT_ENV: str(args.port)})
         print(f"monitoring UDP {args.group}:{args.port}", flush=True)
         return _run_server(
-            cmd, ip=args.ip, port=port, url=url, cwd=Path(workdir), env=env, what="Voila"
+            cmd, ip=args.ip, port=port, url=url, cwd=Path(workdir), env=env, what="Voila", prog=f"{_PROG} serve"
         )
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    """``python -m astropix_nbmonitor.app demo|serve ...`` (the CLI offers the same)."""
-    parser = argparse.ArgumentParser(prog=f"python -m {__name__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_demo_arguments(sub.add_parser("demo", help="JupyterLab on the quickstart notebook"))
-    add_serve_arguments(sub.add_parser("serve", help="the monitor as a Voila dashboard"))
-    args = parser.parse_args(argv)
-    return run_demo(args) if args.command == "demo" else run_serve(args)
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

@@ -1,0 +1,260 @@
+"""The live monitor in a real browser: JupyterLab (the demo) and Voila (serve).
+
+Debian's chromium, driven by playwright, opens what a user opens:
+
+* ``astropix-nbmonitor demo``: JupyterLab on the demo's copy of
+  ``quickstart.ipynb``. The demo copy leaves out the notebook's cells tagged
+  ``cleanup`` (the last cell, which stops the source and the monitor so that
+  unattended runs such as nbval leave nothing behind): after *Run All* the
+  monitor is live, exactly as a newcomer sees it, and the test can drive
+  its buttons. The committed notebook is never opened, so nothing can
+  rewrite it (Lab autosave is also off, in the test's own settings).
+* ``astropix-nbmonitor serve``: the Voila dashboard, fed by a simulated
+  source that the test runs on a free UDP port.
+
+On both, the test checks that the hit map renders its 560 cells, that the
+dashboard's readout count rises and the cells' colours change while data
+flow, that Stop freezes the count and Start resumes it, that Reset (while
+stopped) clears the count and the map, and that the page logged no
+JavaScript error; it saves a screenshot to ``test-artifacts/``. Then it stops
+the server with SIGTERM and checks that no process it started is left.
+
+Every wait is a poll with a generous deadline. Servers, kernels and chromium
+keep their state in the test's tmp dir (see ``_jupyter_env``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from _jupyter_env import (
+    MARK_VAR,
+    LaunchedCommand,
+    cli_command,
+    free_tcp_port,
+    free_udp_port,
+    isolated_env,
+    kill_marked_processes,
+    wait_no_marked_processes,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(300)]
+
+CHROMIUM = os.environ.get("ASTROPIX_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+NUM_CELLS = 35 * 16
+
+playwright_sync = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (pip install -e '.[browser]')"
+)
+if not Path(CHROMIUM).is_file():
+    pytest.skip(
+        f"chromium not found at {CHROMIUM} (apt-get install chromium, or set ASTROPIX_CHROMIUM)",
+        allow_module_level=True,
+    )
+
+# Console errors that say nothing about this project: Voila's default template
+# asks a CDN for web fonts, which fails offline.
+HARMLESS_CONSOLE_ERRORS = (
+    re.compile(r"fonts\.googleapis\.com|fonts\.gstatic\.com"),
+    re.compile(r"Failed to load resource: net::ERR_(NAME_NOT_RESOLVED|INTERNET_DISCONNECTED|CONNECTION_REFUSED|ADDRESS_UNREACHABLE|TIMED_OUT)"),
+)
+
+
+# --------------------------------------------------------------------------
+# Fixtures.
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with playwright_sync.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+class PageErrors:
+    """Console errors and uncaught exceptions of a page."""
+
+    def __init__(self, page) -> None:
+        self.errors: list[str] = []
+        self.ignored: list[str] = []
+        page.on("console", self._on_console)
+        page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
+
+    def _on_console(self, msg) -> None:
+        if msg.type != "error":
+            return
+        text = f"console.error: {msg.text} ({msg.location.get('url', '')})"
+        if any(p.search(text) for p in HARMLESS_CONSOLE_ERRORS):
+            self.ignored.append(text)
+        else:
+            self.errors.append(text)
+
+
+@pytest.fixture
+def page(browser, tmp_path):
+    context = browser.new_context(viewport={"width": 1600, "height": 1100})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.errors = PageErrors(page)
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def launch(tmp_path):
+    """Run ``astropix-nbmonitor`` commands with isolated state; clean up after."""
+    started: list[tuple[LaunchedCommand, str]] = []
+
+    def _launch(*args: str) -> tuple[LaunchedCommand, dict[str, str]]:
+        env = isolated_env(tmp_path / "state")
+        cmd = LaunchedCommand(
+            cli_command(*args), env=env, cwd=tmp_path, log=tmp_path / f"server-{len(started)}.log"
+        )
+        started.append((cmd, env[MARK_VAR]))
+        return cmd, env
+
+    yield _launch
+    for cmd, mark in started:
+        if cmd.proc.poll() is None:
+            cmd.stop(signal.SIGKILL)
+        kill_marked_processes(mark)
+
+
+# --------------------------------------------------------------------------
+# Reading the widget from the page.
+
+
+def poll(what: str, predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.25):
+    """Return the first truthy value of ``predicate()``; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last value {last!r})")
+
+
+def readouts(page) -> int | None:
+    """The dashboard's readout count (None while it is not shown)."""
+    loc = page.locator(".apx-dashboard .apx-num-readouts")
+    if loc.count() == 0:
+        return None
+    text = loc.first.inner_text().replace(",", "").strip()
+    return int(text) if text.isdigit() else None
+
+
+def cell_fills(page) -> list[str]:
+    return page.eval_on_selector_all(
+        ".apx-hitmap rect.heatmapcell",
+        "cells => cells.map(c => c.getAttribute('fill') || getComputedStyle(c).fill)",
+    )
+
+
+def exercise_monitor(page, name: str) -> None:
+    """The checks common to JupyterLab and Voila, on a page showing a live monitor."""
+    poll(f"{NUM_CELLS} hit-map cells", lambda: page.locator(".apx-hitmap rect.heatmapcell").count() == NUM_CELLS)
+    first = poll("a readout count on the dashboard", lambda: readouts(page) is not None and (readouts(page),))[0]
+    poll("the readout count to rise", lambda: (readouts(page) or 0) > first)
+    fills = cell_fills(page)
+    assert len(fills) == NUM_CELLS
+    poll("the hit-map colours to change", lambda: cell_fills(page) != fills)
+    poll("the hit map to show a spread of counts", lambda: len(set(cell_fills(page))) > 3)
+    # The whole widget in view (JupyterLab scrolls to the last cell run).
+    page.locator(".apx-toolbar").first.evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.mouse.move(1, 1)  # no hover tool bar over the figures
+    time.sleep(0.5)  # let the scroll settle before the picture (not an assertion)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+    # Stop freezes the count.
+    page.locator("button.apx-stop").first.click()
+    poll("the Start button to be enabled", lambda: page.locator("button.apx-start").first.is_enabled())
+    frozen = poll("the count after Stop", lambda: (readouts(page),))[0]
+    time.sleep(2.0)  # four refresh intervals: long enough for a running monitor to count more
+    assert readouts(page) == frozen, "the readout count moved after Stop"
+
+    # Start resumes it.
+    page.locator("button.apx-start").first.click()
+    poll("the readout count to rise after Start", lambda: (readouts(page) or 0) > frozen)
+
+    # Reset (while stopped) clears the count and the map.
+    page.locator("button.apx-stop").first.click()
+    poll("the Start button to be enabled", lambda: page.locator("button.apx-start").first.is_enabled())
+    page.locator("button.apx-reset").first.click()
+    poll("the readout count to be 0 after Reset", lambda: readouts(page) == 0)
+    poll("a uniform (empty) hit map after Reset", lambda: len(set(cell_fills(page))) == 1)
+    page.screenshot(path=str(ARTIFACTS / f"{name}-reset.png"))
+
+    # And it runs again after a reset.
+    page.locator("button.apx-start").first.click()
+    poll("the readout count to rise after Reset and Start", lambda: (readouts(page) or 0) > 0)
+    poll("the hit map to fill again", lambda: len(set(cell_fills(page))) > 1)
+
+
+def assert_no_js_errors(page) -> None:
+    assert page.errors.errors == [], "\n".join(page.errors.errors)
+
+
+# --------------------------------------------------------------------------
+# Tests.
+
+
+def test_jupyterlab_demo_quickstart_is_live(launch, page, tmp_path):
+    """``demo``: JupyterLab, Run All on the quickstart, then drive the widget."""
+    cmd, env = launch("demo", "--http-port", str(free_tcp_port()), "--dir", str(tmp_path / "demo"))
+    url = cmd.wait_for_url()
+    page.goto(url)
+    page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=120_000)
+    page.locator(".jp-Notebook .jp-Cell").first.click()
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+    # Every cell ran (the kernel is idle again after the last one) and none failed.
+    poll("the widget", lambda: page.locator(".apx-hitmap").count() > 0, timeout=120)
+    page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=120_000)
+    failed = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')
+    assert failed.count() == 0, failed.all_inner_texts()
+    assert page.locator(".jp-Cell .jp-InputPrompt:text-is('[*]:')").count() == 0
+
+    exercise_monitor(page, "jupyterlab-quickstart")
+    assert_no_js_errors(page)
+
+    assert cmd.stop(signal.SIGTERM) == 0, cmd.log()
+    assert wait_no_marked_processes(env[MARK_VAR]) == []
+
+
+def test_voila_dashboard_is_live(launch, page):
+    """``serve``: the Voila dashboard of a UDP port fed by a simulated source."""
+    from astropix_nbmonitor import SimulatedSource
+
+    udp_port = free_udp_port()
+    cmd, env = launch("serve", "--port", str(udp_port), "--http-port", str(free_tcp_port()))
+    url = cmd.wait_for_url()
+    src = SimulatedSource(group="127.0.0.1", port=udp_port, rate_hz=2000, seed=5).start()
+    try:
+        page.goto(url, timeout=120_000)
+        exercise_monitor(page, "voila-dashboard")
+        assert page.locator("text=Traceback").count() == 0
+        assert_no_js_errors(page)
+    finally:
+        src.stop()
+    assert cmd.stop(signal.SIGTERM) == 0, cmd.log()
+    assert wait_no_marked_processes(env[MARK_VAR]) == []
