@@ -41,7 +41,9 @@ TEST_LOG = "decode/test.log"
 def shared_data_dir() -> Path:
     """The shared real-data folder; skips the calling test when it is absent."""
     if not SHARED_DATA_DIR.is_dir():
-        pytest.skip(f"real AstroPix data not found at ../shared/astropix-data/ beside the repository ({SHARED_DATA_DIR})")
+        pytest.skip(
+            f"real AstroPix data not found at ../shared/astropix-data/ beside the repository ({SHARED_DATA_DIR})"
+        )
     return SHARED_DATA_DIR
 
 

@@ -117,7 +117,9 @@ def test_empty_run(tmp_path: Path) -> None:
 
 @settings(max_examples=25, deadline=None)
 @given(chunk_size=st.integers(1, 300), seed=st.integers(0, 100))
-def test_chunked_reading_gives_every_record(tmp_path_factory: pytest.TempPathFactory, chunk_size: int, seed: int) -> None:
+def test_chunked_reading_gives_every_record(
+    tmp_path_factory: pytest.TempPathFactory, chunk_size: int, seed: int
+) -> None:
     records = AstroPix4Simulator(seed=seed, hits_per_readout=3.0).generate(30).records
     path = write_raw(tmp_path_factory.mktemp("chunks") / "c.apx", b'{"readout_uid": 4000}', records)
     with ApxReader(path, chunk_size=chunk_size) as reader:

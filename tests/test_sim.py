@@ -135,7 +135,8 @@ def test_split_hits_are_recovered_in_the_second_readout() -> None:
     assert_hits_equal(hits, run.truth)
     matched = [i for i, f in enumerate(flags) if f & F.ORPHAN_BYTES_MATCHED]
     assert len(matched) == run.num_split > 300
-    assert set(flags) <= {F.NONE, F.VALID_EXTRA_BYTES, F.ORPHAN_BYTES_MATCHED, F.VALID_EXTRA_BYTES | F.ORPHAN_BYTES_MATCHED}
+    allowed = {F.NONE, F.VALID_EXTRA_BYTES, F.ORPHAN_BYTES_MATCHED, F.VALID_EXTRA_BYTES | F.ORPHAN_BYTES_MATCHED}
+    assert set(flags) <= allowed
     # The recovered hit is the first hit of the second readout.
     first = {(h["readout_id"], h["decoding_order"]) for h in run.truth}
     for i in matched:
@@ -328,7 +329,8 @@ def test_every_valid_chip_id_gives_a_start_byte() -> None:
 
 
 def test_encode_hits_equals_hit_encode() -> None:
-    run = AstroPix4Simulator(seed=16, hits_per_readout=3.0, chip_ids=(0, 9, 30), faults={"out_of_matrix": 0.3}).generate(500)
+    sim = AstroPix4Simulator(seed=16, hits_per_readout=3.0, chip_ids=(0, 9, 30), faults={"out_of_matrix": 0.3})
+    run = sim.generate(500)
     words = encode_hits(run.truth)
     for hit, word in zip(run.truth, words):
         fields = {name: int(hit[name]) for name in RAW_FIELDS}
