@@ -386,8 +386,8 @@ class AstroPix4Hit(AbstractAstroPixHit):
     ) -> bytes:
         """Pack field values into the 8 wire bytes of a hit (inverse of decoding).
 
-        A hit whose ``chip_id`` is 28 or more starts with ``ff`` or with ``fc``-like
-        bytes that are not start bytes; the board never sends such ids.
+        The first wire byte is a valid start byte (``e0``..``fe``) only with
+        ``payload`` 7 and ``chip_id`` 0..30: chip 31 gives ``ff`` (padding).
         """
         values = locals()
         word = 0
