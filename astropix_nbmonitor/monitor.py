@@ -236,8 +236,6 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
         for (x, y), (text, opts) in sorted(self._messages.items(), key=lambda item: (-item[0][1], item[0][0])):
             body = text if opts.get("html") else html.escape(text).replace("\n", "<br>")
             style = [f"left:{100 * x:.1f}%", f"top:{100 * (1 - y):.1f}%", "position:absolute", "white-space:nowrap"]
-            if y >= 0.5:
-                style.append("transform:translateY(0)")
             if "color" in opts:
                 style.append(f"color:{opts['color']}")
             if "fontsize" in opts:
@@ -245,8 +243,9 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
             if "fontweight" in opts:
                 style.append(f"font-weight:{opts['fontweight']}")
             parts.append(f'<div style="{";".join(style)}">{body}</div>')
-        height = max(2.0, 1.4 * max((t.count("\n") + t.count("<br") + 1 for t, _ in self._messages.values()), default=1))
-        return f'<div class="apx-messages" style="position:relative;min-height:{height:.1f}em">{"".join(parts)}</div>'
+        lines = max((t.count("\n") + t.count("<br") + 1 for t, _ in self._messages.values()), default=1)
+        height = 1.4 * lines + 0.4
+        return f'<div class="apx-messages" style="position:relative;line-height:1.4;min-height:{height:.1f}em">{"".join(parts)}</div>'
 
     def _listen(self) -> None:
         """The listening function, run on the listener thread by :meth:`start_listening`.
@@ -687,7 +686,7 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
         fig_map.axes = [
             bqplot.Axis(scale=col_scale, label="column", tick_values=np.arange(0, self.NUM_COLS, 3)),
             bqplot.Axis(scale=row_scale, side="left", label="row", tick_values=np.array(ticks)),
-            bqplot.ColorAxis(scale=self._color_scale, side="right", label="hits"),
+            bqplot.ColorAxis(scale=self._color_scale, side="right", label="hits", tick_format=".3~s"),
         ]
         fig_map.marks = [self.heatmap]
         fig_map.title = "Hit map"
@@ -732,7 +731,9 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
         fig_rate.legend_location = "top-left"
         fig_rate.add_class("apx-rates")
         # Controls: colour scale and chip selector.
-        self.scale_toggle = widgets.ToggleButtons(options=["linear", "log"], value="linear", description="hit map")
+        self.scale_toggle = widgets.ToggleButtons(
+            options=["linear", "log"], value="linear", description="hit map scale", style={"description_width": "initial"}
+        )
         self.scale_toggle.style.button_width = "60px"
         self.scale_toggle.add_class("apx-scale")
         self.scale_toggle.observe(lambda _: self._redraw_now(), names="value")
