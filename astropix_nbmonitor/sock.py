@@ -95,6 +95,10 @@ def resolve_address(group: str) -> str:
         return str(ipaddress.IPv4Address(name))
     except ValueError:
         pass
+    if all(c.isdigit() or c == "." for c in name):
+        # Not a dotted quad; do not let the resolver read "1.2.3" as 1.2.0.3.
+        msg = f"invalid address {group!r}: an IPv4 address has four numbers 0..255 separated by dots"
+        raise InvalidAddressError(msg)
     try:
         return socket.gethostbyname(name)
     except (OSError, UnicodeError):

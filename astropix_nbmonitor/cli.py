@@ -1,0 +1,696 @@
+"""The ``astropix-nbmonitor`` command line.
+
+Sub-commands (each has ``--help``, ``--group`` and ``--port``):
+
+``send FILE.apx``
+    Replay the readouts of an .apx file over UDP, at a given rate, once or in
+    a loop (readout ids renumbered so that they stay consecutive).
+``simulate``
+    Stream synthetic AstroPix 4 readouts (:mod:`astropix_nbmonitor.sim`).
+``record OUT.apx``
+    Receive readouts and write them to an .apx file.
+``demo``, ``serve``
+    JupyterLab and Voila launchers, from :mod:`astropix_nbmonitor.app`
+    (registered when that module is present).
+
+A sub-command is one :class:`Command` entry in :data:`COMMANDS`: a name, a
+help line, a function that adds its options to an ``argparse`` parser and a
+function that runs it and returns the exit code. Entries may name their
+functions as ``"module:function"`` strings, imported only when the command
+line is parsed; an entry whose module does not exist is left out.
+
+Errors the user can fix (a missing file, a port in use, a bad option) are
+reported as one line on stderr with a non-zero exit code: 1 for a failure,
+2 for bad usage. Ctrl-C and SIGTERM end ``send``, ``simulate`` and
+``record`` cleanly, with their summary, and exit code 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib
+import itertools
+import logging
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import __version__
+from .fmt import RECORD_HEADER_SIZE, AstroPix4Readout
+from .sock import DEFAULT_PORT, LOCAL_HOST, AddressInUseError, InvalidAddressError, MulticastSender, resolve_address
+
+__all__ = ["COMMANDS", "PROG", "CliError", "Command", "build_parser", "main", "parse_faults"]
+
+logger = logging.getLogger(__name__)
+
+PROG = "astropix-nbmonitor"
+#: Default replay rate of ``send`` and ``simulate`` (readouts per second).
+DEFAULT_RATE = 1000.0
+#: Time between two bursts of the paced senders (s).
+_BURST_PERIOD = 0.002
+#: Most records sent in one burst.
+_MAX_BURST = 1000
+#: A paced sender that falls further behind than this gives up catching up (s).
+_MAX_LAG = 0.25
+#: How often ``record`` empties the listener's buffer (s).
+_RECORD_POLL = 0.02
+
+
+class CliError(Exception):
+    """An error to report as one line, with an exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+_AnyFn = Callable[..., Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One sub-command.
+
+    Attributes
+    ----------
+    name : str
+        The sub-command's name.
+    help : str
+        One line shown in ``astropix-nbmonitor --help``.
+    add_arguments : callable or str
+        ``add_arguments(parser)`` adds the command's own options; or a
+        ``"module:function"`` string, imported lazily.
+    run : callable or str
+        ``run(args) -> int`` runs the command; or a ``"module:function"`` string.
+    address_options : bool
+        Add the common ``--group`` and ``--port`` options.
+    """
+
+    name: str
+    help: str
+    add_arguments: _AnyFn | str
+    run: _AnyFn | str
+    address_options: bool = True
+
+
+# --------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        msg = f"{text!r} is not a number"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not value > 0 or value == float("inf"):
+        msg = f"{text!r} must be a positive number"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        msg = f"{text!r} is not a number of readouts per second"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not value >= 0 or value == float("inf"):
+        msg = f"rate {text!r} must be >= 0 (0: as fast as possible)"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        msg = f"{text!r} is not an integer"
+        raise argparse.ArgumentTypeError(msg) from None
+    if value < 1:
+        msg = f"{text!r} must be at least 1"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        msg = f"port {text!r} is not an integer"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not 1 <= value <= 65535:
+        msg = f"port {value} is not in 1..65535"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _group(text: str) -> str:
+    try:
+        return resolve_address(text)
+    except InvalidAddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parse_faults(text: str) -> dict[str, float]:
+    """Parse ``"split=0.01,skip_ids=0.001"`` into ``{"split": 0.01, "skip_ids": 0.001}``.
+
+    Raises
+    ------
+    ValueError
+        On an item that is not ``name=probability``, or a probability that is
+        not a number in [0, 1].
+    """
+    faults: dict[str, float] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            msg = f"fault {item!r} is not name=probability (e.g. split=0.01)"
+            raise ValueError(msg)
+        try:
+            probability = float(value)
+        except ValueError:
+            msg = f"fault {name}: probability {value.strip()!r} is not a number"
+            raise ValueError(msg) from None
+        if not 0.0 <= probability <= 1.0:
+            msg = f"fault {name}: probability {probability} is not in [0, 1]"
+            raise ValueError(msg)
+        faults[name] = probability
+    return faults
+
+
+def _faults_arg(text: str) -> dict[str, float]:
+    try:
+        return parse_faults(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _apx_path(text: str) -> Path:
+    path = Path(text)
+    if path.suffix.lower() != ".apx":
+        msg = f"{text!r} does not end in .apx"
+        raise argparse.ArgumentTypeError(msg)
+    return path
+
+
+def _summary_rate(count: int, seconds: float) -> str:
+    rate = count / seconds if seconds > 0 else 0.0
+    return f"{count} readouts, {seconds:.2f} s, {rate:.0f} readouts/s"
+
+
+def _send_paced(
+    sender: MulticastSender,
+    records: Iterable[bytes],
+    *,
+    rate: float,
+    duration: float | None = None,
+    count: int | None = None,
+    t0: float | None = None,
+    already_sent: int = 0,
+) -> tuple[int, int]:
+    """Send ``records`` at ``rate`` per second (0: as fast as possible).
+
+    Records go out in bursts of about :data:`_BURST_PERIOD` seconds' worth,
+    burst ``k`` at ``t0 + sent_before_k / rate`` on the monotonic clock, so the
+    mean rate is exact however coarse ``time.sleep`` is. Stops at the end of
+    ``records``, after ``duration`` seconds from ``t0``, or when ``count``
+    records were sent in all (``already_sent`` included).
+
+    Returns
+    -------
+    tuple of int
+        Records and bytes sent by this call.
+    """
+    start = time.monotonic() if t0 is None else t0
+    deadline = None if duration is None else start + duration
+    burst = _MAX_BURST if rate <= 0 else max(1, min(_MAX_BURST, int(rate * _BURST_PERIOD)))
+    iterator = iter(records)
+    total = already_sent
+    sent = 0
+    nbytes = 0
+    sleep = time.sleep
+    monotonic = time.monotonic
+    while True:
+        size = burst if count is None else min(burst, count - total)
+        if size <= 0:
+            break
+        chunk = list(itertools.islice(iterator, size))
+        if not chunk:
+            break
+        if rate > 0:
+            delay = start + total / rate - monotonic()
+            if delay > 0:
+                sleep(delay)
+            elif delay < -_MAX_LAG:
+                start -= delay + _MAX_LAG  # the machine stalled: do not flood to catch up
+        if deadline is not None and monotonic() >= deadline:
+            break
+        sender.send_records(chunk)
+        total += len(chunk)
+        sent += len(chunk)
+        nbytes += sum(map(len, chunk))
+    return sent, nbytes
+
+
+def _renumbered(records: Iterable[bytes], offset: int) -> Iterator[bytes]:
+    """``records`` with ``offset`` added to each readout id (modulo 2**32)."""
+    if offset == 0:
+        yield from records
+        return
+    for record in records:
+        if len(record) < RECORD_HEADER_SIZE:
+            yield record
+            continue
+        rid = (int.from_bytes(record[3:7], "little") + offset) & 0xFFFFFFFF
+        yield record[:3] + rid.to_bytes(4, "little") + record[7:]
+
+
+def _fileio() -> Any:
+    try:
+        from . import fileio
+    except ImportError as exc:  # pragma: no cover - until fileio.py exists
+        msg = f"reading and writing .apx files needs astropix_nbmonitor.fileio, which cannot be imported: {exc}"
+        raise CliError(msg) from None
+    return fileio
+
+
+# --------------------------------------------------------------------------
+# send
+# --------------------------------------------------------------------------
+
+
+def _add_send_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=_apx_path, metavar="FILE.apx", help="the .apx file to replay")
+    parser.add_argument(
+        "--rate",
+        type=_rate,
+        default=DEFAULT_RATE,
+        metavar="HZ",
+        help=f"readouts per second (default {DEFAULT_RATE:.0f}; 0 sends as fast as possible)",
+    )
+    parser.add_argument(
+        "--loop",
+        action="store_true",
+        help="replay the file again and again (until Ctrl-C, --duration or --count), renumbering "
+        "the readout ids so that they stay consecutive",
+    )
+    parser.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds")
+    parser.add_argument("--count", type=_count, metavar="N", help="stop after N readouts")
+    parser.add_argument("--ttl", type=int, default=2, help="multicast TTL (default 2)")
+
+
+class _LastId:
+    """Pass records through, remembering the readout id of the last one."""
+
+    def __init__(self) -> None:
+        self.last: int | None = None
+
+    def watch(self, records: Iterable[bytes]) -> Iterator[bytes]:
+        for record in records:
+            self.last = int.from_bytes(record[3:7], "little")
+            yield record
+
+
+def _run_send(args: argparse.Namespace) -> int:
+    path: Path = args.file
+    if not path.exists():
+        raise CliError(f"{path}: no such file")
+    if not path.is_file():
+        raise CliError(f"{path}: not a file")
+    fileio = _fileio()
+    # Read the header first, so that a file that is not .apx fails before anything is sent.
+    with fileio.apx_open(path, "r") as reader:
+        logger.debug("header of %s: %s", path, reader.header)
+    sent = nbytes = passes = truncated = 0
+    next_id: int | None = None
+    interrupted = False
+    t0 = time.monotonic()
+    with MulticastSender(args.group, args.port, args.ttl) as sender, warnings.catch_warnings():
+        # A truncated last record is reported in the summary line instead.
+        warnings.simplefilter("ignore", fileio.ApxTruncatedWarning)
+        try:
+            while True:
+                with fileio.apx_open(path, "r") as reader:
+                    records = iter(reader.records())
+                    first = next(records, None)
+                    if first is None:
+                        if passes == 0:
+                            raise CliError(f"{path}: holds no readout to send")
+                        break
+                    first_id = int.from_bytes(first[3:7], "little")
+                    # Later passes go on from the id after the last one sent.
+                    offset = 0 if next_id is None else (next_id - first_id) & 0xFFFFFFFF
+                    watcher = _LastId()
+                    stream = watcher.watch(_renumbered(itertools.chain([first], records), offset))
+                    n, b = _send_paced(
+                        sender, stream, rate=args.rate, duration=args.duration, count=args.count, t0=t0, already_sent=sent
+                    )
+                    truncated = reader.truncated_bytes
+                sent += n
+                nbytes += b
+                passes += 1
+                if watcher.last is not None:
+                    next_id = (watcher.last + 1) & 0xFFFFFFFF
+                if not args.loop:
+                    break
+                if args.count is not None and sent >= args.count:
+                    break
+                if args.duration is not None and time.monotonic() - t0 >= args.duration:
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+    seconds = time.monotonic() - t0
+    note = " (interrupted)" if interrupted else ""
+    tail = f"; the file ends with an incomplete record ({truncated} bytes, not sent)" if truncated else ""
+    print(
+        f"sent {_summary_rate(sent, seconds)}, {nbytes} bytes, to {sender.group}:{sender.port}, "
+        f"{passes} pass{'es' if passes != 1 else ''} over {path}{note}{tail}",
+        flush=True,
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------
+# simulate
+# --------------------------------------------------------------------------
+
+
+def _add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--rate",
+        type=_rate,
+        default=DEFAULT_RATE,
+        metavar="HZ",
+        help=f"readouts per second (default {DEFAULT_RATE:.0f}; 0 sends as fast as possible)",
+    )
+    parser.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds (default: Ctrl-C)")
+    parser.add_argument("--count", type=_count, metavar="N", help="stop after N readouts")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (the same seed sends the same bytes)")
+    parser.add_argument(
+        "--hits-per-readout", type=float, default=1.0, metavar="X", help="mean number of hits per readout (default 1)"
+    )
+    parser.add_argument(
+        "--faults",
+        type=_faults_arg,
+        default={},
+        metavar="NAME=P,...",
+        help="per-readout fault probabilities, e.g. split=0.01,skip_ids=0.001 (names: split, ff_padding, "
+        "trailing_ff, truncated, garbled, skip_ids, out_of_matrix)",
+    )
+    parser.add_argument("--ttl", type=int, default=2, help="multicast TTL (default 2)")
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    from .sim import AstroPix4Simulator
+
+    try:
+        simulator = AstroPix4Simulator(
+            seed=args.seed,
+            hits_per_readout=args.hits_per_readout,
+            faults=args.faults or None,
+            start_timestamp=time.time_ns(),
+            rate_hz=args.rate if args.rate > 0 else 1.0e6,
+        )
+    except (TypeError, ValueError) as exc:
+        raise CliError(str(exc), code=2) from None
+    skipped = 0
+    chunk = 1000 if args.rate <= 0 else max(1, min(1000, int(args.rate * 0.05)))
+
+    def stream() -> Iterator[bytes]:
+        nonlocal skipped
+        while True:
+            run = simulator.generate(chunk)
+            skipped += run.lost
+            yield from run.records
+
+    sent = nbytes = 0
+    interrupted = False
+    t0 = time.monotonic()
+    with MulticastSender(args.group, args.port, args.ttl) as sender:
+        try:
+            sent, nbytes = _send_paced(sender, stream(), rate=args.rate, duration=args.duration, count=args.count, t0=t0)
+        except KeyboardInterrupt:
+            interrupted = True
+    seconds = time.monotonic() - t0
+    note = " (interrupted)" if interrupted else ""
+    print(
+        f"sent {_summary_rate(sent, seconds)}, {nbytes} bytes, of simulated data to {sender.group}:{sender.port}"
+        f" (seed {args.seed}, about {skipped} readout ids skipped on purpose){note}",
+        flush=True,
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------
+# record
+# --------------------------------------------------------------------------
+
+
+def _add_record_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=_apx_path, metavar="OUT.apx", help="the .apx file to write")
+    parser.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds (default: Ctrl-C)")
+    parser.add_argument("--count", type=_count, metavar="N", help="stop after N readouts")
+    parser.add_argument("--force", action="store_true", help="overwrite OUT.apx if it exists")
+    parser.add_argument(
+        "--buffer-size",
+        type=_count,
+        default=200_000,
+        metavar="N",
+        help="readouts held between two writes before new ones are dropped (default 200000)",
+    )
+
+
+def _run_record(args: argparse.Namespace) -> int:
+    from .listener import Listener
+
+    path: Path = args.file
+    if path.exists() and not args.force:
+        raise CliError(f"{path} exists; use --force to overwrite it")
+    if path.exists() and not path.is_file():
+        raise CliError(f"{path}: not a file")
+    if not path.parent.is_dir():
+        raise CliError(f"{path.parent}: no such folder")
+    fileio = _fileio()
+    listener = Listener(AstroPix4Readout, args.group, args.port, buffer_size=args.buffer_size)
+    listener.start()  # a port in use fails here, before the file is created
+    group, port = listener.address()
+    started = datetime.datetime.now(datetime.timezone.utc)
+    header = {
+        "readout_uid": AstroPix4Readout.uid(),
+        "recorded_by": f"{PROG} {__version__}",
+        "group": group,
+        "port": port,
+        "start_time": started.isoformat(),
+        "start_time_ns": time.time_ns(),
+    }
+    recorded = nbytes = 0
+    left_over = 0
+    interrupted = False
+    t0 = time.monotonic()
+    print(f"recording {group}:{port} to {path} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    try:
+        with fileio.apx_open(path, "w", header=header) as writer:
+
+            def write(records: list[bytes]) -> None:
+                nonlocal recorded, nbytes, left_over
+                if args.count is not None:
+                    room = args.count - recorded
+                    left_over += max(0, len(records) - room)
+                    records = records[: max(0, room)]
+                for record in records:
+                    writer.write_record(record)
+                    nbytes += len(record)
+                recorded += len(records)
+
+            try:
+                while True:
+                    if args.count is not None and recorded >= args.count:
+                        break
+                    if args.duration is not None and time.monotonic() - t0 >= args.duration:
+                        break
+                    records = listener.drain()
+                    if records:
+                        write(records)
+                    else:
+                        time.sleep(_RECORD_POLL)
+            except KeyboardInterrupt:
+                interrupted = True
+            finally:
+                listener.stop()
+            write(listener.drain())
+    finally:
+        listener.stop()
+    seconds = time.monotonic() - t0
+    stats = listener.stats()
+    reasons = ", ".join(f"{k} {v}" for k, v in stats.malformed_by_reason.items() if v)
+    note = " (interrupted)" if interrupted else ""
+    extra = f", {left_over} received after --count not written" if left_over else ""
+    print(
+        f"recorded {_summary_rate(recorded, seconds)}, {nbytes} bytes, from {group}:{port} to {path}{note}; "
+        f"lost {stats.lost}, out of order {stats.out_of_order}, restarts {stats.restarts}, "
+        f"dropped {stats.dropped}, malformed {stats.malformed}{f' ({reasons})' if reasons else ''}{extra}",
+        flush=True,
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------
+# The command table and main()
+# --------------------------------------------------------------------------
+
+#: The sub-commands, in the order of ``--help``. One line registers one command.
+COMMANDS: list[Command] = [
+    Command("send", "replay an .apx file over UDP", _add_send_arguments, _run_send),
+    Command("simulate", "stream synthetic AstroPix 4 readouts over UDP", _add_simulate_arguments, _run_simulate),
+    Command("record", "receive readouts and write them to an .apx file", _add_record_arguments, _run_record),
+    Command(
+        "demo",
+        "start JupyterLab on the example notebooks (needs jupyterlab)",
+        "astropix_nbmonitor.app:add_demo_arguments",
+        "astropix_nbmonitor.app:run_demo",
+        address_options=False,
+    ),
+    Command(
+        "serve",
+        "show the monitor of one address as a Voila dashboard (needs voila)",
+        "astropix_nbmonitor.app:add_serve_arguments",
+        "astropix_nbmonitor.app:run_serve",
+        address_options=False,
+    ),
+]
+
+
+def _resolve(target: _AnyFn | str) -> _AnyFn | None:
+    """A ``"module:function"`` string to the function; None if the module is missing."""
+    if callable(target):
+        return target
+    module_name, _, attribute = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            logger.debug("command function %s not available: %s", target, exc)
+            return None
+        raise
+    return getattr(module, attribute)
+
+
+def _add_address_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--group",
+        type=_group,
+        default=LOCAL_HOST,
+        help=f"IPv4 address: {LOCAL_HOST} (default) for this machine, or a multicast group such as 239.1.1.1",
+    )
+    parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"UDP port (default {DEFAULT_PORT})")
+
+
+def build_parser(commands: Sequence[Command] | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every available sub-command.
+
+    Each sub-command's run function is stored as ``args.run``.
+    """
+    parser = _Parser(prog=PROG, description="AstroPix online monitor: data transport and Jupyter launchers.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)")
+    parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
+    sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    names: list[str] = []
+    for command in COMMANDS if commands is None else commands:
+        add_arguments = _resolve(command.add_arguments)
+        run = _resolve(command.run)
+        if add_arguments is None or run is None:
+            continue
+        sub_parser = sub.add_parser(command.name, help=command.help, description=command.help)
+        if command.address_options:
+            _add_address_options(sub_parser)
+        add_arguments(sub_parser)
+        sub_parser.set_defaults(run=run)
+        names.append(command.name)
+    parser.set_defaults(command_names=names)
+    return parser
+
+
+def _error_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, (AddressInUseError,)) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror}"
+    return str(exc) or type(exc).__name__
+
+
+class _Terminate(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminate
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments (default: ``sys.argv[1:]``).
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.error(f"missing command: one of {', '.join(parser.get_default('command_names'))}")
+    except SystemExit as exc:  # --help, --version, usage errors
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    if args.verbose:
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose > 1 else logging.INFO,
+            format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        )
+    prog = f"{PROG} {args.command}"
+    handler_set = False
+    previous: Any = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        handler_set = True
+    try:
+        return int(args.run(args) or 0)
+    except CliError as exc:
+        if args.debug:
+            raise
+        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        return exc.code
+    except (InvalidAddressError, AddressInUseError, OSError, ValueError) as exc:
+        if args.debug:
+            raise
+        print(f"{prog}: error: {_error_line(exc)}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        if handler_set:
+            signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,549 @@
+"""Tests of astropix_nbmonitor.listener over loopback: exact counts, bad input, life cycle."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from astropix_nbmonitor.fmt import RECORD_HEADER, AstroPix4Readout, MalformedReadoutError, parse_record
+from astropix_nbmonitor.listener import (
+    MALFORMED_REASONS,
+    RESTART_BACKWARD_JUMP,
+    RESTART_ID_LIMIT,
+    Listener,
+    ListenerStats,
+)
+from astropix_nbmonitor.sock import LOCAL_HOST, AddressInUseError, InvalidAddressError, MulticastReceiver, MulticastSender
+
+pytestmark = pytest.mark.timeout(120)
+
+DEADLINE = 20.0  # a limit only: tests never assert on timing
+
+
+def _socket_inodes() -> set[str]:
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            out.add(target)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Every test leaves no thread and no socket behind."""
+    threads = set(threading.enumerate())
+    sockets = _socket_inodes()
+    yield
+    assert set(threading.enumerate()) <= threads
+    assert _socket_inodes() <= sockets
+
+
+@pytest.fixture
+def make_listener():
+    """Make listeners (port 0 by default) that are stopped at the end of the test."""
+    made: list[Listener] = []
+
+    def make(**kwargs) -> Listener:
+        kwargs.setdefault("port", 0)
+        listener = Listener(**kwargs)
+        made.append(listener)
+        return listener
+
+    yield make
+    for listener in made:
+        assert listener.stop()
+        assert not listener.running
+
+
+def record(rid: int, hits: int = 1) -> bytes:
+    data = b"\xbc\xbc" + b"\xe0\x50\x42\x03\x06\x20\xd7\x01\xbc" * hits + b"\xbc"
+    return AstroPix4Readout(data, rid, 1_753_255_536_000_000_000 + rid).to_bytes()
+
+
+def send(port: int, datagrams: Iterable[bytes], *, group: str = LOCAL_HOST, burst: int = 100) -> int:
+    """Send in modest bursts with tiny pauses, so that loopback does not drop."""
+    count = 0
+    with MulticastSender(group, port, ttl=1) as tx:
+        for data in datagrams:
+            tx.send_data(data)
+            count += 1
+            if count % burst == 0:
+                time.sleep(0.001)
+    return count
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.005)
+
+
+def wait_datagrams(listener: Listener, n: int) -> ListenerStats:
+    wait_for(lambda: listener.stats().datagrams >= n, f"{n} datagrams")
+    return listener.stats()
+
+
+def check_invariants(stats: ListenerStats) -> None:
+    assert stats.datagrams == stats.accepted + stats.malformed
+    assert stats.accepted == stats.processed + stats.dropped + stats.buffered
+    assert stats.malformed == sum(stats.malformed_by_reason.values())
+    assert set(stats.malformed_by_reason) == set(MALFORMED_REASONS)
+
+
+def ids_of(records: Sequence[bytes]) -> list[int]:
+    return [struct.unpack_from("<I", r, 3)[0] for r in records]
+
+
+def run_ids(make_listener, ids: Sequence[int]) -> ListenerStats:
+    listener = make_listener().start()
+    send(listener.address()[1], (record(i) for i in ids))
+    stats = wait_datagrams(listener, len(ids))
+    assert stats.accepted == len(ids)
+    return stats
+
+
+# --------------------------------------------------------------------------
+# Exact counts
+
+
+def test_n_sent_n_received(make_listener):
+    listener = make_listener().start()
+    assert listener.running
+    group, port = listener.address()
+    assert group == LOCAL_HOST and port > 0
+    sent = [record(i, hits=i % 4) for i in range(5000)]
+    received: list[bytes] = []
+    send(port, sent)
+    deadline = time.monotonic() + DEADLINE
+    while len(received) < len(sent) and time.monotonic() < deadline:
+        received.extend(listener.drain())
+        time.sleep(0.005)
+    assert received == sent  # every one, in order, byte for byte
+    stats = listener.stats()
+    check_invariants(stats)
+    assert stats.datagrams == stats.accepted == stats.processed == 5000
+    assert stats.bytes == sum(map(len, sent))
+    assert stats.malformed == stats.lost == stats.out_of_order == stats.restarts == stats.dropped == 0
+    assert stats.buffered == 0
+    assert stats.last_datagram_time is not None and stats.last_datagram_time > 0
+    assert stats.rcvbuf and stats.rcvbuf > 0
+
+
+def test_drain_max_records_and_readouts(make_listener):
+    listener = make_listener().start()
+    send(listener.address()[1], (record(i) for i in range(100)))
+    wait_datagrams(listener, 100)
+    assert ids_of(listener.drain(10)) == list(range(10))
+    assert listener.drain(0) == []
+    assert ids_of(listener.drain(30)) == list(range(10, 40))
+    readouts = listener.drain_readouts()
+    assert [r.readout_id for r in readouts] == list(range(40, 100))
+    assert all(isinstance(r, AstroPix4Readout) for r in readouts)
+    assert listener.drain() == []
+    stats = listener.stats()
+    assert stats.processed == 100
+    check_invariants(stats)
+
+
+def test_skipped_ids_give_exact_lost(make_listener):
+    skipped = {10, 20, 21, 22, *range(50, 60), 99}
+    ids = [i for i in range(120) if i not in skipped]
+    stats = run_ids(make_listener, ids)
+    assert stats.lost == len(skipped) == 15
+    assert stats.out_of_order == stats.restarts == 0
+    check_invariants(stats)
+
+
+def test_buffer_full_drops_are_counted_exactly(make_listener):
+    listener = make_listener(buffer_size=100).start()
+    send(listener.address()[1], (record(i) for i in range(1000)))
+    stats = wait_datagrams(listener, 1000)
+    assert stats.accepted == 1000
+    assert stats.buffered == 100
+    assert stats.dropped == 900
+    assert stats.lost == 0  # dropped by us, not lost on the way
+    check_invariants(stats)
+    # The oldest are kept, the new ones were dropped.
+    assert ids_of(listener.drain()) == list(range(100))
+    send(listener.address()[1], (record(i) for i in range(1000, 1050)))
+    stats = wait_datagrams(listener, 1050)
+    assert stats.buffered == 50 and stats.dropped == 900 and stats.processed == 100
+    check_invariants(stats)
+
+
+# --------------------------------------------------------------------------
+# Malformed input
+
+
+def junk_datagrams(seed: int = 7) -> list[bytes]:
+    rng = random.Random(seed)
+    good = record(1)
+    out = [
+        b"",  # an empty datagram
+        b"\xfe",
+        good[:18],  # truncated header
+        good[:10],
+        b"\x00" * 19,  # wrong header, nothing after it
+        b"\xfe\xdc\xbb" + good[3:],  # wrong magic
+        good + b"\xbc",  # length field too small
+        good[:-1],  # length field too large
+        RECORD_HEADER + struct.pack("<IQI", 5, 0, 2**32 - 1),  # absurd length
+        bytes(rng.getrandbits(8) for _ in range(65_000)),  # big junk
+        RECORD_HEADER + struct.pack("<IQI", 5, 0, 1) + bytes(64_981),  # big, wrong length
+        RECORD_HEADER + bytes(rng.getrandbits(8) for _ in range(200)),
+    ]
+    for _ in range(300):
+        size = rng.choice([rng.randrange(0, 19), rng.randrange(19, 80), rng.randrange(80, 2000)])
+        data = bytearray(rng.getrandbits(8) for _ in range(size))
+        if rng.random() < 0.5 and size >= 3:
+            data[:3] = RECORD_HEADER  # junk that passes the first check
+        out.append(bytes(data))
+    return out
+
+
+def expected_reasons(datagrams: Iterable[bytes]) -> dict[str, int]:
+    counts = dict.fromkeys(MALFORMED_REASONS, 0)
+    for data in datagrams:
+        try:
+            parse_record(data)
+        except MalformedReadoutError as exc:
+            counts[exc.reason] += 1
+        else:
+            counts["valid"] = counts.get("valid", 0) + 1
+    return counts
+
+
+def test_malformed_flood_is_counted_by_reason(make_listener):
+    listener = make_listener().start()
+    port = listener.address()[1]
+    junk = junk_datagrams()
+    expected = expected_reasons(junk)
+    assert expected.get("valid", 0) == 0
+    assert all(expected[k] > 0 for k in ("short", "header", "length"))
+    for round_ in range(3):
+        send(port, junk, burst=20)
+        send(port, (record(i) for i in range(round_ * 100, round_ * 100 + 100)))
+    n = 3 * (len(junk) + 100)
+    stats = wait_datagrams(listener, n)
+    assert listener.running
+    assert stats.malformed == 3 * len(junk)
+    assert stats.malformed_by_reason == {k: 3 * expected[k] for k in MALFORMED_REASONS}
+    assert stats.malformed_by_reason["other"] == 0
+    assert stats.accepted == 300
+    assert stats.lost == stats.out_of_order == stats.restarts == 0
+    check_invariants(stats)
+    assert ids_of(listener.drain()) == list(range(300))
+    # and it still receives afterwards
+    send(port, [record(300)])
+    wait_datagrams(listener, n + 1)
+    assert ids_of(listener.drain()) == [300]
+
+
+# --------------------------------------------------------------------------
+# Readout ids: reordering, duplicates, restarts
+
+
+def test_duplicates_and_out_of_order(make_listener):
+    ids = [*range(100, 110), 105, 109, 110, 112, 111, 113, 116, 114, 115, 117]
+    stats = run_ids(make_listener, ids)
+    # 105 and 109 repeat; 111 and 114, 115 arrive late into gaps that were counted lost
+    assert stats.out_of_order == 5
+    assert stats.lost == 0
+    assert stats.restarts == 0
+
+
+def test_late_readout_outside_the_gap_memory_stays_lost(make_listener):
+    # 17 gaps of one id each, then the first missing id arrives: too old to be
+    # recognised as late (16 gaps are remembered), so it counts out of order
+    # and the loss stays counted.
+    ids = [1000 + 2 * k for k in range(18)] + [1001]
+    stats = run_ids(make_listener, ids)
+    assert stats.lost == 17
+    assert stats.out_of_order == 1
+    assert stats.restarts == 0
+
+
+def test_restart_to_a_small_id(make_listener):
+    ids = [*range(5000, 5100), *range(0, 50)]
+    stats = run_ids(make_listener, ids)
+    assert stats.restarts == 1
+    assert stats.lost == 0 and stats.out_of_order == 0
+
+
+def test_restart_far_back_and_counter_wrap(make_listener):
+    ids = [
+        *range(5000, 5010),
+        *range(5000 - RESTART_BACKWARD_JUMP - 10, 5000 - RESTART_BACKWARD_JUMP),  # far back: restart
+        *range(2**32 - 3, 2**32),  # forward jump: counted lost
+        *range(0, 3),  # wrap to 0: restart
+    ]
+    stats = run_ids(make_listener, ids)
+    assert stats.restarts == 2
+    assert stats.lost == (2**32 - 3) - (5000 - RESTART_BACKWARD_JUMP)
+    assert stats.out_of_order == 0
+
+
+def test_small_repeated_id_near_the_start_is_a_restart(make_listener):
+    # The documented rule: going back to an id below RESTART_ID_LIMIT is a restart.
+    stats = run_ids(make_listener, [*range(0, 10), 3, 4, 5])
+    assert RESTART_ID_LIMIT == 16
+    assert stats.restarts == 1 and stats.out_of_order == 0 and stats.lost == 0
+
+
+def _feed(ids: Sequence[int]) -> tuple[int, int, int]:
+    """Run the id tracker alone (the loop's fast path plus ``_track``)."""
+    listener = Listener(port=0)
+    expect = -1
+    for rid in ids:
+        expect = expect + 1 if rid == expect else listener._track(rid, expect)
+    return listener._p_lost, listener._p_out_of_order, listener._p_restarts
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(2, 300),
+    data=st.data(),
+)
+def test_lost_is_exact_under_local_reordering(n, data):
+    start = 1000
+    keep = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    keep[0] = True  # the baseline
+    ids = [start + i for i in range(n) if keep[i]]
+    # swap a few neighbours (reordering on the network)
+    swaps = data.draw(st.lists(st.integers(1, max(1, len(ids) - 1)), max_size=8))
+    for i in swaps:
+        if 1 <= i < len(ids) - 1:
+            ids[i], ids[i + 1] = ids[i + 1], ids[i]
+    lost, out_of_order, restarts = _feed(ids)
+    assert restarts == 0
+    assert lost == (max(ids) - start + 1) - len(ids)
+    assert out_of_order <= len(swaps)
+
+
+# --------------------------------------------------------------------------
+# Counters
+
+
+def test_invariants_hold_while_running(make_listener):
+    listener = make_listener(buffer_size=500).start()
+    port = listener.address()[1]
+    junk = junk_datagrams(3)[:50]
+    done = threading.Event()
+    snapshots: list[ListenerStats] = []
+
+    def consumer():
+        while not done.is_set():
+            listener.drain(37)
+            snapshots.append(listener.stats())
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=consumer, name="test-consumer")
+    thread.start()
+    try:
+        for k in range(10):
+            send(port, (record(i) for i in range(k * 300, k * 300 + 300)))
+            send(port, junk, burst=25)
+        wait_datagrams(listener, 10 * 350)
+    finally:
+        done.set()
+        thread.join()
+    assert snapshots
+    for stats in snapshots:
+        check_invariants(stats)
+    final = listener.stats()
+    check_invariants(final)
+    assert final.accepted == 3000 and final.malformed == 500
+
+
+def test_stats_snapshot_is_frozen(make_listener):
+    stats = make_listener().stats()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stats.datagrams = 3
+    assert stats.datagrams == 0 and stats.last_datagram_time is None and stats.rcvbuf is None
+    assert stats.as_dict()["malformed_by_reason"] == dict.fromkeys(MALFORMED_REASONS, 0)
+
+
+def test_reset_counters(make_listener):
+    listener = make_listener().start()
+    port = listener.address()[1]
+    send(port, [*(record(i) for i in [*range(0, 10), *range(20, 30)]), b"junk"])
+    stats = wait_datagrams(listener, 21)
+    assert stats.lost == 10 and stats.malformed == 1
+    listener.reset_counters()
+    stats = listener.stats()
+    assert stats.malformed == stats.lost == stats.processed == stats.dropped == 0
+    # kept, and counted as received after the reset so that the invariants hold
+    assert stats.buffered == stats.accepted == stats.datagrams == 20
+    check_invariants(stats)
+    # The last id is forgotten: 500 is the new baseline, no loss counted.
+    send(port, (record(i) for i in range(500, 510)))
+    stats = wait_datagrams(listener, 30)
+    assert stats.lost == 0 and stats.restarts == 0 and stats.out_of_order == 0
+    check_invariants(stats)
+    listener.reset_counters(clear_buffer=True)
+    stats = listener.stats()
+    assert stats.buffered == stats.accepted == 0
+    assert listener.drain() == []
+
+
+# --------------------------------------------------------------------------
+# Life cycle
+
+
+def test_start_stop_cycles_leave_nothing_behind(make_listener):
+    listener = make_listener(timeout=0.02)
+    threads = set(threading.enumerate())
+    sockets = _socket_inodes()
+    port = None
+    for cycle in range(50):
+        listener.start()
+        listener.start()  # idempotent
+        assert listener.running
+        assert [t.name for t in threading.enumerate() if t.name == "astropix-listener"] == ["astropix-listener"]
+        if port is None:
+            port = listener.address()[1]
+        assert listener.address()[1] == port  # port 0: chosen once, then reused
+        if cycle % 10 == 0:
+            send(port, [record(cycle)])
+            wait_datagrams(listener, cycle // 10 + 1)
+        assert listener.stop()
+        assert listener.stop()  # idempotent
+        assert not listener.running
+        assert set(threading.enumerate()) <= threads
+        assert _socket_inodes() <= sockets
+    # counters persist across restarts of the listener
+    assert listener.stats().accepted == 5
+    # after stop() the port is free
+    with MulticastReceiver(port=port) as rx:
+        assert rx.port == port
+
+
+def test_open_then_run_in_own_thread(make_listener):
+    # The monitor's way: open() in the caller, run() on a thread it owns.
+    listener = make_listener()
+    listener.open()
+    listener.open()  # idempotent
+    port = listener.address()[1]
+    thread = threading.Thread(target=listener.run, name="test-run")
+    thread.start()
+    wait_for(lambda: listener.running, "the loop")
+    with pytest.raises(RuntimeError, match="already running"):
+        listener.run()
+    send(port, (record(i) for i in range(20)))
+    wait_datagrams(listener, 20)
+    listener.request_stop()
+    thread.join(DEADLINE)
+    assert not thread.is_alive()
+    assert not listener.running
+    assert listener.stop()
+    assert ids_of(listener.drain()) == list(range(20))
+
+
+def test_run_without_open_raises(make_listener):
+    with pytest.raises(RuntimeError, match="open"):
+        make_listener().run()
+
+
+def test_port_in_use_raises_in_the_caller(make_listener):
+    with MulticastReceiver(port=0) as holder:
+        listener = make_listener(port=holder.port)
+        threads = set(threading.enumerate())
+        with pytest.raises(AddressInUseError, match=f"127.0.0.1:{holder.port}.*already in use"):
+            listener.start()
+        assert set(threading.enumerate()) == threads
+        assert not listener.running
+        with pytest.raises(AddressInUseError):
+            listener.open()
+
+
+def test_invalid_arguments():
+    with pytest.raises(InvalidAddressError, match="nowhere"):
+        Listener(group="nowhere.invalid")
+    with pytest.raises(ValueError, match="buffer_size"):
+        Listener(buffer_size=0)
+    with pytest.raises(ValueError, match="timeout"):
+        Listener(timeout=0)
+    with pytest.raises(ValueError, match="port"):
+        Listener(port=70000)
+
+
+def test_context_manager(make_listener):
+    with make_listener() as listener:
+        assert listener.running
+        send(listener.address()[1], [record(1)])
+        wait_datagrams(listener, 1)
+    assert not listener.running
+
+
+def test_multicast_listeners_share_a_group(make_listener):
+    group = f"239.255.{random.randrange(1, 255)}.{random.randrange(1, 255)}"
+    a = make_listener(group=group, interface=LOCAL_HOST)
+    try:
+        a.start()
+    except OSError as exc:
+        pytest.skip(f"cannot join multicast group {group} on loopback here: {exc}")
+    port = a.address()[1]
+    b = make_listener(group=group, port=port, interface=LOCAL_HOST).start()
+    with MulticastSender(group, port, ttl=1, interface=LOCAL_HOST) as tx:
+        tx.send_data(record(0))
+    deadline = time.monotonic() + 2.0
+    while a.stats().datagrams == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if a.stats().datagrams == 0:
+        pytest.skip(f"no multicast route to {group} on loopback here")
+    wait_datagrams(b, 1)
+    n = 1000
+    count = 0
+    with MulticastSender(group, port, ttl=1, interface=LOCAL_HOST) as tx:
+        for i in range(1, n + 1):
+            tx.send_data(record(i))
+            count += 1
+            if count % 100 == 0:
+                time.sleep(0.001)
+    for listener in (a, b):
+        stats = wait_datagrams(listener, n + 1)
+        assert stats.accepted == n + 1 and stats.lost == 0
+        assert ids_of(listener.drain()) == list(range(n + 1))
+
+
+def test_many_datagrams_in_one_socket_burst(make_listener):
+    # Fill the socket while the loop is not running, then start it: the loop
+    # publishes in bursts, and counts must still be exact.
+    listener = make_listener()
+    listener.open()
+    port = listener.address()[1]
+    with MulticastSender(LOCAL_HOST, port) as tx:
+        for i in range(3000):
+            tx.send_data(record(i))
+    thread = threading.Thread(target=listener.run, name="test-run")
+    thread.start()
+    try:
+        stats = wait_datagrams(listener, 3000)
+    finally:
+        listener.request_stop()
+        thread.join(DEADLINE)
+    assert stats.accepted == 3000 and stats.lost == 0
+    assert ids_of(listener.drain()) == list(range(3000))
+
+
+def test_socket_closed_under_the_loop_ends_it(make_listener):
+    listener = make_listener(timeout=0.02).start()
+    listener._receiver.socket.close()  # simulate an outside close
+    wait_for(lambda: not listener.running, "the loop to end")
+    assert not listener.running
