@@ -476,7 +476,7 @@ class Listener:
                 expect = -1
                 self._gaps = []
                 self._p_lost = self._p_out_of_order = self._p_restarts = 0
-            n_datagrams = n_bytes = n_short = n_header = n_length = n_other = 0
+            n_short = n_header = n_length = n_other = bad_bytes = 0
             socket_error: OSError | None = None
             for _ in bursts:
                 try:
@@ -487,18 +487,19 @@ class Listener:
                     socket_error = exc
                     break
                 n = len(data)
-                n_datagrams += 1
-                n_bytes += n
                 try:
                     if n < header_size:
                         n_short += 1
+                        bad_bytes += n
                         continue
                     head, rid, _timestamp, length = unpack(data)
                     if head != magic:
                         n_header += 1
+                        bad_bytes += n
                         continue
                     if length != n - header_size:
                         n_length += 1
+                        bad_bytes += n
                         continue
                     if rid == expect:
                         expect += 1
@@ -507,8 +508,12 @@ class Listener:
                     append(data)
                 except Exception:
                     n_other += 1
-            if n_datagrams:
-                self._publish(batch, n_datagrams, n_bytes, (n_short, n_header, n_length, n_other))
+                    bad_bytes += n
+            # Counted here rather than per datagram: fewer operations on the fast path.
+            n_bad = n_short + n_header + n_length + n_other
+            if batch or n_bad:
+                n_bytes = sum(map(len, batch)) + bad_bytes
+                self._publish(batch, len(batch) + n_bad, n_bytes, (n_short, n_header, n_length, n_other))
                 batch.clear()
             if socket_error is not None and self._socket_error(socket_error):
                 break
