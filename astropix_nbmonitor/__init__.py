@@ -16,10 +16,36 @@ from .fmt import (
     decode_batch,
 )
 
+from .fileio import ApxFormatError, ApxTruncatedWarning, apx_open
+from .listener import Listener, ListenerStats
+from .sim import AstroPix4Simulator
+from .sock import (
+    DEFAULT_GROUP,
+    DEFAULT_PORT,
+    LOCAL_HOST,
+    AddressInUseError,
+    InvalidAddressError,
+    MulticastReceiver,
+    MulticastSender,
+)
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_GROUP",
+    "DEFAULT_PORT",
     "HIT_DTYPE",
+    "LOCAL_HOST",
+    "AddressInUseError",
+    "ApxFormatError",
+    "ApxTruncatedWarning",
+    "AstroPix4Simulator",
+    "InvalidAddressError",
+    "Listener",
+    "ListenerStats",
+    "MulticastReceiver",
+    "MulticastSender",
+    "apx_open",
     "AbstractAstroPixHit",
     "AbstractAstroPixReadout",
     "AbstractMonitor",
