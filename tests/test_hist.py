@@ -1,0 +1,91 @@
+"""The accumulators: exact per-chip hit maps and TOT spectra, UHI-readable copies."""
+
+from __future__ import annotations
+
+import boost_histogram as bh
+import numpy as np
+import pytest
+
+from astropix_nbmonitor.fmt import HIT_DTYPE, AstroPix4Hit
+from astropix_nbmonitor.hist import TOT_EDGES, HitAccumulator, RateHistory
+
+
+def _hits(rows, cols, tots, chips=None) -> np.ndarray:
+    out = np.zeros(len(rows), dtype=HIT_DTYPE)
+    out["row"], out["column"], out["tot_us"] = rows, cols, tots
+    out["chip_id"] = 0 if chips is None else chips
+    return out
+
+
+def test_fill_counts_every_hit_once_and_keeps_out_of_matrix_apart():
+    acc = HitAccumulator(35, 16)
+    acc.fill(_hits([0, 34, 5, 5, 3], [0, 15, 7, 7, 20], [10.0, 499.9, 600.0, -0.0, 42.0]))
+    h = acc.hit_map()
+    assert isinstance(h, bh.Histogram) and h.ndim == 2
+    assert [ax.name for ax in h.axes] == ["column", "row"]
+    assert h.values().shape == (16, 35)
+    assert h.values()[0, 0] == 1 and h.values()[15, 34] == 1 and h.values()[7, 5] == 2
+    assert h.sum() == 4 and acc.out_of_matrix == 1
+    t = acc.tot_hist()
+    assert np.allclose(t.axes[0].edges, TOT_EDGES)
+    assert t.values(flow=True)[-1] == 1  # 600 us: overflow
+    assert t.sum(flow=True) == 5  # every decoded hit has a TOT, in the matrix or not
+    counts, under, over = acc.tot_counts()
+    assert counts.sum() == 4 and under == 0 and over == 1
+    assert acc.hit_map_counts().shape == (35, 16)
+    assert acc.hit_map_counts()[5, 7] == 2
+
+
+def test_per_chip_maps_sum_to_the_total():
+    rng = np.random.default_rng(1)
+    n = 5000
+    hits = _hits(rng.integers(0, 35, n), rng.integers(0, 16, n), rng.uniform(0, 700, n), rng.choice([0, 2, 7], n))
+    acc = HitAccumulator(35, 16)
+    acc.fill(hits[:100])
+    acc.fill(hits[100:])
+    assert acc.chips_seen == {0, 2, 7}
+    total = sum(acc.hit_map(c).values() for c in (0, 2, 7))
+    assert np.array_equal(total, acc.hit_map().values())
+    assert acc.hit_map(2).sum() == np.count_nonzero(hits["chip_id"] == 2)
+    assert acc.tot_hist(7).sum(flow=True) == np.count_nonzero(hits["chip_id"] == 7)
+
+
+def test_copies_are_independent_and_reset_clears():
+    acc = HitAccumulator(35, 16)
+    acc.fill(_hits([1], [2], [3.0]))
+    copy = acc.hit_map()
+    acc.fill(_hits([1], [2], [3.0]))
+    assert copy.sum() == 1 and acc.hit_map().sum() == 2
+    acc.reset()
+    assert acc.hit_map().sum() == 0 and acc.tot_hist().sum(flow=True) == 0
+    assert acc.out_of_matrix == 0 and acc.chips_seen == set()
+
+
+def test_fill_hits_objects_equals_array_fill():
+    words = [AstroPix4Hit.encode(row=r, column=c, ts_coarse1=100, ts_fine1=1, ts_coarse2=300 + r, ts_fine2=2)
+             for r, c in [(0, 1), (4, 15), (4, 15), (31, 17)]]
+    objs = [AstroPix4Hit.from_wire(w) for w in words]
+    a, b = HitAccumulator(35, 16), HitAccumulator(35, 16)
+    a.fill_hits(objs)
+    b.fill(_hits([h.row for h in objs], [h.column for h in objs], [h.tot_us for h in objs]))
+    assert np.array_equal(a.hit_map().values(), b.hit_map().values())
+    assert np.array_equal(a.tot_hist().values(flow=True), b.tot_hist().values(flow=True))
+    assert a.out_of_matrix == 1
+
+
+def test_variable_tot_edges():
+    acc = HitAccumulator(35, 16, tot_edges=[0, 10, 100, 1000])
+    acc.fill(_hits([0, 0, 0], [0, 0, 0], [5.0, 50.0, 5000.0]))
+    assert list(acc.tot_hist().values()) == [1, 1, 0]
+    assert acc.tot_hist().values(flow=True)[-1] == 1
+
+
+def test_rate_history_keeps_the_last_span():
+    hist = RateHistory(span=10.0)
+    for i in range(30):
+        hist.add(100.0 + i, 200.0 + i, when=1000.0 + i)
+    t, r, h = hist.arrays()
+    assert len(hist) == 11 and t[-1] == 0.0 and t[0] == pytest.approx(-10.0)
+    assert r[-1] == 129.0 and h[-1] == 229.0
+    hist.clear()
+    assert len(hist.arrays()[0]) == 0

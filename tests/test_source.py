@@ -1,0 +1,57 @@
+"""The built-in simulated source: steady rate, exact count, clean stop."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from astropix_nbmonitor.fmt import decode_batch
+from astropix_nbmonitor.listener import Listener
+from astropix_nbmonitor.sim import AstroPix4Simulator
+from astropix_nbmonitor.source import SimulatedSource
+
+
+def _source_threads():
+    return [t for t in threading.enumerate() if t.name == "astropix-simulated-source"]
+
+
+def test_source_sends_the_simulator_stream_and_stops_by_itself():
+    listener = Listener(port=0).start()
+    try:
+        src = SimulatedSource(port=listener.port, rate_hz=5000, max_readouts=1200, seed=7, hits_per_readout=2)
+        src.start()
+        assert src.wait(30) and src.sent == 1200
+        deadline = time.monotonic() + 10
+        while listener.stats().accepted < 1200 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        records = listener.drain()
+    finally:
+        listener.stop()
+    assert len(records) == 1200
+    assert listener.stats().lost == 0
+    # Same seed, same bytes: what arrived is the simulator's stream.
+    chunks = []
+    sim = AstroPix4Simulator(seed=7, hits_per_readout=2)
+    while sum(map(len, chunks)) < 1200:
+        chunks.append(sim.generate(SimulatedSource.CHUNK).records)
+    expected = [r for chunk in chunks for r in chunk][:1200]
+    assert records == expected
+    assert len(decode_batch(records)) > 1200
+    assert _source_threads() == []
+
+
+def test_start_stop_twice_and_context_manager():
+    with SimulatedSource(port=9, rate_hz=100) as src:  # port 9 (discard): nobody listens
+        assert src.running
+        src.start()
+        time.sleep(0.05)
+    assert not src.running and _source_threads() == []
+    src.stop()
+    assert "rate_hz=100" in repr(src)
+
+
+def test_bad_rate_is_refused():
+    with pytest.raises(ValueError, match="rate_hz"):
+        SimulatedSource(rate_hz=0)
