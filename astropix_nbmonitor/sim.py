@@ -44,7 +44,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 import numpy as np
 
-from .fmt import HIT_DTYPE, AstroPix4Readout
+from .fmt import _AP4_LAYOUT, _BIT_REVERSE_NP, _IS_START, _RECORD_STRUCT, HIT_DTYPE, RECORD_HEADER, AstroPix4Readout
 
 __all__ = ["AstroPix4Simulator", "Faults", "SimulatedRun", "VALID_CHIP_IDS", "encode_hits"]
 
@@ -68,29 +68,12 @@ _MAX_TOT_CYCLES = _ROLLOVER - 1
 #: Chip ids whose hits start with a valid start byte (payload 7).
 VALID_CHIP_IDS = tuple(range(31))
 
-_RECORD = struct.Struct("<3sIQI")
-_RECORD_MAGIC = b"\xfe\xdc\xba"
-
-# Hit layout of FORMAT.md section 4: (field, first bit, width), bits counted
-# from the most significant of the 64-bit word read after reversing the bit
-# order inside each byte.
-_LAYOUT = (
-    ("chip_id", 0, 5),
-    ("payload", 5, 3),
-    ("row", 8, 5),
-    ("column", 13, 5),
-    ("ts_neg1", 18, 1),
-    ("ts_coarse1", 19, 14),
-    ("ts_fine1", 33, 3),
-    ("ts_tdc1", 36, 5),
-    ("ts_neg2", 41, 1),
-    ("ts_coarse2", 42, 14),
-    ("ts_fine2", 56, 3),
-    ("ts_tdc2", 59, 5),
-)
-_FLIP_BITS = np.array([int(f"{b:08b}"[::-1], 2) for b in range(256)], dtype=np.uint8)
-_START_BYTE = np.zeros(256, dtype=bool)
-_START_BYTE[0xE0:0xFF] = True
+_RECORD = _RECORD_STRUCT
+_RECORD_MAGIC = RECORD_HEADER
+# The hit layout and byte tables are the decoder's own (FORMAT.md section 4).
+_LAYOUT = _AP4_LAYOUT
+_FLIP_BITS = _BIT_REVERSE_NP
+_START_BYTE = np.array(_IS_START, dtype=bool)
 
 _GAP = (b"", b"\xbc", b"\xbc\xbc")
 

@@ -8,7 +8,9 @@ it skip, with the reason, where it is absent (a clone elsewhere).
 from __future__ import annotations
 
 import csv
+import os
 import struct
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -197,3 +199,26 @@ def flag_counts(flags: Sequence[DecodingFlag]) -> np.ndarray:
             if int(f) >> k & 1:
                 counts[k] += 1
     return counts
+
+
+def socket_inodes() -> set[str]:
+    """The sockets this process holds open (from /proc/self/fd)."""
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            out.add(target)
+    return out
+
+
+@pytest.fixture
+def no_leaks():
+    """The test leaves no thread and no socket behind."""
+    threads = set(threading.enumerate())
+    sockets = socket_inodes()
+    yield
+    assert set(threading.enumerate()) <= threads
+    assert socket_inodes() <= sockets

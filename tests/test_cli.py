@@ -27,25 +27,9 @@ REAL_APX = "20250723_092534_data.apx"
 DEADLINE = 30.0  # a limit only: tests never assert on timing
 
 
-def _socket_inodes() -> set[str]:
-    out = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:"):
-            out.add(target)
-    return out
-
-
 @pytest.fixture(autouse=True)
-def no_leaks():
-    threads = set(threading.enumerate())
-    sockets = _socket_inodes()
-    yield
-    assert set(threading.enumerate()) <= threads
-    assert _socket_inodes() <= sockets
+def _leak_check(no_leaks):
+    """Every test here leaves no thread and no socket behind (conftest's no_leaks)."""
 
 
 def free_udp_port() -> int:

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import socket_inodes
 from astropix_nbmonitor.fmt import RECORD_HEADER, AstroPix4Readout, MalformedReadoutError, parse_record
 from astropix_nbmonitor.listener import (
     MALFORMED_REASONS,
@@ -30,26 +31,9 @@ pytestmark = pytest.mark.timeout(120)
 DEADLINE = 20.0  # a limit only: tests never assert on timing
 
 
-def _socket_inodes() -> set[str]:
-    out = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:"):
-            out.add(target)
-    return out
-
-
 @pytest.fixture(autouse=True)
-def no_leaks():
-    """Every test leaves no thread and no socket behind."""
-    threads = set(threading.enumerate())
-    sockets = _socket_inodes()
-    yield
-    assert set(threading.enumerate()) <= threads
-    assert _socket_inodes() <= sockets
+def _leak_check(no_leaks):
+    """Every test here leaves no thread and no socket behind (conftest's no_leaks)."""
 
 
 @pytest.fixture
@@ -409,7 +393,7 @@ def test_reset_counters(make_listener):
 def test_start_stop_cycles_leave_nothing_behind(make_listener):
     listener = make_listener(timeout=0.02)
     threads = set(threading.enumerate())
-    sockets = _socket_inodes()
+    sockets = socket_inodes()
     port = None
     for cycle in range(50):
         listener.start()
@@ -426,7 +410,7 @@ def test_start_stop_cycles_leave_nothing_behind(make_listener):
         assert listener.stop()  # idempotent
         assert not listener.running
         assert set(threading.enumerate()) <= threads
-        assert _socket_inodes() <= sockets
+        assert socket_inodes() <= sockets
     # counters persist across restarts of the listener
     assert listener.stats().accepted == 5
     # after stop() the port is free

@@ -28,27 +28,9 @@ from astropix_nbmonitor.sock import (
 pytestmark = pytest.mark.timeout(60)
 
 
-def _socket_inodes() -> set[str]:
-    """The sockets this process holds open (from /proc/self/fd)."""
-    out = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:"):
-            out.add(target)
-    return out
-
-
 @pytest.fixture(autouse=True)
-def no_leaks():
-    """Every test leaves no thread and no socket behind."""
-    threads = set(threading.enumerate())
-    sockets = _socket_inodes()
-    yield
-    assert set(threading.enumerate()) <= threads
-    assert _socket_inodes() <= sockets
+def _leak_check(no_leaks):
+    """Every test here leaves no thread and no socket behind (conftest's no_leaks)."""
 
 
 def readout(rid: int, hits: int = 1) -> AstroPix4Readout:
