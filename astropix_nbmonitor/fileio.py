@@ -81,7 +81,39 @@ class ApxTruncatedWarning(UserWarning):
     """An .apx file ends in the middle of a record (a run that was killed)."""
 
 
-class ApxReader:
+class _ApxFile:
+    """What the reader and the writer share: an open file, closed once."""
+
+    path: Path
+    _file: BinaryIO | None
+
+    def _require_open(self) -> BinaryIO:
+        if self._file is None:
+            msg = f"{self.path} is closed"
+            raise ValueError(msg)
+        return self._file
+
+    def close(self) -> None:
+        """Close the file (harmless when already closed); a writer flushes first."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._file is None
+
+    def __enter__(self) -> _ApxFile:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class ApxReader(_ApxFile):
     """Read an .apx file: its JSON header, then its readout records.
 
     Usually made by :func:`apx_open`. The header is read at construction;
@@ -185,11 +217,6 @@ class ApxReader:
         except ValueError as exc:
             raise self._error(str(exc), _HEADER_OFFSET) from None
 
-    def _require_open(self) -> BinaryIO:
-        if self._file is None:
-            msg = f"{self.path} is closed"
-            raise ValueError(msg)
-        return self._file
 
     # ------------------------------------------------------------------
 
@@ -276,30 +303,12 @@ class ApxReader:
         for record in self.records():
             yield from_bytes(record)
 
-    def close(self) -> None:
-        """Close the file (harmless when already closed)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._file is None
-
-    def __enter__(self) -> ApxReader:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, {self.readout_class.__name__})"
 
 
-class ApxWriter:
+class ApxWriter(_ApxFile):
     """Write an .apx file: magic, header, then one readout record at a time.
 
     Usually made by :func:`apx_open` with mode ``"w"``. The header is written
@@ -362,11 +371,6 @@ class ApxWriter:
         self._file.write(APX_MAGIC + _HEADER_LENGTH.pack(len(text)) + text)
         logger.debug("writing %s (%s)", self.path, readout_class.__name__)
 
-    def _require_open(self) -> BinaryIO:
-        if self._file is None:
-            msg = f"{self.path} is closed"
-            raise ValueError(msg)
-        return self._file
 
     def write(self, readout: AbstractAstroPixReadout) -> None:
         """Append one readout (as its record, :meth:`to_bytes`).
@@ -399,24 +403,6 @@ class ApxWriter:
         """Push what was written to the operating system."""
         self._require_open().flush()
 
-    def close(self) -> None:
-        """Flush and close the file (harmless when already closed)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._file is None
-
-    def __enter__(self) -> ApxWriter:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, {self.readout_class.__name__}, {self.num_readouts} readouts)"
