@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "DASHBOARD_NOTEBOOK",
@@ -42,6 +43,7 @@ __all__ = [
     "prepare_notebooks",
     "run_demo",
     "run_serve",
+    "start_when_free",
 ]
 
 logger = logging.getLogger(__name__)
@@ -241,6 +243,18 @@ def _alive(pids: dict[int, int]) -> dict[int, int]:
     return alive
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child, between fork and exec
+    """Linux: have the kernel send SIGTERM to this process when its parent dies."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except Exception:  # noqa: BLE001, S110 - best effort, never block the start
+        pass
+
+
 class _ServerProcess:
     """A server child in its own process group, stopped with its descendants."""
 
@@ -257,6 +271,9 @@ class _ServerProcess:
             stdin=subprocess.DEVNULL,
             stdout=out,
             start_new_session=True,
+            # Even a launcher killed with SIGKILL takes its server (which then
+            # shuts its kernels down) with it.
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
         )
         self.known: dict[int, int] = {}
 
@@ -517,6 +534,11 @@ def run_serve(args: argparse.Namespace) -> int:
             "--Voila.port_retries=0",
             f"--token={token}",
             f"--theme={args.theme}",
+            # Voila shuts down the kernel of a page that is closed or reloaded
+            # through a beacon that its pages send without an XSRF cookie
+            # (Voila 0.5): without this, every reload would leave a kernel
+            # behind, still holding the UDP port.
+            "--Voila.tornado_settings=disable_check_xsrf=True",
         ]
         url = f"http://{_host_for_url(args.ip)}:{port}/?token={token}"
         env = _child_env({GROUP_ENV: args.group, PORT_ENV: str(args.port)})
@@ -524,3 +546,30 @@ def run_serve(args: argparse.Namespace) -> int:
         return _run_server(
             cmd, ip=args.ip, port=port, url=url, cwd=Path(workdir), env=env, what="Voila", prog=f"{_PROG} serve"
         )
+
+
+# --------------------------------------------------------------------------
+# Used by the dashboard notebook.
+
+
+def start_when_free(monitor: Any, *, timeout: float = 15.0, **start_kwargs: Any) -> Any:
+    """Start ``monitor``, waiting up to ``timeout`` s for its UDP port to be free.
+
+    When a dashboard page is reloaded, Voila runs the notebook in a new
+    kernel while it is still shutting down the previous page's kernel, whose
+    monitor holds the port for a moment longer.
+
+    Returns the monitor; raises the monitor's ``AddressInUseError`` if the
+    port is still taken after ``timeout`` (another monitor listens there).
+    """
+    from .sock import AddressInUseError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return monitor.start(**start_kwargs)
+        except AddressInUseError:
+            if time.monotonic() >= deadline:
+                raise
+            logger.info("%s:%d is busy; retrying", *monitor.address())
+            time.sleep(0.25)

@@ -15,6 +15,7 @@ import json
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -265,3 +266,14 @@ def test_serve_renders_a_live_dashboard_and_stops_cleanly(launch):
     assert cmd.stop(signal.SIGTERM) == 0, cmd.log()
     assert wait_no_marked_processes(env[MARK_VAR]) == []
     assert not _udp_port_in_use(udp_port)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux only")
+def test_a_killed_launcher_takes_its_server_down(launch):
+    cmd, env = launch("serve", "--port", str(free_udp_port()), "--http-port", str(free_tcp_port()))
+    cmd.wait_for_url()
+    assert len(marked_processes(env[MARK_VAR])) >= 2  # the launcher and Voila
+    # SIGKILL leaves the launcher no chance to clean up: the server gets SIGTERM from the kernel.
+    assert cmd.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert wait_no_marked_processes(env[MARK_VAR], timeout=20) == []
