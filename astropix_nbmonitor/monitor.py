@@ -616,13 +616,13 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
     # ------------------------------------------------------------------ data
     @property
     def hit_map(self):
-        """Hit counts per pixel (boost-histogram; axes: column, then row), a copy."""
-        return self._acc.hit_map(self._shown_chip)
+        """Hit counts per pixel of all chips (boost-histogram; axes: column, then row), a copy."""
+        return self._acc.hit_map()
 
     @property
     def tot_hist(self):
-        """The TOT spectrum in us (boost-histogram with under/overflow), a copy."""
-        return self._acc.tot_hist(self._shown_chip)
+        """The TOT spectrum in us of all chips (boost-histogram with under/overflow), a copy."""
+        return self._acc.tot_hist()
 
     def chip_hit_map(self, chip: int):
         """The hit map of one chip_id."""

@@ -206,8 +206,9 @@ def test_chip_selector_appears_with_several_chips(monitor):
     assert [v for _, v in monitor.chip_selector.options] == [-1, 0, 3]
     total = monitor.hit_map.values()
     monitor.chip_selector.value = 3
-    only3 = monitor.hit_map.values()
+    only3 = monitor.chip_hit_map(3).values()
     assert 0 < only3.sum() < total.sum()
+    assert np.array_equal(monitor.hit_map.values(), total)  # the display's choice does not change hit_map
     assert np.array_equal(monitor.heatmap.color, only3.T)
     assert np.array_equal(monitor.chip_hit_map(0).values() + only3, total)
 
