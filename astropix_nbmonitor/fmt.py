@@ -600,22 +600,25 @@ def _zero_bytes(v: np.ndarray) -> np.ndarray:
     return ~(((v & _LOW7) + _LOW7) | v | _LOW7)
 
 
-def _has_inner_start(words: np.ndarray) -> np.ndarray:
-    """True where bytes 1..7 of a big-endian wire word hold a start byte (e0..fe)."""
-    w = words.astype(np.uint64)
+def _has_inner_start(w: np.ndarray) -> np.ndarray:
+    """True where bytes 1..7 of a wire word (uint64, first byte most significant) hold a start byte."""
     top3 = _zero_bytes((w & _TOP3) ^ _TOP3)
     ff = _zero_bytes(w ^ _ALL1)
     return (top3 & ~ff & _NOT_FIRST & _HIGH) != 0
 
 
-def _words64(data: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """The 64-bit hit words (bits reversed per byte) starting at ``starts`` in ``data``."""
-    rev = _BIT_REVERSE_NP[data]
-    if len(rev) < HIT_SIZE or len(starts) == 0:
-        return np.zeros(0, dtype=np.uint64)
-    # One (unaligned) big-endian 64-bit view at every byte offset, then a gather.
-    view = np.ndarray(shape=(len(rev) - HIT_SIZE + 1,), dtype=">u8", buffer=rev, strides=(1,))
-    return view[starts].astype(np.uint64)
+_SWAPS = (
+    (np.uint64(1), np.uint64(0x5555555555555555)),
+    (np.uint64(2), np.uint64(0x3333333333333333)),
+    (np.uint64(4), np.uint64(0x0F0F0F0F0F0F0F0F)),
+)
+
+
+def _reverse_bits_per_byte(w: np.ndarray) -> np.ndarray:
+    """Reverse the bit order inside each byte of 64-bit words (byte order kept)."""
+    for shift, mask in _SWAPS:
+        w = ((w >> shift) & mask) | ((w & mask) << shift)
+    return w
 
 
 def _words_to_hits(w: np.ndarray) -> np.ndarray:
@@ -625,7 +628,7 @@ def _words_to_hits(w: np.ndarray) -> np.ndarray:
     arithmetic is cheaper than 64-bit here); see ``_AP4_LAYOUT``.
     """
     n = len(w)
-    out = np.zeros(n, dtype=HIT_DTYPE)
+    out = np.empty(n, dtype=HIT_DTYPE)  # every field is written below or by the caller
     if n == 0:
         return out
     hi = (w >> np.uint64(32)).astype(np.uint32)
@@ -783,30 +786,30 @@ class BatchDecoder:
             if leave.any():
                 bad_r[act[leave]] = True
                 act, c, ea = act[stay], c[stay], ea[stay]
-            inner = _has_inner_start(wire[c])
+            wv = wire[c].astype(np.uint64)
+            inner = _has_inner_start(wv)
             if inner.any():
                 f = skip(c + HIT_SIZE, ea, _BC_CLASS)
                 trunc = inner & (f < ea) & ((_BYTE_CLASS[ext[f]] & _START_CLASS) == 0)
                 if trunc.any():
                     bad_r[act[trunc]] = True
                     keep = ~trunc
-                    act, c = act[keep], c[keep]
-            pos_parts.append(c)
+                    act, c, wv = act[keep], c[keep], wv[keep]
+            pos_parts.append(wv)
             r_parts.append(act)
             k_parts.append(np.full(len(act), step, dtype=np.int64))
             cur = c + HIT_SIZE
             step += 1
         if pos_parts:
-            cst = np.concatenate(pos_parts)
+            cwords = np.concatenate(pos_parts)
             cr = np.concatenate(r_parts)
             corder = np.concatenate(k_parts)
             good_hit = ~bad_r[cr]
-            cst, cr, corder = cst[good_hit], cr[good_hit], corder[good_hit]
+            cwords, cr, corder = _reverse_bits_per_byte(cwords[good_hit]), cr[good_hit], corder[good_hit]
         else:
-            cst = np.zeros(0, dtype=itype)
+            cwords = np.zeros(0, dtype=np.uint64)
             cr = np.zeros(0, dtype=np.int64)
             corder = np.zeros(0, dtype=np.int64)
-        cwords = _words64(buf, cst)
         # --- the others: the reference state machine, chained ------------
         flag_counts = self.flag_counts
         fwords: list[bytes] = []
@@ -841,7 +844,7 @@ class BatchDecoder:
         self.last_extra = extra_of_previous if (nr - 1) in bad_set else None
         # --- merge ---------------------------------------------------------
         if fwords:
-            fw = _words64(np.frombuffer(b"".join(fwords), dtype=np.uint8), np.arange(0, HIT_SIZE * len(fwords), HIT_SIZE))
+            fw = _reverse_bits_per_byte(np.frombuffer(b"".join(fwords), dtype=">u8").astype(np.uint64))
             words_all = np.concatenate([cwords, fw])
             r_all = np.concatenate([cr, np.asarray(fr, dtype=np.int64)])
             o_all = np.concatenate([corder, np.asarray(forder, dtype=np.int64)])
