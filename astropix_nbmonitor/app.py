@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -243,16 +243,27 @@ def _alive(pids: dict[int, int]) -> dict[int, int]:
     return alive
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child, between fork and exec
-    """Linux: have the kernel send SIGTERM to this process when its parent dies."""
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """Linux: a pre-exec hook that makes the kernel SIGTERM the child when we die.
+
+    ``prctl`` is looked up here, in the parent, so that the hook run between
+    fork and exec only makes one C call (no import, no dlopen).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
-    except Exception:  # noqa: BLE001, S110 - best effort, never block the start
-        pass
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+    sigterm = int(signal.SIGTERM)
+
+    def hook() -> None:  # pragma: no cover - runs in the child
+        prctl(pr_set_pdeathsig, sigterm, 0, 0, 0)
+
+    return hook
 
 
 class _ServerProcess:
@@ -273,7 +284,7 @@ class _ServerProcess:
             start_new_session=True,
             # Even a launcher killed with SIGKILL takes its server (which then
             # shuts its kernels down) with it.
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+            preexec_fn=_die_with_parent_hook(),  # noqa: PLW1509
         )
         self.known: dict[int, int] = {}
 
