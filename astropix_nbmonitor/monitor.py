@@ -327,10 +327,11 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
         """Refresh the plots and the dashboard (on the processing thread)."""
 
     # ------------------------------------------------------------------ lifecycle beyond the collaboration's API
-    def stop(self, timeout: float = 5.0) -> AbstractMonitor:
+    def stop(self, timeout: float = 5.0) -> None:
         """Stop both threads, process what was received, refresh, free the port.
 
-        Safe to call twice, and from any thread.
+        Safe to call twice, and from any thread. Returns None, so that
+        ``mon.stop()`` at the end of a cell does not display the widget again.
         """
         with self._lifecycle_lock:
             self._listener.request_stop()
@@ -356,7 +357,6 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
             self._sync_buttons()
             if was_running:
                 self._refresh_safely(final=True)
-        return self
 
     def close(self) -> None:
         """Stop the monitor and close the widget and its figures."""
@@ -728,17 +728,19 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
         ]
         fig_rate.marks = [self.rate_lines]
         fig_rate.title = "Rates"
-        fig_rate.legend_location = "top-left"
+        fig_rate.legend_location = "bottom-right"
         fig_rate.add_class("apx-rates")
         # Controls: colour scale and chip selector.
         self.scale_toggle = widgets.ToggleButtons(
             options=["linear", "log"], value="linear", description="hit map scale", style={"description_width": "initial"}
         )
         self.scale_toggle.style.button_width = "60px"
+        self.scale_toggle.layout.width = "auto"
         self.scale_toggle.add_class("apx-scale")
         self.scale_toggle.observe(lambda _: self._redraw_now(), names="value")
         self.chip_selector = widgets.Dropdown(options=[("all chips", -1)], value=-1, description="chip_id")
         self.chip_selector.layout.display = "none"
+        self.chip_selector.layout.width = "auto"
         self.chip_selector.add_class("apx-chip")
         self.chip_selector.observe(self._on_chip, names="value")
         self.toolbar.children = [*self.toolbar.children, self.scale_toggle, self.chip_selector]
