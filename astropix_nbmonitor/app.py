@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .cli import emit
+
 __all__ = [
     "DASHBOARD_NOTEBOOK",
     "DEMO_NOTEBOOKS",
@@ -369,19 +371,19 @@ def _run_server(
         if not ready:
             code = server.proc.poll()
             reason = f"exited with status {code}" if code is not None else "did not answer in time"
-            print(f"{prog}: error: {what} {reason} (see its log above)", file=sys.stderr)
+            emit(f"{prog}: error: {what} {reason} (see its log above)", file=sys.stderr)
             return 1
-        print(f"{what} is running; open this URL (Ctrl-C stops it):", flush=True)
-        print(url, flush=True)
+        emit(f"{what} is running; open this URL (Ctrl-C stops it):")
+        emit(url)
         while not stop_signal:
             server.remember_descendants()
             try:
                 code = server.proc.wait(timeout=1.0)
             except subprocess.TimeoutExpired:
                 continue
-            print(f"{prog}: error: {what} exited with status {code}", file=sys.stderr)
+            emit(f"{prog}: error: {what} exited with status {code}", file=sys.stderr)
             return code or 1
-        print(f"stopping {what}...", file=sys.stderr, flush=True)
+        emit(f"stopping {what}...", file=sys.stderr)
         return 0
     finally:
         if server is not None:
@@ -440,17 +442,17 @@ def run_demo(args: argparse.Namespace) -> int:
     """
     if args.prepare_only:
         if args.dir is None:
-            print(f"{_PROG} demo: error: --prepare-only needs --dir", file=sys.stderr)
+            emit(f"{_PROG} demo: error: --prepare-only needs --dir", file=sys.stderr)
             return 2
         prepare_notebooks(args.dir)
-        print(Path(args.dir).resolve(), flush=True)
+        emit(Path(args.dir).resolve())
         return 0
     try:
         _require_module("jupyterlab", "jupyterlab")
         notebooks_dir()
         port = _check_port_free(args.ip, args.http_port)
     except (LaunchError, FileNotFoundError) as exc:
-        print(f"{_PROG} demo: error: {exc}", file=sys.stderr)
+        emit(f"{_PROG} demo: error: {exc}", file=sys.stderr)
         return 1
     with contextlib.ExitStack() as stack:
         if args.dir is None:
@@ -473,7 +475,7 @@ def run_demo(args: argparse.Namespace) -> int:
         if _is_root():
             cmd.append("--allow-root")
         url = f"http://{_host_for_url(args.ip)}:{port}/lab/tree/{DEMO_NOTEBOOKS[0]}?token={token}"
-        print(f"notebooks in {workdir}", flush=True)
+        emit(f"notebooks in {workdir}")
         return _run_server(
             cmd, ip=args.ip, port=port, url=url, cwd=workdir, env=_child_env(), what="JupyterLab", prog=f"{_PROG} demo"
         )
@@ -518,7 +520,7 @@ def run_serve(args: argparse.Namespace) -> int:
     Returns the process exit code, as :func:`run_demo` does.
     """
     if not 0 < args.port < 65536:
-        print(f"{_PROG} serve: error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
+        emit(f"{_PROG} serve: error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
     try:
         _require_module("voila", "voila")
@@ -528,7 +530,7 @@ def run_serve(args: argparse.Namespace) -> int:
             raise LaunchError(msg)
         port = _check_port_free(args.ip, args.http_port)
     except LaunchError as exc:
-        print(f"{_PROG} serve: error: {exc}", file=sys.stderr)
+        emit(f"{_PROG} serve: error: {exc}", file=sys.stderr)
         return 1
     token = secrets.token_hex(24)
     with tempfile.TemporaryDirectory(prefix="astropix-serve-") as workdir:
@@ -553,7 +555,7 @@ def run_serve(args: argparse.Namespace) -> int:
         ]
         url = f"http://{_host_for_url(args.ip)}:{port}/?token={token}"
         env = _child_env({GROUP_ENV: args.group, PORT_ENV: str(args.port)})
-        print(f"monitoring UDP {args.group}:{args.port}", flush=True)
+        emit(f"monitoring UDP {args.group}:{args.port}")
         return _run_server(
             cmd, ip=args.ip, port=port, url=url, cwd=Path(workdir), env=env, what="Voila", prog=f"{_PROG} serve"
         )

@@ -112,6 +112,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def emit(*parts: object, file: Any = None) -> None:
+    """Write a line for the person at the terminal (the commands' only output path)."""
+    print(*parts, file=sys.stdout if file is None else file, flush=True)
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
