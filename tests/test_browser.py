@@ -213,6 +213,29 @@ def exercise_monitor(page, name: str) -> None:
     poll("the hit map to fill again", lambda: len(set(cell_fills(page))) > 1)
 
 
+def count_rises_while_a_cell_sleeps(page) -> None:
+    """A cell busy in ``time.sleep`` does not freeze the monitor (it runs on threads).
+
+    A new cell is added at the end of the notebook and run; while its prompt
+    still shows ``[*]`` the dashboard's readout count must rise.
+    """
+    running = page.locator(".jp-Notebook .jp-CodeCell .jp-InputPrompt:text-is('[*]:')")
+    page.locator(".jp-Notebook .jp-Cell").last.click()
+    page.keyboard.press("Escape")
+    page.keyboard.press("b")
+    page.keyboard.press("Enter")
+    page.keyboard.type("import time; time.sleep(8)")
+    page.keyboard.press("Shift+Enter")
+    poll("the sleeping cell to start", lambda: running.count() > 0, timeout=20)
+    before = readouts(page) or 0
+    poll(
+        "the readout count to rise while a cell sleeps",
+        lambda: (readouts(page) or 0) > before and running.count() > 0,
+        timeout=6,
+    )
+    poll("the sleeping cell to finish", lambda: running.count() == 0, timeout=30)
+
+
 def run_all_cells(page, attempts: int = 3) -> None:
     """Run all the cells of the open notebook through the menus, once the kernel is ready.
 
@@ -267,6 +290,7 @@ def test_jupyterlab_demo_quickstart_is_live(launch, page, tmp_path):
     assert page.locator(".jp-Cell .jp-InputPrompt:text-is('[*]:')").count() == 0
 
     exercise_monitor(page, "jupyterlab-quickstart")
+    count_rises_while_a_cell_sleeps(page)
     assert_no_js_errors(page)
 
     assert cmd.stop(signal.SIGTERM) == 0, cmd.log()
