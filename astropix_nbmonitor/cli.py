@@ -42,8 +42,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__
+from . import __version__, fileio
 from .fmt import RECORD_HEADER_SIZE, AstroPix4Readout
+from .sim import AstroPix4Simulator
 from .sock import DEFAULT_PORT, LOCAL_HOST, AddressInUseError, InvalidAddressError, MulticastSender, resolve_address
 
 __all__ = ["COMMANDS", "PROG", "CliError", "Command", "build_parser", "main", "parse_faults"]
@@ -290,22 +291,13 @@ def _renumbered(records: Iterable[bytes], offset: int) -> Iterator[bytes]:
         yield record[:3] + rid.to_bytes(4, "little") + record[7:]
 
 
-def _fileio() -> Any:
-    try:
-        from . import fileio
-    except ImportError as exc:  # pragma: no cover - until fileio.py exists
-        msg = f"reading and writing .apx files needs astropix_nbmonitor.fileio, which cannot be imported: {exc}"
-        raise CliError(msg) from None
-    return fileio
-
-
 # --------------------------------------------------------------------------
 # send
 # --------------------------------------------------------------------------
 
 
-def _add_send_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", type=_apx_path, metavar="FILE.apx", help="the .apx file to replay")
+def _add_stream_arguments(parser: argparse.ArgumentParser) -> None:
+    """The pacing options of the commands that send (send, simulate)."""
     parser.add_argument(
         "--rate",
         type=_rate,
@@ -313,15 +305,20 @@ def _add_send_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HZ",
         help=f"readouts per second (default {DEFAULT_RATE:.0f}; 0 sends as fast as possible)",
     )
+    parser.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds")
+    parser.add_argument("--count", type=_count, metavar="N", help="stop after N readouts")
+    parser.add_argument("--ttl", type=int, default=2, help="multicast TTL (default 2)")
+
+
+def _add_send_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=_apx_path, metavar="FILE.apx", help="the .apx file to replay")
+    _add_stream_arguments(parser)
     parser.add_argument(
         "--loop",
         action="store_true",
         help="replay the file again and again (until Ctrl-C, --duration or --count), renumbering "
         "the readout ids so that they stay consecutive",
     )
-    parser.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds")
-    parser.add_argument("--count", type=_count, metavar="N", help="stop after N readouts")
-    parser.add_argument("--ttl", type=int, default=2, help="multicast TTL (default 2)")
 
 
 class _LastId:
@@ -342,7 +339,6 @@ def _run_send(args: argparse.Namespace) -> int:
         raise CliError(f"{path}: no such file")
     if not path.is_file():
         raise CliError(f"{path}: not a file")
-    fileio = _fileio()
     # Read the header first, so that a file that is not .apx fails before anything is sent.
     with fileio.apx_open(path, "r") as reader:
         logger.debug("header of %s: %s", path, reader.header)
@@ -401,15 +397,7 @@ def _run_send(args: argparse.Namespace) -> int:
 
 
 def _add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--rate",
-        type=_rate,
-        default=DEFAULT_RATE,
-        metavar="HZ",
-        help=f"readouts per second (default {DEFAULT_RATE:.0f}; 0 sends as fast as possible)",
-    )
-    parser.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds (default: Ctrl-C)")
-    parser.add_argument("--count", type=_count, metavar="N", help="stop after N readouts")
+    _add_stream_arguments(parser)
     parser.add_argument("--seed", type=int, default=None, help="random seed (the same seed sends the same bytes)")
     parser.add_argument(
         "--hits-per-readout", type=float, default=1.0, metavar="X", help="mean number of hits per readout (default 1)"
@@ -422,12 +410,9 @@ def _add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
         help="per-readout fault probabilities, e.g. split=0.01,skip_ids=0.001 (names: split, ff_padding, "
         "trailing_ff, truncated, garbled, skip_ids, out_of_matrix)",
     )
-    parser.add_argument("--ttl", type=int, default=2, help="multicast TTL (default 2)")
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
-    from .sim import AstroPix4Simulator
-
     try:
         simulator = AstroPix4Simulator(
             seed=args.seed,
@@ -495,7 +480,6 @@ def _run_record(args: argparse.Namespace) -> int:
         raise CliError(f"{path}: not a file")
     if not path.parent.is_dir():
         raise CliError(f"{path.parent}: no such folder")
-    fileio = _fileio()
     listener = Listener(AstroPix4Readout, args.group, args.port, buffer_size=args.buffer_size)
     listener.start()  # a port in use fails here, before the file is created
     group, port = listener.address()
