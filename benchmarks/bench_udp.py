@@ -477,11 +477,16 @@ def capacity_bare(n: int, data: list[bytes], repeats: int) -> tuple[float, int]:
     return (statistics.median(rates) if rates else float("nan")), len(rates)
 
 
-def capacity_listener(n: int, data: list[bytes], repeats: int, mode: str = "batch") -> tuple[float, int]:
-    """Records per second through the listener and a ``mode`` consumer, socket prefilled."""
+def capacity_listener(
+    n: int, data: list[bytes], repeats: int, mode: str = "batch", batch_receive: bool | None = None
+) -> tuple[float, int]:
+    """Records per second through the listener and a ``mode`` consumer, socket prefilled.
+
+    ``batch_receive``: the listener's receive path (None: its default, recvmmsg where available).
+    """
     rates = []
     for _ in range(repeats):
-        listener = Listener(port=0, rcvbuf=_FILL_RCVBUF, buffer_size=max(n, 200_000))
+        listener = Listener(port=0, rcvbuf=_FILL_RCVBUF, buffer_size=max(n, 200_000), batch_receive=batch_receive)
         listener.open()
         fill(listener.address()[1], n, data)
         consumer = Consumer(listener, mode)
@@ -632,10 +637,16 @@ def main(argv: list[str] | None = None) -> int:
     cap_l, _ = capacity_listener(n_fill, data, repeats, mode="drain")
     cap_b, _ = capacity_listener(n_fill, data, repeats)
     cap_c, _ = capacity_listener(n_fill // 5, data, repeats, mode="per-readout")
+    cap_l1, _ = capacity_listener(n_fill, data, repeats, mode="drain", batch_receive=False)
+    cap_b1, _ = capacity_listener(n_fill, data, repeats, batch_receive=False)
+    path = "recvmmsg" if Listener(port=0).batch_receive else "recv(), no recvmmsg here"
+    print(f"  listener receive path: {path}")
     print(f"  bare loop                             {fmt_rate(cap_a)}  {1e6 / cap_a:5.2f} us/readout  (median of {ok_a} runs)")
     print(f"  listener, drained, not decoded        {fmt_rate(cap_l)}  {1e6 / cap_l:5.2f} us/readout  ({cap_l / cap_a:.0%} of bare)")
     print(f"  listener + decode_batch consumer      {fmt_rate(cap_b)}  {1e6 / cap_b:5.2f} us/readout  ({cap_b / cap_a:.0%} of bare)")
     print(f"  listener + per-readout consumer       {fmt_rate(cap_c)}  {1e6 / cap_c:5.2f} us/readout  ({cap_c / cap_a:.0%} of bare)")
+    print(f"  listener on recv() path, not decoded  {fmt_rate(cap_l1)}  {1e6 / cap_l1:5.2f} us/readout  ({cap_l1 / cap_a:.0%} of bare)")
+    print(f"  listener on recv() + decode_batch     {fmt_rate(cap_b1)}  {1e6 / cap_b1:5.2f} us/readout  ({cap_b1 / cap_a:.0%} of bare)")
 
     print("\nSummary")
     for name, best, twice in (("bare", best_a, twice_a), ("listener", best_b, twice_b)):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import errno
 import os
 import random
 import socket
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 
 from conftest import socket_inodes
 from astropix_nbmonitor.fmt import RECORD_HEADER, AstroPix4Readout, MalformedReadoutError, parse_record
+from astropix_nbmonitor import listener as listener_module
 from astropix_nbmonitor.listener import (
     MALFORMED_REASONS,
     RESTART_BACKWARD_JUMP,
@@ -51,6 +54,26 @@ def make_listener():
     for listener in made:
         assert listener.stop()
         assert not listener.running
+
+
+HAVE_RECVMMSG = listener_module._recvmmsg() is not None
+PATHS = [
+    pytest.param(False, id="recv"),
+    pytest.param(True, id="recvmmsg", marks=pytest.mark.skipif(not HAVE_RECVMMSG, reason="no recvmmsg here")),
+]
+
+
+@pytest.fixture(params=PATHS)
+def make_listener_both(request, make_listener):
+    """Like make_listener, once per receive path (recv() per datagram, then recvmmsg)."""
+    batch = request.param
+
+    def make(**kwargs) -> Listener:
+        listener = make_listener(batch_receive=batch, **kwargs)
+        assert listener.batch_receive is batch
+        return listener
+
+    return make
 
 
 def record(rid: int, hits: int = 1) -> bytes:
@@ -106,8 +129,8 @@ def run_ids(make_listener, ids: Sequence[int]) -> ListenerStats:
 # Exact counts
 
 
-def test_n_sent_n_received(make_listener):
-    listener = make_listener().start()
+def test_n_sent_n_received(make_listener_both):
+    listener = make_listener_both().start()
     assert listener.running
     group, port = listener.address()
     assert group == LOCAL_HOST and port > 0
@@ -129,8 +152,8 @@ def test_n_sent_n_received(make_listener):
     assert stats.rcvbuf and stats.rcvbuf > 0
 
 
-def test_drain_max_records_and_readouts(make_listener):
-    listener = make_listener().start()
+def test_drain_max_records_and_readouts(make_listener_both):
+    listener = make_listener_both().start()
     send(listener.address()[1], (record(i) for i in range(100)))
     wait_datagrams(listener, 100)
     assert ids_of(listener.drain(10)) == list(range(10))
@@ -145,17 +168,17 @@ def test_drain_max_records_and_readouts(make_listener):
     check_invariants(stats)
 
 
-def test_skipped_ids_give_exact_lost(make_listener):
+def test_skipped_ids_give_exact_lost(make_listener_both):
     skipped = {10, 20, 21, 22, *range(50, 60), 99}
     ids = [i for i in range(120) if i not in skipped]
-    stats = run_ids(make_listener, ids)
+    stats = run_ids(make_listener_both, ids)
     assert stats.lost == len(skipped) == 15
     assert stats.out_of_order == stats.restarts == 0
     check_invariants(stats)
 
 
-def test_buffer_full_drops_are_counted_exactly(make_listener):
-    listener = make_listener(buffer_size=100).start()
+def test_buffer_full_drops_are_counted_exactly(make_listener_both):
+    listener = make_listener_both(buffer_size=100).start()
     send(listener.address()[1], (record(i) for i in range(1000)))
     stats = wait_datagrams(listener, 1000)
     assert stats.accepted == 1000
@@ -213,8 +236,8 @@ def expected_reasons(datagrams: Iterable[bytes]) -> dict[str, int]:
     return counts
 
 
-def test_malformed_flood_is_counted_by_reason(make_listener):
-    listener = make_listener().start()
+def test_malformed_flood_is_counted_by_reason(make_listener_both):
+    listener = make_listener_both().start()
     port = listener.address()[1]
     junk = junk_datagrams()
     expected = expected_reasons(junk)
@@ -243,9 +266,9 @@ def test_malformed_flood_is_counted_by_reason(make_listener):
 # Readout ids: reordering, duplicates, restarts
 
 
-def test_duplicates_and_out_of_order(make_listener):
+def test_duplicates_and_out_of_order(make_listener_both):
     ids = [*range(100, 110), 105, 109, 110, 112, 111, 113, 116, 114, 115, 117]
-    stats = run_ids(make_listener, ids)
+    stats = run_ids(make_listener_both, ids)
     # 105 and 109 repeat; 111 and 114, 115 arrive late into gaps that were counted lost
     assert stats.out_of_order == 5
     assert stats.lost == 0
@@ -270,14 +293,14 @@ def test_restart_to_a_small_id(make_listener):
     assert stats.lost == 0 and stats.out_of_order == 0
 
 
-def test_restart_far_back_and_counter_wrap(make_listener):
+def test_restart_far_back_and_counter_wrap(make_listener_both):
     ids = [
         *range(5000, 5010),
         *range(5000 - RESTART_BACKWARD_JUMP - 10, 5000 - RESTART_BACKWARD_JUMP),  # far back: restart
         *range(2**32 - 3, 2**32),  # forward jump: counted lost
         *range(0, 3),  # wrap to 0: restart
     ]
-    stats = run_ids(make_listener, ids)
+    stats = run_ids(make_listener_both, ids)
     assert stats.restarts == 2
     assert stats.lost == (2**32 - 3) - (5000 - RESTART_BACKWARD_JUMP)
     assert stats.out_of_order == 0
@@ -324,8 +347,8 @@ def test_lost_is_exact_under_local_reordering(n, data):
 # Counters
 
 
-def test_invariants_hold_while_running(make_listener):
-    listener = make_listener(buffer_size=500).start()
+def test_invariants_hold_while_running(make_listener_both):
+    listener = make_listener_both(buffer_size=500).start()
     port = listener.address()[1]
     junk = junk_datagrams(3)[:50]
     done = threading.Event()
@@ -363,8 +386,8 @@ def test_stats_snapshot_is_frozen(make_listener):
     assert stats.as_dict()["malformed_by_reason"] == dict.fromkeys(MALFORMED_REASONS, 0)
 
 
-def test_reset_counters(make_listener):
-    listener = make_listener().start()
+def test_reset_counters(make_listener_both):
+    listener = make_listener_both().start()
     port = listener.address()[1]
     send(port, [*(record(i) for i in [*range(0, 10), *range(20, 30)]), b"junk"])
     stats = wait_datagrams(listener, 21)
@@ -390,8 +413,8 @@ def test_reset_counters(make_listener):
 # Life cycle
 
 
-def test_start_stop_cycles_leave_nothing_behind(make_listener):
-    listener = make_listener(timeout=0.02)
+def test_start_stop_cycles_leave_nothing_behind(make_listener_both):
+    listener = make_listener_both(timeout=0.02)
     threads = set(threading.enumerate())
     sockets = socket_inodes()
     port = None
@@ -506,10 +529,10 @@ def test_multicast_listeners_share_a_group(make_listener):
         assert ids_of(listener.drain()) == list(range(n + 1))
 
 
-def test_many_datagrams_in_one_socket_burst(make_listener):
+def test_many_datagrams_in_one_socket_burst(make_listener_both):
     # Fill the socket while the loop is not running, then start it: the loop
     # publishes in bursts, and counts must still be exact.
-    listener = make_listener()
+    listener = make_listener_both()
     listener.open()
     port = listener.address()[1]
     with MulticastSender(LOCAL_HOST, port) as tx:
@@ -526,8 +549,62 @@ def test_many_datagrams_in_one_socket_burst(make_listener):
     assert ids_of(listener.drain()) == list(range(3000))
 
 
-def test_socket_closed_under_the_loop_ends_it(make_listener):
-    listener = make_listener(timeout=0.02).start()
+def test_socket_closed_under_the_loop_ends_it(make_listener_both):
+    listener = make_listener_both(timeout=0.02).start()
     listener._receiver.socket.close()  # simulate an outside close
     wait_for(lambda: not listener.running, "the loop to end")
     assert not listener.running
+
+
+# --------------------------------------------------------------------------
+# The receive paths
+
+
+def test_batch_receive_argument():
+    assert Listener(port=0).batch_receive is HAVE_RECVMMSG  # auto
+    assert Listener(port=0, batch_receive=False).batch_receive is False
+    with pytest.raises(ValueError, match="batch_receive"):
+        Listener(port=0, batch_receive=1)
+
+
+@pytest.mark.skipif(not HAVE_RECVMMSG, reason="no recvmmsg here")
+def test_recvmmsg_enosys_falls_back_to_recv(make_listener):
+    listener = make_listener(batch_receive=True)
+    calls = []
+
+    def enosys(*args):
+        calls.append(args)
+        ctypes.set_errno(errno.ENOSYS)
+        return -1
+
+    batcher = listener._batcher()
+    batcher.function = enosys
+    listener.start()
+    send(listener.address()[1], [*(record(i) for i in range(300)), b"junk"])
+    stats = wait_datagrams(listener, 301)
+    assert calls and listener.batch_receive is False
+    assert stats.accepted == 300 and stats.malformed == 1 and stats.lost == 0
+    assert ids_of(listener.drain()) == list(range(300))
+
+
+@pytest.mark.skipif(not HAVE_RECVMMSG, reason="no recvmmsg here")
+def test_recvmmsg_errors_are_survived(make_listener):
+    listener = make_listener(batch_receive=True, timeout=0.02)
+    batcher = listener._batcher()
+    real = batcher.function
+    failures = [errno.EINTR, errno.EAGAIN, errno.ENOBUFS]
+
+    def flaky(*args):
+        if failures:
+            ctypes.set_errno(failures.pop(0))
+            return -1
+        return real(*args)
+
+    batcher.function = flaky
+    listener.start()
+    send(listener.address()[1], (record(i) for i in range(1000)))
+    stats = wait_datagrams(listener, 1000)
+    assert not failures
+    assert stats.accepted == 1000 and stats.lost == stats.malformed == 0
+    check_invariants(stats)
+    assert ids_of(listener.drain()) == list(range(1000))
