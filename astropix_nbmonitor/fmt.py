@@ -703,12 +703,13 @@ class BatchDecoder:
         # --- headers ---------------------------------------------------
         ok = lengths >= RECORD_HEADER_SIZE
         hs = starts[ok]
-        hdr_idx = hs[:, None] + np.arange(RECORD_HEADER_SIZE)
-        hdr = buf[hdr_idx]
-        good_magic = (hdr[:, 0] == 0xFE) & (hdr[:, 1] == 0xDC) & (hdr[:, 2] == 0xBA)
-        rid = np.ascontiguousarray(hdr[:, 3:7]).view("<u4").ravel()
-        tstamp = np.ascontiguousarray(hdr[:, 7:15]).view("<u8").ravel()
-        dlen = np.ascontiguousarray(hdr[:, 15:19]).view("<u4").ravel().astype(np.int64)
+        # Unaligned little-endian views at every byte offset, read at the fields.
+        u4 = np.ndarray(shape=(max(len(buf) - 3, 0),), dtype="<u4", buffer=buf, strides=(1,))
+        u8 = np.ndarray(shape=(max(len(buf) - 7, 0),), dtype="<u8", buffer=buf, strides=(1,))
+        good_magic = (u4[hs] & 0xFFFFFF) == 0xBADCFE  # fe dc ba
+        rid = u4[hs + 3]
+        tstamp = u8[hs + 7]
+        dlen = u4[hs + 15].astype(np.int64)
         good = good_magic & (dlen == lengths[ok] - RECORD_HEADER_SIZE)
         sel = np.flatnonzero(ok)[good]
         bad = len(records) - len(sel)
