@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import struct
 import threading
 from collections.abc import Iterable, Sequence
@@ -222,3 +223,25 @@ def no_leaks():
     yield
     assert set(threading.enumerate()) <= threads
     assert socket_inodes() <= sockets
+
+
+@pytest.fixture
+def launch(tmp_path):
+    """Start ``astropix-nbmonitor`` commands with isolated Jupyter state; kill what is left after."""
+    from _jupyter_env import MARK_VAR, LaunchedCommand, cli_command, isolated_env, kill_marked_processes
+
+    started: list[tuple[LaunchedCommand, str]] = []
+
+    def _launch(*args: str, **env_extra: str) -> tuple[LaunchedCommand, dict[str, str]]:
+        env = isolated_env(tmp_path / "state", **env_extra)
+        cmd = LaunchedCommand(
+            cli_command(*args), env=env, cwd=tmp_path, log=tmp_path / f"launcher-{len(started)}.log"
+        )
+        started.append((cmd, env[MARK_VAR]))
+        return cmd, env
+
+    yield _launch
+    for cmd, mark in started:
+        if cmd.proc.poll() is None:
+            cmd.stop(signal.SIGKILL)
+        kill_marked_processes(mark)

@@ -27,12 +27,10 @@ import pytest
 from astropix_nbmonitor import app
 from _jupyter_env import (
     MARK_VAR,
-    LaunchedCommand,
     cli_command,
     free_tcp_port,
     free_udp_port,
     isolated_env,
-    kill_marked_processes,
     marked_processes,
     wait_no_marked_processes,
 )
@@ -72,24 +70,6 @@ def _poll(predicate, timeout: float, interval: float = 0.2) -> bool:
     return bool(predicate())
 
 
-@pytest.fixture
-def launch(tmp_path):
-    """Start launcher commands in an isolated environment; clean up whatever is left."""
-    started: list[tuple[LaunchedCommand, str]] = []
-
-    def _launch(*args: str, **env_extra: str) -> tuple[LaunchedCommand, dict[str, str]]:
-        env = isolated_env(tmp_path / "state", **env_extra)
-        cmd = LaunchedCommand(
-            cli_command(*args), env=env, cwd=tmp_path, log=tmp_path / f"launcher-{len(started)}.log"
-        )
-        started.append((cmd, env[MARK_VAR]))
-        return cmd, env
-
-    yield _launch
-    for cmd, mark in started:
-        if cmd.proc.poll() is None:
-            cmd.stop(signal.SIGKILL)
-        kill_marked_processes(mark)
 
 
 # --------------------------------------------------------------------------

@@ -39,12 +39,8 @@ import pytest
 
 from _jupyter_env import (
     MARK_VAR,
-    LaunchedCommand,
-    cli_command,
     free_tcp_port,
     free_udp_port,
-    isolated_env,
-    kill_marked_processes,
     marked_processes,
     wait_no_marked_processes,
 )
@@ -120,24 +116,6 @@ def page(browser, tmp_path):
         context.close()
 
 
-@pytest.fixture
-def launch(tmp_path):
-    """Run ``astropix-nbmonitor`` commands with isolated state; clean up after."""
-    started: list[tuple[LaunchedCommand, str]] = []
-
-    def _launch(*args: str) -> tuple[LaunchedCommand, dict[str, str]]:
-        env = isolated_env(tmp_path / "state")
-        cmd = LaunchedCommand(
-            cli_command(*args), env=env, cwd=tmp_path, log=tmp_path / f"server-{len(started)}.log"
-        )
-        started.append((cmd, env[MARK_VAR]))
-        return cmd, env
-
-    yield _launch
-    for cmd, mark in started:
-        if cmd.proc.poll() is None:
-            cmd.stop(signal.SIGKILL)
-        kill_marked_processes(mark)
 
 
 # --------------------------------------------------------------------------
