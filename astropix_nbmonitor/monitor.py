@@ -34,7 +34,7 @@ from traitlets import Bool, Float, Int
 from .fmt import FLAG_NAMES, RECORD_HEADER_SIZE, AbstractAstroPixHit, AbstractAstroPixReadout, AstroPix4Readout, BatchDecoder, DecodingFlag
 from .hist import TOT_EDGES, HitAccumulator, RateHistory
 from .listener import Listener
-from .sock import DEFAULT_PORT, LOCAL_HOST
+from .sock import DEFAULT_PORT, LOCAL_HOST, is_multicast
 
 __all__ = ["AbstractMonitor", "AstroPix4SimpleMonitor"]
 
@@ -45,9 +45,13 @@ _DPI = 100
 #: Seconds without a datagram after which the dashboard warns.
 NO_DATA_WARNING_S = 5.0
 
-# One monitor per (group, port) in a process: a new one stops the old one,
-# so re-running the cell that made a monitor never fails with "address in use".
-_ACTIVE: dict[tuple[str, int], weakref.ReferenceType[AbstractMonitor]] = {}
+# One monitor per address in a process: a new one stops the old one, so
+# re-running the cell that made a monitor never fails with "address in use"
+# nor leaves the old one running. A unicast port admits one receiver only; a
+# multicast group admits several, so there the key also holds the monitor's
+# class: two different views of one group run side by side, while a re-run
+# cell (same class) replaces its old monitor.
+_ACTIVE: dict[tuple, weakref.ReferenceType[AbstractMonitor]] = {}
 _ACTIVE_LOCK = threading.Lock()
 
 
@@ -364,9 +368,10 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
         """Stop the monitor and close the widget and its figures."""
         self.stop()
         with _ACTIVE_LOCK:
-            ref = _ACTIVE.get(self.address())
+            key = self._registry_key()
+            ref = _ACTIVE.get(key)
             if ref is not None and ref() is self:
-                del _ACTIVE[self.address()]
+                del _ACTIVE[key]
         for fig in self.figures:
             for mark in fig.marks:
                 mark.close()
@@ -507,16 +512,21 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
         return f"{type(self).__name__}(group={self.group!r}, port={self.port})"
 
     # ------------------------------------------------------------------ internals
+    def _registry_key(self) -> tuple:
+        if is_multicast(self.group):
+            return (self.group, self.port, type(self).__module__, type(self).__qualname__)
+        return (self.group, self.port)
+
     def _claim_address(self) -> None:
-        key = self.address()
-        if key[1] == 0:  # an OS-chosen port is nobody else's
+        if self.port == 0:  # an OS-chosen port is nobody else's
             return
+        key = self._registry_key()
         with _ACTIVE_LOCK:
             ref = _ACTIVE.get(key)
             old = ref() if ref is not None else None
             _ACTIVE[key] = weakref.ref(self)
         if old is not None and old is not self:
-            logger.info("stopping %r: a new monitor takes over %s:%d", old, *key)
+            logger.info("stopping %r: a new monitor takes over %s:%d", old, *key[:2])
             old.stop()
 
     def _start_from_button(self) -> None:

@@ -361,3 +361,44 @@ def test_replay_of_recorded_records_counts_lost_readouts_and_matches_a_live_run(
     assert np.array_equal(monitor.hit_map.values(), _expected_maps(truth)[0])
     monitor.reset()
     assert monitor.lost_readouts == 0 and monitor.num_readouts == 0
+
+
+def _multicast_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def test_multicast_group_two_views_run_side_by_side_and_a_rerun_replaces_its_own():
+    """Several monitors may share a multicast group; re-creating one of a kind replaces it."""
+    group, port = "239.255.42.17", _multicast_port()
+    simple = AstroPix4SimpleMonitor(group=group, port=port)
+    columns = ColumnOccupancyMonitor(group=group, port=port)
+    try:
+        try:
+            simple.start(refresh_interval=0.05)
+            columns.start(refresh_interval=0.05)
+        except OSError as exc:
+            pytest.skip(f"no multicast on this machine: {exc}")
+        run = AstroPix4Simulator(seed=17, hits_per_readout=2).generate(500)
+        with MulticastSender(group, port, ttl=1) as sender:
+            for i, record in enumerate(run.records):
+                sender.send_data(record)
+                if i % 100 == 99:
+                    time.sleep(0.001)
+        try:
+            _wait_for(lambda: simple.listener_stats().accepted == 500 and columns.listener_stats().accepted == 500,
+                      timeout=5, what="both monitors to receive the multicast stream")
+        except pytest.fail.Exception:
+            pytest.skip("multicast datagrams do not loop back on this machine")
+        assert simple.running and columns.running
+        rerun = AstroPix4SimpleMonitor(group=group, port=port)  # the cell that made `simple`, run again
+        assert not simple.running and columns.running
+        rerun.close()
+        columns.stop()
+        simple.stop()
+        assert simple.num_hits == columns.num_hits == len(run.truth)
+    finally:
+        simple.close()
+        columns.close()
+    assert _monitor_threads() == []
