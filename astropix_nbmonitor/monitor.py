@@ -187,8 +187,11 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
         """Build the plotting area: a grid of bqplot figures under the dashboard.
 
         Takes the layout arguments of matplotlib's ``subplots``; ``figsize`` is
-        in inches (100 px each). Other keyword arguments go to every
-        ``bqplot.Figure``. The dashboard row on top is always there.
+        in inches (100 px each), ratios may also come in ``gridspec_kw``.
+        Keyword arguments that are ``bqplot.Figure`` traits (``title``,
+        ``fig_margin``...) go to every figure; other matplotlib options
+        (``sharex``, ``squeeze``...) are accepted and ignored. The dashboard
+        row on top is always there.
 
         Returns
         -------
@@ -196,6 +199,15 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
             ``nrows * ncols`` empty figures, row by row; add marks and axes to
             them.
         """
+        gridspec_kw = kwargs.pop("gridspec_kw", None) or {}
+        height_ratios = height_ratios if height_ratios is not None else gridspec_kw.get("height_ratios")
+        width_ratios = width_ratios if width_ratios is not None else gridspec_kw.get("width_ratios")
+        # matplotlib-only options (sharex, squeeze, subplot_kw...) have no bqplot meaning here.
+        figure_traits = set(bqplot.Figure.class_trait_names())
+        ignored = sorted(k for k in kwargs if k not in figure_traits)
+        if ignored:
+            logger.debug("create_canvas: ignoring matplotlib options %s", ignored)
+        kwargs = {k: v for k, v in kwargs.items() if k in figure_traits}
         nrows, ncols = int(nrows), int(ncols)
         if nrows < 1 or ncols < 1:
             msg = f"nrows and ncols must be >= 1, got nrows={nrows}, ncols={ncols}"

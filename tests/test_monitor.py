@@ -335,6 +335,10 @@ def test_create_canvas_grid_and_display_message_positions(monitor):
     assert monitor.canvas.layout.width == "1200px"
     with pytest.raises(ValueError, match="expected 2 ratios"):
         monitor.create_canvas(2, 1, height_ratios=(1, 2, 3))
+    # matplotlib's subplots options are accepted: ratios in gridspec_kw, the rest ignored.
+    figs = monitor.create_canvas(2, 1, sharex=True, squeeze=False, gridspec_kw={"height_ratios": (3, 1)}, title="x")
+    assert monitor.canvas.layout.grid_template_rows == "3fr 1fr"
+    assert [f.title for f in figs] == ["x", "x"]
     monitor.clear_messages()
     monitor.display_message(0.5, 0.25, "a < b", color="red", fontsize=12)
     assert "left:50.0%" in monitor.dashboard.value and "top:75.0%" in monitor.dashboard.value
