@@ -146,7 +146,43 @@ def _bind_error(exc: OSError, address: str, port: int, multicast: bool) -> OSErr
     return OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}")
 
 
-class MulticastReceiver:
+class _UdpEndpoint:
+    """What the receiver and the sender share: one socket, an address, closed once."""
+
+    group: str
+    port: int
+    _sock: socket.socket | None
+
+    def address(self) -> tuple[str, int]:
+        """The ``(group, port)`` of this endpoint (the port actually bound, for a receiver)."""
+        return self.group, self.port
+
+    def fileno(self) -> int:
+        """The socket's file descriptor (-1 once closed)."""
+        return -1 if self._sock is None else self._sock.fileno()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._sock is None
+
+    def close(self) -> None:
+        """Close the socket (a receiver leaves its group); harmless when already closed."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+            logger.debug("closed %s on %s:%d", type(self).__name__, self.group, self.port)
+
+    def __enter__(self) -> _UdpEndpoint:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class MulticastReceiver(_UdpEndpoint):
     """A UDP socket that receives readout records, unicast or multicast.
 
     Parameters
@@ -296,11 +332,6 @@ class MulticastReceiver:
             raise OSError(errno.EBADF, msg)
         return self._sock
 
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._sock is None
-
     def recv_bytes(self) -> bytes:
         """Receive one datagram and return its bytes (not validated)."""
         return self.socket.recv(MAX_DATAGRAM_SIZE)
@@ -325,35 +356,12 @@ class MulticastReceiver:
         """
         return self.readout_class.from_bytes(self.recv_bytes())
 
-    def address(self) -> tuple[str, int]:
-        """The ``(group, port)`` listened to, with the port actually bound."""
-        return self.group, self.port
-
-    def fileno(self) -> int:
-        """The socket's file descriptor (-1 once closed)."""
-        return -1 if self._sock is None else self._sock.fileno()
-
-    def close(self) -> None:
-        """Close the socket (leaving the group); harmless when already closed."""
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
-            logger.debug("closed receiver on %s:%d", self.group, self.port)
-
-    def __enter__(self) -> MulticastReceiver:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "closed" if self._sock is None else "open"
         return f"{type(self).__name__}(group={self.group!r}, port={self.port}, {state})"
 
 
-class MulticastSender:
+class MulticastSender(_UdpEndpoint):
     """A UDP socket that sends readout records to a unicast address or a group.
 
     Parameters
@@ -447,33 +455,6 @@ class MulticastSender:
     def send_readout(self, readout: AbstractAstroPixReadout) -> int:
         """Send a readout as one record; return the number of bytes sent."""
         return self.send_data(readout.to_bytes())
-
-    def address(self) -> tuple[str, int]:
-        """The ``(group, port)`` sent to."""
-        return self.group, self.port
-
-    def fileno(self) -> int:
-        """The socket's file descriptor (-1 once closed)."""
-        return -1 if self._sock is None else self._sock.fileno()
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._sock is None
-
-    def close(self) -> None:
-        """Close the socket; harmless when already closed."""
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
-
-    def __enter__(self) -> MulticastSender:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._sock is None else "open"

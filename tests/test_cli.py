@@ -311,6 +311,21 @@ def _start(*args: str) -> subprocess.Popen:
     )
 
 
+def _interrupt(proc: subprocess.Popen, signum: int) -> str:
+    """Send ``signum``, wait, check a clean exit with no traceback; return stdout."""
+    try:
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "(interrupted)" in stdout
+    return stdout
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_record_stops_cleanly_on_signal(tmp_path, signum):
     out = tmp_path / "sig.apx"
@@ -323,15 +338,9 @@ def test_record_stops_cleanly_on_signal(tmp_path, signum):
         with MulticastSender(LOCAL_HOST, port) as tx:
             tx.send_records(sent)
         time.sleep(0.3)  # let it receive them (not asserted on)
-        proc.send_signal(signum)
-        stdout, stderr = proc.communicate(timeout=DEADLINE)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, stderr
-    assert "Traceback" not in stderr
-    assert "recorded" in stdout and "(interrupted)" in stdout
+        stdout = _interrupt(proc, signum)
+    assert "recorded" in stdout
     _, records = read_records(out)
     assert records == sent[: len(records)]
     assert f"recorded {len(records)} readouts" in stdout
@@ -343,12 +352,6 @@ def test_send_loop_stops_cleanly_on_signal(real_apx):
         proc = _start("send", str(real_apx), "--port", str(port), "--loop", "--rate", "2000")
         try:
             rx.receive()  # it is sending
-            proc.send_signal(signal.SIGTERM)
-            stdout, stderr = proc.communicate(timeout=DEADLINE)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    assert proc.returncode == 0, stderr
-    assert "Traceback" not in stderr
-    assert stdout.startswith("sent ") and "(interrupted)" in stdout
+            stdout = _interrupt(proc, signal.SIGTERM)
+    assert stdout.startswith("sent ")

@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 
+import bqplot
 import numpy as np
 import pytest
 
@@ -168,6 +169,14 @@ def test_update_display_sends_a_javascript_safe_color_array(monitor):
     assert color.dtype in (np.float64, np.float32, np.int32)
     assert np.array_equal(color, monitor.hit_map.values().T)
     assert monitor.tot_bars.y.dtype == np.float64
+    # What the README promises of the plots: a colour bar, a tooltip with row,
+    # column and counts, rows drawn top-down, and the TOT overflow in the title.
+    assert any(isinstance(ax, bqplot.ColorAxis) for ax in monitor.figures[0].axes)
+    assert monitor.heatmap.tooltip.fields == ["row", "column", "color"]
+    assert monitor.heatmap.tooltip.labels == ["row", "column", "hits"]
+    assert monitor.heatmap.scales["row"].reverse
+    overflow = int(monitor.tot_hist.values(flow=True)[-1])
+    assert monitor.figures[1].title.endswith(f"overflow > 500 us: {overflow})")
     # Log scale shows log10(1 + counts), linear again restores the counts.
     monitor.scale_toggle.value = "log"
     assert np.allclose(monitor.heatmap.color, np.log10(1 + monitor.hit_map.values().T))
