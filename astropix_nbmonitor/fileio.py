@@ -266,11 +266,14 @@ class ApxReader(_ApxFile):
             if eof:
                 break
             # Keep the unread tail and read on; grow the read when a single
-            # record is larger than a chunk.
+            # record is larger than a chunk, but never beyond the end of the
+            # file: a length field claiming 4 GB must not allocate 4 GB.
             need = chunk_size
             if pos + head <= end:
                 (length,) = unpack_length(buf, pos + length_at)
-                need = max(chunk_size, head + length - (end - pos))
+                if head + length - (end - pos) > chunk_size:
+                    left = os.fstat(f.fileno()).st_size - f.tell()
+                    need = max(chunk_size, min(head + length - (end - pos), left))
             more = f.read(need)
             if not more:
                 eof = True

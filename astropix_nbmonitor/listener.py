@@ -54,7 +54,15 @@ from types import TracebackType
 from typing import Any
 
 from .fmt import RECORD_HEADER, RECORD_HEADER_SIZE, AbstractAstroPixReadout, AstroPix4Readout
-from .sock import DEFAULT_PORT, DEFAULT_RCVBUF, LOCAL_HOST, MAX_DATAGRAM_SIZE, MulticastReceiver, resolve_address
+from .sock import (
+    DEFAULT_PORT,
+    DEFAULT_RCVBUF,
+    LOCAL_HOST,
+    MAX_DATAGRAM_SIZE,
+    MulticastReceiver,
+    describe_exposure,
+    resolve_address,
+)
 
 __all__ = [
     "MALFORMED_REASONS",
@@ -507,6 +515,13 @@ class Listener:
         if receiver is not None:
             return receiver.address()
         return self.group, self.port
+
+    def exposure(self) -> str:
+        """Who can send to this listener, in one sentence (see :func:`~astropix_nbmonitor.sock.describe_exposure`)."""
+        receiver = self._receiver
+        if receiver is not None:
+            return receiver.exposure()
+        return describe_exposure(self.group, self.interface)
 
     def __enter__(self) -> Listener:
         return self.start()

@@ -858,6 +858,7 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
         bad = lambda n: f'<b style="color:#c0392b">{n}</b>' if n else f"{n}"  # noqa: E731
         lines = [
             f"Connected to address ({group!r}, {port}), {state}, uptime {uptime}",
+            f'<span class="apx-exposure">{html.escape(self._listener.exposure())}</span>',
             f'<span class="apx-num-readouts">{self.num_readouts}</span> readouts '
             f'(<span class="apx-num-hits">{self.num_hits}</span> hits) processed; '
             f"{self.readout_rate:,.1f} readouts/s, {self.hit_rate:,.1f} hits/s",

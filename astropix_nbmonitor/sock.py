@@ -7,8 +7,15 @@ Each readout travels as one UDP datagram holding one readout record
   on the same machine): the receiver binds to that address and port, and a
   second receiver on the same address and port is refused;
 * a multicast group (``224.0.0.0/4``, e.g. ``239.1.1.1``): every receiver binds
-  ``("", port)`` with ``SO_REUSEADDR`` (and ``SO_REUSEPORT``) and joins the
-  group, so several monitors can listen to one DAQ at once.
+  ``(group, port)`` with ``SO_REUSEADDR`` (and ``SO_REUSEPORT``) and joins the
+  group, so several monitors can listen to one DAQ at once. Binding to the
+  group address (Linux, macOS) keeps out unicast datagrams sent to the port;
+  where the system refuses it, the receiver binds every interface
+  (``("", port)``) instead. Either way a multicast monitor is open to the
+  network: any host that reaches the group can send to it
+  (:meth:`MulticastReceiver.exposure` says so in words, and the dashboard
+  shows it). The default, ``127.0.0.1``, accepts datagrams from this machine
+  only.
 
 The receiver asks the kernel for a large receive buffer (16 MiB by default)
 so that bursts are absorbed while the reading thread is busy; see
@@ -38,6 +45,7 @@ __all__ = [
     "InvalidAddressError",
     "MulticastReceiver",
     "MulticastSender",
+    "describe_exposure",
     "is_multicast",
     "resolve_address",
 ]
@@ -112,6 +120,27 @@ def resolve_address(group: str) -> str:
 def is_multicast(address: str) -> bool:
     """True if the dotted IPv4 ``address`` is a multicast group (224.0.0.0/4)."""
     return ipaddress.IPv4Address(address).is_multicast
+
+
+def describe_exposure(group: str, interface: str | None = None, *, all_interfaces: bool = False) -> str:
+    """Who can send to a receiver of ``group``, in one sentence (for the dashboard).
+
+    ``interface`` is the interface a multicast group is joined on (``None``:
+    the system's choice); ``all_interfaces`` says the socket is bound to
+    every interface rather than to the group address.
+    """
+    group = resolve_address(group)
+    if is_multicast(group):
+        joined = interface not in (None, _INADDR_ANY)
+        where = f"interface {interface}" if joined else "the system's default interface"
+        bound = " (socket bound to all interfaces)" if all_interfaces else ""
+        return (
+            f"multicast group {group} joined on {where}{bound}: open to the network, "
+            "any host that reaches the group can send to this monitor"
+        )
+    if ipaddress.ip_address(group).is_loopback:
+        return f"loopback only ({group}): only this machine can send to this monitor"
+    return f"bound to {group}: any host that reaches this address can send to this monitor"
 
 
 def _check_port(port: int) -> int:
@@ -246,11 +275,7 @@ class MulticastReceiver(_UdpEndpoint):
                 self.rcvbuf = self._grow_rcvbuf(sock, int(rcvbuf))
             else:
                 self.rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-            bind_to = "" if self.multicast else self.group
-            try:
-                sock.bind((bind_to, port))
-            except OSError as exc:
-                raise _bind_error(exc, self.group, port, self.multicast) from None
+            self.bound_to = self._bind(sock, port)
             if self.multicast:
                 self._join(sock)
             sock.settimeout(timeout)
@@ -268,6 +293,28 @@ class MulticastReceiver(_UdpEndpoint):
         )
 
     # -- set-up ---------------------------------------------------------------
+
+    def _bind(self, sock: socket.socket, port: int) -> str:
+        """Bind; return the address bound (the group, or ``""`` for every interface)."""
+        if self.multicast:
+            try:
+                sock.bind((self.group, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise _bind_error(exc, self.group, port, True) from None
+                logger.info("cannot bind to the group address %s (%s): binding every interface", self.group, exc)
+            else:
+                return self.group
+        bind_to = "" if self.multicast else self.group
+        try:
+            sock.bind((bind_to, port))
+        except OSError as exc:
+            raise _bind_error(exc, self.group, port, self.multicast) from None
+        return bind_to
+
+    def exposure(self) -> str:
+        """Who can send to this receiver, in one sentence (shown on the dashboard)."""
+        return describe_exposure(self.group, self.interface, all_interfaces=self.multicast and not self.bound_to)
 
     @staticmethod
     def _grow_rcvbuf(sock: socket.socket, size: int) -> int:
