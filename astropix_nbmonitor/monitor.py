@@ -68,6 +68,33 @@ def _ratio_template(ratios: Sequence[float] | None, n: int) -> str:
     return " ".join(f"{float(r):g}fr" for r in ratios)
 
 
+def _close_widget_tree(root: widgets.Widget) -> None:
+    """Close ``root`` and every widget reachable from its traits and attributes."""
+    seen: set[int] = set()
+    stack: list[Any] = [root]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+            continue
+        if isinstance(item, dict):
+            stack.extend(item.values())
+            continue
+        if not isinstance(item, widgets.Widget) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        for name in item.trait_names():
+            try:
+                stack.append(getattr(item, name))
+            except Exception:  # noqa: BLE001 - a trait that cannot be read holds no widget to close
+                continue
+        stack.extend(vars(item).values())
+        if item is root:
+            widgets.Widget.close(item)  # the root's own close() is what called us
+        elif item.comm is not None:
+            item.close()
+
+
 class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
     """Base class of the online monitors: a widget fed by a UDP listener.
 
@@ -222,13 +249,16 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
             fig.layout.height = "auto"
             fig.layout.min_height = "150px"
             figures.append(fig)
+        old_figures = list(self.canvas.children)
         self.canvas.children = figures
-        self.canvas.layout = widgets.Layout(
-            grid_template_columns=_ratio_template(width_ratios, ncols),
-            grid_template_rows=_ratio_template(height_ratios, nrows),
-            width=f"{int(width * _DPI)}px",
-            height=f"{int(height * _DPI)}px",
-        )
+        layout = self.canvas.layout
+        with layout.hold_sync():
+            layout.grid_template_columns = _ratio_template(width_ratios, ncols)
+            layout.grid_template_rows = _ratio_template(height_ratios, nrows)
+            layout.width = f"{int(width * _DPI)}px"
+            layout.height = f"{int(height * _DPI)}px"
+        for fig in old_figures:  # a second create_canvas() replaces the first one's figures
+            _close_widget_tree(fig)
         self.figures = figures
         return figures
 
@@ -384,15 +414,10 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
             ref = _ACTIVE.get(key)
             if ref is not None and ref() is self:
                 del _ACTIVE[key]
-        for fig in self.figures:
-            for mark in fig.marks:
-                mark.close()
-            for axis in fig.axes:
-                axis.close()
-            fig.close()
-        for child in (self.toolbar, self.dashboard, self.canvas, self.start_button, self.stop_button, self.reset_button):
-            child.close()
-        super().close()
+        # Close every widget this monitor holds (figures, marks, scales,
+        # buttons, layouts, styles...): ipywidgets keeps each open widget in
+        # its registry, and their observers would keep the monitor alive.
+        _close_widget_tree(self)
 
     def reset(self) -> None:
         """Clear every counter (and, in subclasses, every histogram)."""

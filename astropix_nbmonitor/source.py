@@ -118,11 +118,12 @@ class SimulatedSource:
     def _run(self, sender: MulticastSender) -> None:
         pending: list[bytes] = []
         t0 = time.monotonic()
+        sent0 = self.sent  # the pace counts from this start, not from the first one
         try:
             while not self._stop.is_set():
                 if self.max_readouts is not None and self.sent >= self.max_readouts:
                     break
-                due = int((time.monotonic() - t0) * self.rate_hz) - self.sent
+                due = int((time.monotonic() - t0) * self.rate_hz) - (self.sent - sent0)
                 if self.max_readouts is not None:
                     due = min(due, self.max_readouts - self.sent)
                 if due <= 0:

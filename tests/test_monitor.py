@@ -415,3 +415,18 @@ def test_multicast_group_two_views_run_side_by_side_and_a_rerun_replaces_its_own
         simple.close()
         columns.close()
     assert _monitor_threads() == []
+
+
+def test_closed_monitor_leaves_no_open_widget_even_after_a_second_canvas():
+    from ipywidgets.widgets.widget import _instances
+
+    before = set(_instances)
+    mon = AstroPix4SimpleMonitor(port=0)
+    first = list(mon.figures)
+    mon.create_canvas(nrows=1, ncols=2, figsize=(8, 3))  # replaces the first canvas
+    assert all(fig.comm is None for fig in first), "the replaced figures were left open"
+    assert (mon.canvas.layout.grid_template_columns, mon.canvas.layout.grid_template_rows) == ("1fr 1fr", "1fr")
+    assert mon.canvas.layout.width == "800px"
+    mon.close()
+    assert set(_instances) - before == set()
+

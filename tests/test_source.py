@@ -55,3 +55,28 @@ def test_start_stop_twice_and_context_manager():
 def test_bad_rate_is_refused():
     with pytest.raises(ValueError, match="rate_hz"):
         SimulatedSource(rate_hz=0)
+
+
+def test_a_restarted_source_sends_again_at_once():
+    # The pace counts from each start: a source stopped and started again must
+    # not stay silent to "pay back" the readouts of its first run.
+    listener = Listener(port=0).start()
+    src = SimulatedSource(port=listener.port, rate_hz=2000, seed=8)
+    try:
+        src.start()
+        deadline = time.monotonic() + 10
+        while src.sent < 2000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        src.stop()
+        first = src.sent
+        assert first >= 2000
+        src.start()
+        deadline = time.monotonic() + 10
+        while src.sent < first + 200 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # 200 readouts at 2 kHz take 0.1 s; with the old pace, 1 s and more.
+        assert src.sent >= first + 200, f"restarted source sent {src.sent - first} readouts"
+    finally:
+        src.stop()
+        listener.stop()
+    assert _source_threads() == []
