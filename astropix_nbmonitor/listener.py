@@ -27,6 +27,11 @@ highest id accepted since the baseline and ``rid`` the new one:
 * ``rid <= last`` and ``rid`` lies in one of the last 16 gaps: a late
   readout; it counts ``out_of_order`` and is taken back from ``lost``, so
   reordering on the network leaves ``lost`` exact.
+* ``rid > last + 1`` by more than 2**24 (16,777,216) ids, minutes of data at
+  any rate a DAQ reaches, is counted as a *restart* (a new baseline), not as
+  millions of lost readouts: a DAQ that starts its ids at an arbitrary value,
+  or a record that is not from this stream, would otherwise bury the real
+  loss count (and every later id would count as out of order).
 * otherwise, ``rid <= last`` is a DAQ *restart* when ``rid < 16`` (the DAQ
   numbers its readouts from 0, and an id counter wrapping at 2**32 counts as
   a restart too) or when ``rid`` is more than 1024 below ``last`` (far more
@@ -67,6 +72,7 @@ from .sock import (
 __all__ = [
     "MALFORMED_REASONS",
     "RESTART_BACKWARD_JUMP",
+    "RESTART_FORWARD_JUMP",
     "RESTART_ID_LIMIT",
     "Listener",
     "ListenerStats",
@@ -82,6 +88,8 @@ MALFORMED_REASONS = ("short", "header", "length", "other")
 RESTART_ID_LIMIT = 16
 #: A step back by more than this many ids is a DAQ restart.
 RESTART_BACKWARD_JUMP = 1024
+#: A step forward by more than this many ids is a DAQ restart too, not a loss.
+RESTART_FORWARD_JUMP = 1 << 24
 #: How many recent gaps in the ids are remembered to recognise late readouts.
 _GAP_MEMORY = 16
 #: Most datagrams received between two publications of the counters.
@@ -773,6 +781,10 @@ class Listener:
             return rid + 1
         last = expect - 1
         if rid > last:
+            if rid - last > RESTART_FORWARD_JUMP:
+                self._p_restarts += 1
+                self._gaps = []
+                return rid + 1
             self._p_lost += rid - expect
             gaps = self._gaps
             gaps.append([expect, rid - 1])

@@ -31,9 +31,17 @@ import ipywidgets as widgets
 import numpy as np
 from traitlets import Bool, Float, Int
 
-from .fmt import FLAG_NAMES, RECORD_HEADER_SIZE, AbstractAstroPixHit, AbstractAstroPixReadout, AstroPix4Readout, BatchDecoder, DecodingFlag
+from .fmt import (
+    FLAG_NAMES,
+    AbstractAstroPixHit,
+    AbstractAstroPixReadout,
+    AstroPix4Readout,
+    BatchDecoder,
+    DecodingFlag,
+    parse_record,
+)
 from .hist import TOT_EDGES, HitAccumulator, RateHistory
-from .listener import Listener
+from .listener import RESTART_FORWARD_JUMP, Listener
 from .sock import DEFAULT_PORT, LOCAL_HOST, is_multicast
 
 __all__ = ["AbstractMonitor", "AstroPix4SimpleMonitor"]
@@ -173,10 +181,12 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
         self._started_at: float | None = None
         self._run_seconds = 0.0
         self._errors = 0
+        self._errors_shown = 0
         self._last_error = ""
         self._messages: dict[tuple[float, float], tuple[str, dict[str, Any]]] = {}
         self._decoder = BatchDecoder()
         self._replay_lost = 0
+        self._replay_malformed = 0
         self._replay_last_id: int | None = None
 
         self.start_button = widgets.Button(description="Start", icon="play", tooltip="Start monitoring")
@@ -292,6 +302,15 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
                 style.append(f"font-weight:{opts['fontweight']}")
             parts.append(f'<div style="{";".join(style)}">{body}</div>')
         lines = max((t.count("\n") + t.count("<br") + 1 for t, _ in self._messages.values()), default=1)
+        if self._errors:
+            # Whatever the subclass displays, caught exceptions are shown too.
+            error = html.escape(f"errors {self._errors}: {self._last_error}")
+            parts.append(
+                f'<div class="apx-errors" style="left:0;top:{1.4 * lines:.1f}em;position:absolute;'
+                f'white-space:nowrap;color:#c0392b">{error}</div>'
+            )
+            lines += 1
+        self._errors_shown = self._errors
         height = 1.4 * lines + 0.4
         return f'<div class="apx-messages" style="position:relative;line-height:1.4;min-height:{height:.1f}em">{"".join(parts)}</div>'
 
@@ -430,6 +449,7 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
             self._errors = 0
             self._last_error = ""
             self._replay_lost = 0
+            self._replay_malformed = 0
             self._replay_last_id = None
             self._run_seconds = 0.0
             if self._started_at is not None:
@@ -467,6 +487,16 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
     def listener_stats(self):
         """A snapshot of the listener's counters (see :class:`ListenerStats`)."""
         return self._listener.stats()
+
+    @property
+    def error_count(self) -> int:
+        """Exceptions caught on the processing path (e.g. in a ``process_readout``); shown on the dashboard."""
+        return self._errors
+
+    @property
+    def last_error(self) -> str:
+        """The last of those exceptions, as ``"Type: message"`` (``""`` if none)."""
+        return self._last_error
 
     @property
     def flag_counts(self) -> dict[str, int]:
@@ -524,18 +554,29 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
     def replay(self, records: Sequence[bytes]) -> None:
         """Process recorded readout records at once, with no network (a run review).
 
-        Gaps in the readout ids count as lost readouts, as the listener counts
-        them in a live stream; then the display is refreshed. Works on a
-        stopped monitor, e.g. with the records of an .apx file.
+        Records that are not well-formed count as malformed packets and gaps
+        in the ids of the others as lost readouts, as the listener counts them
+        in a live stream; then the display is refreshed. Works on a stopped
+        monitor, e.g. with the records of an .apx file.
         """
-        records = list(records)
-        ids = np.array(
-            [int.from_bytes(r[3:7], "little") for r in records if len(r) >= RECORD_HEADER_SIZE], dtype=np.int64
-        )
+        good = []
+        ids = []
+        malformed = 0
+        for record in records:
+            try:
+                ids.append(parse_record(record)[0])
+            except ValueError:
+                malformed += 1
+                continue
+            good.append(record)
+        records = good
+        ids = np.array(ids, dtype=np.int64)
         with self._processing_lock:
+            self._replay_malformed += malformed
             if len(ids):
                 steps = np.diff(ids if self._replay_last_id is None else np.r_[self._replay_last_id, ids])
-                self._replay_lost += int((steps[steps > 1] - 1).sum())
+                gaps = steps[(steps > 1) & (steps <= RESTART_FORWARD_JUMP)]  # the listener's rules: see listener.py
+                self._replay_lost += int((gaps - 1).sum())
                 self._replay_last_id = int(ids[-1])
             self.process_batch(records)
         self.refresh()
@@ -622,7 +663,7 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
                 self.set_trait("readout_rate", 0.0)
                 self.set_trait("hit_rate", 0.0)
             self.set_trait("lost_readouts", int(stats.lost) + self._replay_lost)
-            self.set_trait("malformed_packets", int(stats.malformed))
+            self.set_trait("malformed_packets", int(stats.malformed) + self._replay_malformed)
             self.set_trait("dropped_readouts", int(stats.dropped))
             self.set_trait("recovered_hits", int(self._decoder.num_recovered))
         self._last_refresh_counts = (n_r, n_h)
@@ -642,6 +683,8 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
                 self.update_display()
             except Exception as exc:
                 self._note_error(exc)
+            if self._errors != self._errors_shown:
+                self.dashboard.value = self._render_messages()
 
 
 class AstroPix4SimpleMonitor(AbstractMonitor):
@@ -894,8 +937,6 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
             f"DAQ restarts {stats.restarts}, out of order {stats.out_of_order}",
             f"decoding flags: {html.escape(flags)}",
         ]
-        if self._errors:
-            lines.append(f'<span style="color:#c0392b">errors {self._errors}: {html.escape(self._last_error)}</span>')
         if warn:
             lines.append(f'<span class="apx-warning" style="color:#c0392b;font-weight:bold">&#9888; {html.escape(warn)}</span>')
         return "<br>".join(lines)

@@ -195,7 +195,7 @@ def test_daq_restart_is_counted_once_and_nothing_is_chained_across_it(no_leaks, 
         assert mon.num_readouts == n + m
         assert mon.lost_readouts == mon.malformed_packets == mon.dropped_readouts == 0
         assert "DAQ restarts 1," in mon.dashboard.value
-        assert mon._errors == 0
+        assert mon.error_count == 0
         _assert_matches_reference(mon, recorder, hits, flags)
     finally:
         mon.close()
@@ -225,7 +225,7 @@ def test_daq_restart_with_a_new_simulator_run_shows_both_truths(no_leaks):
         assert mon.recovered_hits == first.num_split + second.num_split > 0
         assert "DAQ restarts 1," in mon.dashboard.value
         _assert_matches_reference(mon, recorder, truth, flags)
-        assert mon._errors == 0
+        assert mon.error_count == 0
     finally:
         mon.close()
 
@@ -367,7 +367,7 @@ def test_ten_percent_garbled_readouts_are_counted_by_flag_and_good_hits_all_show
         assert stats.malformed == 0 and stats.malformed_by_reason == dict.fromkeys(stats.malformed_by_reason, 0)
         assert stats.accepted == 5000 and stats.lost == stats.restarts == stats.out_of_order == 0
         assert mon.malformed_packets == mon.lost_readouts == mon.dropped_readouts == 0
-        assert mon._errors == 0
+        assert mon.error_count == 0
         _assert_matches_reference(mon, recorder, hits, flags)
         # Truth check on what is shown: every good hit is in the monitor's hit map and TOT spectrum.
         assert_hits_equal(run.select_reliable(recorder.hits()), run.truth, "monitor hits of the reliable readouts")

@@ -99,7 +99,7 @@ def test_100_start_stop_cycles_with_data_flowing_leave_nothing_behind(no_leaks):
         assert all(a < b for a, b in zip(history, history[1:])), history
         assert history[0] > 0
         assert mon.num_hits == mon.hit_map.sum() > 0
-        assert mon._errors == 0
+        assert mon.error_count == 0
         mon.close()
         assert _fd_count() == fds and _thread_count() == threads
         assert (monitor_mod.LOCAL_HOST, port) not in monitor_mod._ACTIVE
@@ -145,7 +145,7 @@ def test_20_monitors_created_in_a_loop_on_one_port_like_a_rerun_cell(no_leaks):
         assert _thread_count() == threads, f"threads {threading.enumerate()}"
         assert (monitor_mod.LOCAL_HOST, port) not in monitor_mod._ACTIVE
         _assert_port_bindable_at_once(port)  # with the DAQ still sending
-        assert all(m._errors == 0 for m in monitors)
+        assert all(m.error_count == 0 for m in monitors)
     finally:
         for m in monitors:
             m.close()

@@ -23,6 +23,7 @@ from astropix_nbmonitor import listener as listener_module
 from astropix_nbmonitor.listener import (
     MALFORMED_REASONS,
     RESTART_BACKWARD_JUMP,
+    RESTART_FORWARD_JUMP,
     RESTART_ID_LIMIT,
     Listener,
     ListenerStats,
@@ -293,16 +294,29 @@ def test_restart_to_a_small_id(make_listener):
     assert stats.lost == 0 and stats.out_of_order == 0
 
 
-def test_restart_far_back_and_counter_wrap(make_listener_both):
+def test_restart_far_back_far_forward_and_counter_wrap(make_listener_both):
+    last = 5000 - RESTART_BACKWARD_JUMP - 1
     ids = [
         *range(5000, 5010),
-        *range(5000 - RESTART_BACKWARD_JUMP - 10, 5000 - RESTART_BACKWARD_JUMP),  # far back: restart
-        *range(2**32 - 3, 2**32),  # forward jump: counted lost
+        *range(last - 9, last + 1),  # far back: restart
+        last + RESTART_FORWARD_JUMP,  # the longest forward jump still counted as a loss
+        *range(2**32 - 3, 2**32),  # a longer one: restart, not 4 billion lost readouts
         *range(0, 3),  # wrap to 0: restart
     ]
     stats = run_ids(make_listener_both, ids)
-    assert stats.restarts == 2
-    assert stats.lost == (2**32 - 3) - (5000 - RESTART_BACKWARD_JUMP)
+    assert stats.restarts == 3
+    assert stats.lost == RESTART_FORWARD_JUMP - 1
+    assert stats.out_of_order == 0
+
+
+def test_one_stray_id_far_ahead_does_not_bury_the_loss_count(make_listener):
+    # A record with an id from nowhere (another sender, a DAQ that starts at a
+    # random value) must not count 2**31 lost readouts, nor make every later
+    # id of the healthy stream count as out of order.
+    ids = [*range(0, 100), 2**31 + 3, *range(100, 200), 205, *range(206, 300)]
+    stats = run_ids(make_listener, ids)
+    assert stats.lost == 5
+    assert stats.restarts == 2  # the stray id, then the return to the old ids
     assert stats.out_of_order == 0
 
 

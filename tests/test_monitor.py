@@ -54,7 +54,8 @@ def _expected_maps(hits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     inside = hits[hits["column"] < 16]
     hit_map = np.zeros((16, 35), dtype=np.int64)
     np.add.at(hit_map, (inside["column"].astype(int), inside["row"].astype(int)), 1)
-    tot, _ = np.histogram(hits["tot_us"], bins=TOT_EDGES)
+    # Half-open bins as the monitor's: a TOT of exactly the last edge is overflow.
+    tot, _ = np.histogram(hits["tot_us"][hits["tot_us"] < TOT_EDGES[-1]], bins=TOT_EDGES)
     return hit_map, tot
 
 
@@ -336,6 +337,33 @@ def test_user_subclass_with_two_methods_works_end_to_end():
     assert _monitor_threads() == []
 
 
+class _FlakyMonitor(ColumnOccupancyMonitor):
+    """A user's process_readout that raises on every 10th readout."""
+
+    def process_readout(self, readout):
+        if readout.readout_id % 10 == 9:
+            raise ZeroDivisionError(f"bad luck with readout {readout.readout_id}")
+        return super().process_readout(readout)
+
+
+def test_an_exception_in_process_readout_is_counted_shown_and_survived(caplog):
+    run = AstroPix4Simulator(seed=14).generate(500)
+    mon = _FlakyMonitor()
+    try:
+        with caplog.at_level("ERROR", logger="astropix_nbmonitor.monitor"):
+            _run_stream(mon, run.records)
+        assert mon.error_count == 50
+        assert mon.last_error == "ZeroDivisionError: bad luck with readout 499"
+        assert mon.num_readouts == 500  # the failed readouts are counted as processed, without hits
+        kept = run.truth[run.truth["readout_id"] % 10 != 9]
+        assert np.array_equal(mon.occupancy, np.bincount(kept["column"], minlength=32))
+        assert "errors 50: ZeroDivisionError: bad luck with readout 499" in mon.dashboard.value
+        assert sum("ZeroDivisionError" in r.getMessage() for r in caplog.records) == 10  # logging is rate-limited
+    finally:
+        mon.close()
+    assert _monitor_threads() == []
+
+
 def test_create_canvas_grid_and_display_message_positions(monitor):
     figs = monitor.create_canvas(2, 3, height_ratios=(2, 1), width_ratios=(1, 1, 2), figsize=(12, 6))
     assert len(figs) == 6 and monitor.canvas.children == tuple(figs)
@@ -374,6 +402,18 @@ def test_replay_of_recorded_records_counts_lost_readouts_and_matches_a_live_run(
     assert np.array_equal(monitor.hit_map.values(), _expected_maps(truth)[0])
     monitor.reset()
     assert monitor.lost_readouts == 0 and monitor.num_readouts == 0
+
+
+def test_replay_counts_malformed_records_apart_and_takes_no_id_from_them(monitor):
+    run = AstroPix4Simulator(seed=32).generate(300)
+    junk_with_an_id = b"\x00\x00\x00" + (10**6).to_bytes(4, "little") + bytes(12)
+    short = run.records[5][:10]
+    monitor.replay([*run.records[:100], junk_with_an_id, *run.records[100:200], short, *run.records[200:]])
+    assert monitor.lost_readouts == 0
+    assert monitor.malformed_packets == 2
+    assert monitor.num_readouts == 300
+    assert monitor.error_count == 0
+    assert np.array_equal(monitor.hit_map.values(), _expected_maps(run.truth)[0])
 
 
 def _multicast_port() -> int:
