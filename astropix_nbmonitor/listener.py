@@ -70,6 +70,7 @@ from .sock import (
 )
 
 __all__ = [
+    "DEFAULT_BUFFER_BYTES",
     "MALFORMED_REASONS",
     "RESTART_BACKWARD_JUMP",
     "RESTART_FORWARD_JUMP",
@@ -86,6 +87,8 @@ logger = logging.getLogger(__name__)
 MALFORMED_REASONS = ("short", "header", "length", "other")
 #: A step back to an id below this is a DAQ restart.
 RESTART_ID_LIMIT = 16
+#: Default bound of the bytes of records a listener holds.
+DEFAULT_BUFFER_BYTES = 64 * 1024 * 1024
 #: A step back by more than this many ids is a DAQ restart.
 RESTART_BACKWARD_JUMP = 1024
 #: A step forward by more than this many ids is a DAQ restart too, not a loss.
@@ -216,6 +219,8 @@ class ListenerStats:
         Records handed out by :meth:`Listener.drain`.
     buffered : int
         Records in the buffer now (``accepted == processed + dropped + buffered``).
+    buffered_bytes : int
+        Their bytes (bounded by :attr:`Listener.buffer_bytes`).
     last_datagram_time : float or None
         ``time.time()`` when the last datagram was received, None before any.
     rcvbuf : int or None
@@ -237,6 +242,7 @@ class ListenerStats:
     buffered: int = 0
     last_datagram_time: float | None = None
     rcvbuf: int | None = None
+    buffered_bytes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The snapshot as a plain dictionary."""
@@ -260,6 +266,11 @@ class Listener:
     buffer_size : int
         Most records held between two :meth:`drain` calls; when full, new
         records are dropped and counted (``dropped``).
+    buffer_bytes : int
+        Most bytes of records held (default 64 MiB): with large readouts this
+        bound is reached first, so that memory stays bounded whatever the
+        datagrams' size (a flood of 64 kB datagrams holds at most about a
+        thousand of them).
     timeout : float
         Longest wait for data before the loop looks at its stop flag (s).
     rcvbuf : int or None
@@ -290,14 +301,16 @@ class Listener:
         port: int = DEFAULT_PORT,
         *,
         buffer_size: int = 200_000,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         timeout: float = 0.1,
         rcvbuf: int | None = DEFAULT_RCVBUF,
         interface: str | None = None,
         batch_receive: bool | None = None,
     ) -> None:
-        if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
-            msg = f"invalid buffer_size {buffer_size!r}: expected a positive integer"
-            raise ValueError(msg)
+        for name, value in (("buffer_size", buffer_size), ("buffer_bytes", buffer_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                msg = f"invalid {name} {value!r}: expected a positive integer"
+                raise ValueError(msg)
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
             msg = f"invalid timeout {timeout!r}: expected a positive number of seconds"
             raise ValueError(msg)
@@ -317,6 +330,7 @@ class Listener:
         self.group = resolve_address(group)
         self.port = port
         self.buffer_size = buffer_size
+        self.buffer_bytes = buffer_bytes
         self.timeout = float(timeout)
         self.rcvbuf_request = rcvbuf
         self.interface = interface
@@ -332,6 +346,7 @@ class Listener:
         self._loop_lock = threading.Lock()  # _looping, _close_when_done
         self._reset_ids = False
         self._buffer: list[bytes] = []
+        self._buffered_bytes = 0
         self._zero_counters()
         # Pending id-tracking deltas and state: touched by the loop only.
         self._gaps: list[list[int]] = []
@@ -370,6 +385,7 @@ class Listener:
                 dropped=self._dropped,
                 processed=self._processed,
                 buffered=len(self._buffer),
+                buffered_bytes=self._buffered_bytes,
                 last_datagram_time=self._last_time,
                 rcvbuf=None if self._receiver is None else self._receiver.rcvbuf,
             )
@@ -384,9 +400,10 @@ class Listener:
         with self._lock:
             if clear_buffer:
                 self._buffer = []
+                self._buffered_bytes = 0
             self._zero_counters()
             self._datagrams = self._accepted = len(self._buffer)
-            self._bytes = sum(map(len, self._buffer))
+            self._bytes = self._buffered_bytes
             self._reset_ids = True
 
     # -- the buffer ---------------------------------------------------------------
@@ -403,12 +420,14 @@ class Listener:
             buffer = self._buffer
             if max_records is None or max_records >= len(buffer):
                 self._buffer = []
+                self._buffered_bytes = 0
                 out = buffer
             elif max_records <= 0:
                 return []
             else:
                 out = buffer[:max_records]
                 del buffer[:max_records]
+                self._buffered_bytes -= sum(map(len, out))
             self._processed += len(out)
         return out
 
@@ -704,8 +723,8 @@ class Listener:
             # Counted here rather than per datagram: fewer operations on the fast path.
             n_bad = n_short + n_header + n_length + n_other
             if batch or n_bad:
-                n_bytes = sum(map(len, batch)) + bad_bytes
-                self._publish(batch, len(batch) + n_bad, n_bytes, (n_short, n_header, n_length, n_other))
+                good_bytes = sum(map(len, batch))
+                self._publish(batch, good_bytes, bad_bytes, (n_short, n_header, n_length, n_other))
                 batch.clear()
             if socket_error is not None and self._socket_error(socket_error):
                 break
@@ -723,10 +742,12 @@ class Listener:
                 return None
         return self._batch_receiver
 
-    def _publish(self, batch: list[bytes], n_datagrams: int, n_bytes: int, bad: tuple[int, int, int, int]) -> None:
-        """Hand a burst's records and counts over, in one step."""
+    def _publish(self, batch: list[bytes], good_bytes: int, bad_bytes: int, bad: tuple[int, int, int, int]) -> None:
+        """Hand a burst's records (of ``good_bytes`` bytes in all) and counts over, in one step."""
         now = time.time()
         n_bad = bad[0] + bad[1] + bad[2] + bad[3]
+        n_datagrams = len(batch) + n_bad
+        n_bytes = good_bytes + bad_bytes
         restarts = self._p_restarts
         summary = ""
         with self._lock:
@@ -743,12 +764,21 @@ class Listener:
                 self._accepted += n
                 buffer = self._buffer
                 space = self.buffer_size - len(buffer)
-                if n <= space:
+                room = self.buffer_bytes - self._buffered_bytes
+                if n <= space and good_bytes <= room:
                     buffer.extend(batch)
+                    self._buffered_bytes += good_bytes
                 else:
-                    if space > 0:
-                        buffer.extend(batch[:space])
-                    self._dropped += n - max(space, 0)
+                    # Keep the longest head of the burst that fits both bounds.
+                    kept = kept_bytes = 0
+                    for record in batch[: max(space, 0)]:
+                        if kept_bytes + len(record) > room:
+                            break
+                        kept += 1
+                        kept_bytes += len(record)
+                    buffer.extend(batch[:kept])
+                    self._buffered_bytes += kept_bytes
+                    self._dropped += n - kept
             # A late readout filling a gap counted before reset_counters() could
             # take lost below zero: clamp.
             self._lost = max(0, self._lost + self._p_lost)

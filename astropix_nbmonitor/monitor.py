@@ -41,8 +41,8 @@ from .fmt import (
     parse_record,
 )
 from .hist import TOT_EDGES, HitAccumulator, RateHistory
-from .listener import RESTART_FORWARD_JUMP, Listener
-from .sock import DEFAULT_PORT, LOCAL_HOST, is_multicast
+from .listener import DEFAULT_BUFFER_BYTES, RESTART_FORWARD_JUMP, Listener
+from .sock import DEFAULT_PORT, DEFAULT_RCVBUF, LOCAL_HOST, is_multicast
 
 __all__ = ["AbstractMonitor", "AstroPix4SimpleMonitor"]
 
@@ -119,6 +119,15 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
         multicast group to join.
     port : int
         The UDP port.
+    buffer_size, buffer_bytes : int
+        Bounds of the listener's buffer, in readouts and in bytes (see
+        :class:`~astropix_nbmonitor.listener.Listener`): what arrives while it
+        is full is dropped and counted (``dropped_readouts``).
+    rcvbuf : int or None
+        Socket receive buffer to ask of the kernel (default 16 MiB).
+    interface : str or None
+        Interface address on which to join a multicast group (default: the
+        system's choice).
 
     Notes
     -----
@@ -157,18 +166,36 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
 
     #: Most readouts handed to one ``process_batch`` call.
     MAX_BATCH = 50_000
+    #: Fewest readouts handed to one ``process_batch`` call when more are waiting.
+    MIN_BATCH = 500
+    #: The batch size adapts so that one ``process_batch`` call takes about this
+    #: long (s): refreshes stay on time however heavy the readouts are.
+    BATCH_SECONDS = 0.05
 
     def __init__(
         self,
         readout_class: type[AbstractAstroPixReadout],
         group: str = LOCAL_HOST,
         port: int = DEFAULT_PORT,
+        *,
+        buffer_size: int = 200_000,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        rcvbuf: int | None = DEFAULT_RCVBUF,
+        interface: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.readout_class = readout_class
         self.update_pause = 0.005
-        self._listener = Listener(readout_class, str(group), int(port))
+        self._listener = Listener(
+            readout_class,
+            str(group),
+            int(port),
+            buffer_size=buffer_size,
+            buffer_bytes=buffer_bytes,
+            rcvbuf=rcvbuf,
+            interface=interface,
+        )
         self.group = self._listener.group
         self._stop_event = threading.Event()
         self._lifecycle_lock = threading.RLock()
@@ -629,15 +656,22 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
         last = time.monotonic()
         stop = self._stop_event
         listener = self._listener
+        limit = min(self.MAX_BATCH, max(self.MIN_BATCH, 5000))
         while True:
             stopping = stop.is_set()
-            records = listener.drain(self.MAX_BATCH)
+            records = listener.drain(limit)
             if records:
                 with self._processing_lock:
+                    began = time.perf_counter()
                     try:
                         self.process_batch(records)
                     except Exception as exc:
                         self._note_error(exc)
+                    took = time.perf_counter() - began
+                if took > 0 and (len(records) == limit or took > self.BATCH_SECONDS):
+                    # Size the next batch to take about BATCH_SECONDS (grown
+                    # only after a full batch, shrunk after any slow one).
+                    limit = int(min(self.MAX_BATCH, max(self.MIN_BATCH, self.BATCH_SECONDS * len(records) / took)))
             elif stopping:
                 break
             now = time.monotonic()

@@ -195,6 +195,26 @@ def test_buffer_full_drops_are_counted_exactly(make_listener_both):
     check_invariants(stats)
 
 
+def test_buffer_is_bounded_in_bytes_too(make_listener_both):
+    # Large valid readouts: the byte bound is reached long before the count.
+    big = [AstroPix4Readout(b"\xbc" * 1000, i, 0).to_bytes() for i in range(200)]
+    size = len(big[0])
+    listener = make_listener_both(buffer_size=100_000, buffer_bytes=10 * size + size // 2).start()
+    send(listener.address()[1], big)
+    stats = wait_datagrams(listener, 200)
+    check_invariants(stats)
+    assert stats.accepted == 200
+    assert (stats.buffered, stats.buffered_bytes, stats.dropped) == (10, 10 * size, 190)
+    assert ids_of(listener.drain(4)) == [0, 1, 2, 3]
+    assert listener.stats().buffered_bytes == 6 * size
+    send(listener.address()[1], [AstroPix4Readout(b"\xbc" * 1000, 200 + i, 0).to_bytes() for i in range(5)])
+    stats = wait_datagrams(listener, 205)
+    check_invariants(stats)
+    assert (stats.buffered, stats.buffered_bytes, stats.dropped) == (10, 10 * size, 191)
+    assert ids_of(listener.drain()) == [4, 5, 6, 7, 8, 9, 200, 201, 202, 203]
+    assert listener.stats().buffered_bytes == 0
+
+
 # --------------------------------------------------------------------------
 # Malformed input
 

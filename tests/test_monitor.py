@@ -470,3 +470,37 @@ def test_closed_monitor_leaves_no_open_widget_even_after_a_second_canvas():
     mon.close()
     assert set(_instances) - before == set()
 
+
+class _SlowBatchMonitor(ColumnOccupancyMonitor):
+    """A heavy process_batch: at least 0.2 ms per readout; records each batch size."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.batch_sizes = []
+
+    def process_batch(self, records):
+        self.batch_sizes.append(len(records))
+        time.sleep(2e-4 * len(records))
+        self.count_processed(len(records), 0)
+
+
+def test_batches_shrink_for_heavy_processing_so_refreshes_stay_on_time():
+    mon = _SlowBatchMonitor()
+    try:
+        mon._listener.open()  # bind first, so that the records wait in the socket
+        records = AstroPix4Simulator(seed=15).generate(12_000).records
+        _send(mon.port, records)
+        mon.start(refresh_interval=0.05)
+        _wait_for(lambda: mon.num_readouts == 12_000, what="every readout")
+        mon.stop()
+    finally:
+        mon.close()
+    sizes = mon.batch_sizes
+    assert sum(sizes) == 12_000
+    # The first batch holds at most the starting size; after it, each batch is
+    # sized to take BATCH_SECONDS (50 ms): at >= 0.2 ms per readout, at most
+    # 250 readouts, raised to MIN_BATCH.
+    assert sizes[0] <= 5000
+    assert len(sizes) > 10
+    assert max(sizes[1:]) == AbstractMonitor.MIN_BATCH == 500
+
