@@ -88,7 +88,7 @@ MALFORMED_REASONS = ("short", "header", "length", "other")
 #: A step back to an id below this is a DAQ restart.
 RESTART_ID_LIMIT = 16
 #: Default bound of the bytes of records a listener holds.
-DEFAULT_BUFFER_BYTES = 64 * 1024 * 1024
+DEFAULT_BUFFER_BYTES = 32 * 1024 * 1024
 #: A step back by more than this many ids is a DAQ restart.
 RESTART_BACKWARD_JUMP = 1024
 #: A step forward by more than this many ids is a DAQ restart too, not a loss.
@@ -267,10 +267,10 @@ class Listener:
         Most records held between two :meth:`drain` calls; when full, new
         records are dropped and counted (``dropped``).
     buffer_bytes : int
-        Most bytes of records held (default 64 MiB): with large readouts this
+        Most bytes of records held (default 32 MiB): with large readouts this
         bound is reached first, so that memory stays bounded whatever the
         datagrams' size (a flood of 64 kB datagrams holds at most about a
-        thousand of them).
+        five hundred of them).
     timeout : float
         Longest wait for data before the loop looks at its stop flag (s).
     rcvbuf : int or None
