@@ -12,6 +12,7 @@ import os
 import signal
 import struct
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -200,6 +201,30 @@ def flag_counts(flags: Sequence[DecodingFlag]) -> np.ndarray:
             if int(f) >> k & 1:
                 counts[k] += 1
     return counts
+
+
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition", poll: float = 0.005) -> None:
+    """Wait until ``predicate()`` is true; fail the test after ``timeout`` s (a limit, never a measure)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def send_paced(port: int, records: Iterable[bytes], group: str = "127.0.0.1", burst: int = 100) -> int:
+    """Send records from a fresh socket in small bursts, so that loopback drops none; return the count."""
+    from astropix_nbmonitor.sock import MulticastSender
+
+    count = 0
+    with MulticastSender(group, port, ttl=1) as sender:
+        for record in records:
+            sender.send_data(record)
+            count += 1
+            if count % burst == 0:
+                time.sleep(0.0005)
+    return count
 
 
 def socket_inodes() -> set[str]:

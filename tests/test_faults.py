@@ -25,7 +25,8 @@ import boost_histogram as bh
 import numpy as np
 import pytest
 from conftest import assert_hits_equal, decode_chained, flag_counts, make_record
-
+from conftest import send_paced as _send
+from conftest import wait_for as _wait_for
 from astropix_nbmonitor import monitor as monitor_mod
 from astropix_nbmonitor.fmt import FLAG_NAMES, HIT_DTYPE, AstroPix4Readout, BatchDecoder, DecodingFlag
 from astropix_nbmonitor.hist import TOT_EDGES
@@ -39,22 +40,8 @@ from astropix_nbmonitor.sock import MulticastSender
 # --------------------------------------------------------------------------
 
 
-def _wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
-def _send(port: int, records: list[bytes]) -> None:
-    """Send records from a fresh socket (a DAQ process), in small bursts so the kernel drops none."""
-    with MulticastSender("127.0.0.1", port) as sender:
-        for i, record in enumerate(records):
-            sender.send_data(record)
-            if i % 100 == 99:
-                time.sleep(0.0005)
 
 
 def _expected_hit_map(hits: np.ndarray) -> np.ndarray:

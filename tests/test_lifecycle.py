@@ -23,6 +23,7 @@ import weakref
 import ipywidgets.widgets.widget as widget_module
 import pytest
 
+from conftest import wait_for as _wait_for
 from astropix_nbmonitor import monitor as monitor_mod
 from astropix_nbmonitor.monitor import AstroPix4SimpleMonitor
 from astropix_nbmonitor.source import SimulatedSource
@@ -30,13 +31,6 @@ from astropix_nbmonitor.source import SimulatedSource
 MONITOR_THREADS = ("astropix-monitor-listener", "astropix-monitor-processing")
 
 
-def _wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.002)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 def _fd_count() -> int:

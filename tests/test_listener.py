@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import send_paced as send
 from conftest import socket_inodes
 from astropix_nbmonitor.fmt import RECORD_HEADER, AstroPix4Readout, MalformedReadoutError, parse_record
 from astropix_nbmonitor import listener as listener_module
@@ -82,16 +83,6 @@ def record(rid: int, hits: int = 1) -> bytes:
     return AstroPix4Readout(data, rid, 1_753_255_536_000_000_000 + rid).to_bytes()
 
 
-def send(port: int, datagrams: Iterable[bytes], *, group: str = LOCAL_HOST, burst: int = 100) -> int:
-    """Send in modest bursts with tiny pauses, so that loopback does not drop."""
-    count = 0
-    with MulticastSender(group, port, ttl=1) as tx:
-        for data in datagrams:
-            tx.send_data(data)
-            count += 1
-            if count % burst == 0:
-                time.sleep(0.001)
-    return count
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 import astropix_nbmonitor.monitor as monitor_mod
+from conftest import send_paced as _send
+from conftest import wait_for as _wait_for
 from astropix_nbmonitor.fmt import AstroPix4Readout, decode_batch
 from astropix_nbmonitor.hist import TOT_EDGES
 from astropix_nbmonitor.monitor import AbstractMonitor, AstroPix4SimpleMonitor
@@ -24,22 +26,8 @@ def _monitor_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name in MONITOR_THREADS]
 
 
-def _wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
-def _send(port: int, records: list[bytes]) -> None:
-    """Send records over loopback in small bursts, so the kernel drops none."""
-    with MulticastSender("127.0.0.1", port) as sender:
-        for i, record in enumerate(records):
-            sender.send_data(record)
-            if i % 100 == 99:
-                time.sleep(0.0005)
 
 
 @pytest.fixture

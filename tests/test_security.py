@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 import astropix_nbmonitor
+from conftest import wait_for as _wait_for
 from astropix_nbmonitor import app, cli
 from astropix_nbmonitor.fileio import ApxFormatError, ApxTruncatedWarning, apx_open
 from astropix_nbmonitor.fmt import AstroPix4Readout, MalformedReadoutError, decode_batch, parse_record
@@ -43,13 +44,6 @@ def _record_claiming(length: int, data: bytes = b"\xbc" * 16, readout_id: int = 
     return struct.pack("<3sIQI", b"\xfe\xdc\xba", readout_id, 0, length) + data
 
 
-def _wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 def _own_non_loopback_address() -> str | None:
