@@ -133,10 +133,15 @@ def describe_exposure(group: str, interface: str | None = None, *, all_interface
     if is_multicast(group):
         joined = interface not in (None, _INADDR_ANY)
         where = f"interface {interface}" if joined else "the system's default interface"
-        bound = " (socket bound to all interfaces)" if all_interfaces else ""
+        bound = (
+            "the socket is bound to all interfaces, so unicast datagrams to the port from any host are accepted too"
+            if all_interfaces
+            else "unicast datagrams to the port are ignored (the socket is bound to the group address, "
+            "not to all interfaces)"
+        )
         return (
-            f"multicast group {group} joined on {where}{bound}: open to the network, "
-            "any host that reaches the group can send to this monitor"
+            f"multicast group {group} joined on {where}: open to the network, "
+            f"any host that reaches the group can send to this monitor; {bound}"
         )
     if ipaddress.ip_address(group).is_loopback:
         return f"loopback only ({group}): only this machine can send to this monitor"

@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 import ast
+import errno
 import inspect
 import json
+import os
 import pickle
 import random
 import socket
@@ -32,7 +34,7 @@ from astropix_nbmonitor.fmt import AstroPix4Readout, MalformedReadoutError, deco
 from astropix_nbmonitor.listener import Listener
 from astropix_nbmonitor.monitor import AbstractMonitor, AstroPix4SimpleMonitor
 from astropix_nbmonitor.sim import AstroPix4Simulator
-from astropix_nbmonitor.sock import MulticastReceiver, MulticastSender, describe_exposure
+from astropix_nbmonitor.sock import AddressInUseError, MulticastReceiver, MulticastSender, describe_exposure
 
 PACKAGE_DIR = Path(astropix_nbmonitor.__file__).parent
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -120,11 +122,43 @@ def test_multicast_monitor_states_that_it_is_open_to_the_network(no_leaks) -> No
                 tx.send_data(AstroPix4Simulator(seed=3).generate(1).records[0])
             time.sleep(0.3)
             assert mon.listener_stats().datagrams == 0
+            assert "unicast datagrams to the port are ignored" in text
         else:
             assert receiver.bound_to == ""
-            assert "(socket bound to all interfaces)" in text
+            assert "the socket is bound to all interfaces" in text
     finally:
         mon.close()
+
+
+class _StubSocket:
+    """Stands for a socket whose bind to a multicast address fails with ``errno_for_group``."""
+
+    def __init__(self, errno_for_group: int) -> None:
+        self.errno_for_group = errno_for_group
+        self.calls: list[tuple[str, int]] = []
+
+    def bind(self, address: tuple[str, int]) -> None:
+        self.calls.append(address)
+        if address[0]:
+            raise OSError(self.errno_for_group, os.strerror(self.errno_for_group))
+
+
+def _bare_receiver(group: str) -> MulticastReceiver:
+    receiver = object.__new__(MulticastReceiver)
+    receiver.group, receiver.multicast, receiver.interface = group, True, "0.0.0.0"
+    return receiver
+
+
+def test_where_the_group_address_cannot_be_bound_every_interface_is_and_the_dashboard_says_so() -> None:
+    receiver = _bare_receiver("239.1.2.3")
+    stub = _StubSocket(errno.EADDRNOTAVAIL)
+    receiver.bound_to = receiver._bind(stub, 5007)
+    assert stub.calls == [("239.1.2.3", 5007), ("", 5007)]
+    assert receiver.bound_to == ""
+    assert "the socket is bound to all interfaces" in receiver.exposure()
+    # A port taken by another program is an error, not a reason to bind wider.
+    with pytest.raises(AddressInUseError):
+        _bare_receiver("239.1.2.3")._bind(_StubSocket(errno.EADDRINUSE), 5007)
 
 
 def test_exposure_sentences() -> None:
@@ -132,7 +166,8 @@ def test_exposure_sentences() -> None:
     assert describe_exposure("localhost").startswith("loopback only")
     assert "open to the network" in describe_exposure("239.1.1.1")
     assert "interface 10.0.0.2" in describe_exposure("239.1.1.1", "10.0.0.2")
-    assert "all interfaces" in describe_exposure("239.1.1.1", all_interfaces=True)
+    assert "bound to all interfaces, so unicast datagrams" in describe_exposure("239.1.1.1", all_interfaces=True)
+    assert "bound to the group address" in describe_exposure("239.1.1.1")
     assert describe_exposure("10.0.0.2").startswith("bound to 10.0.0.2: any host")
 
 
