@@ -161,6 +161,8 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
     dropped_readouts = Int(0, read_only=True)
     #: Hits split across two readouts and completed.
     recovered_hits = Int(0, read_only=True)
+    #: DAQ restarts seen in the readout ids (see :mod:`~astropix_nbmonitor.listener`).
+    daq_restarts = Int(0, read_only=True)
     #: Seconds between two display refreshes.
     refresh_interval = Float(0.5)
 
@@ -700,6 +702,7 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
             self.set_trait("malformed_packets", int(stats.malformed) + self._replay_malformed)
             self.set_trait("dropped_readouts", int(stats.dropped))
             self.set_trait("recovered_hits", int(self._decoder.num_recovered))
+            self.set_trait("daq_restarts", int(stats.restarts))
         self._last_refresh_counts = (n_r, n_h)
 
     def _refresh_safely(self, dt: float | None = None, final: bool = False) -> None:
