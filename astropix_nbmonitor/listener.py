@@ -269,8 +269,8 @@ class Listener:
     buffer_bytes : int
         Most bytes of records held (default 32 MiB): with large readouts this
         bound is reached first, so that memory stays bounded whatever the
-        datagrams' size (a flood of 64 kB datagrams holds at most about a
-        five hundred of them).
+        datagrams' size (of a flood of 64 kB datagrams it holds about five
+        hundred).
     timeout : float
         Longest wait for data before the loop looks at its stop flag (s).
     rcvbuf : int or None

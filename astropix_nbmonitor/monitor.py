@@ -77,7 +77,12 @@ def _ratio_template(ratios: Sequence[float] | None, n: int) -> str:
 
 
 def _close_widget_tree(root: widgets.Widget) -> None:
-    """Close ``root`` and every widget reachable from its traits and attributes."""
+    """Close ``root`` and every widget reachable from its traits, and from the root's attributes.
+
+    Below the root only traits are followed (children, marks, axes, scales,
+    layouts, styles...), so a widget that a child merely refers to in a plain
+    attribute is left alone.
+    """
     seen: set[int] = set()
     stack: list[Any] = [root]
     while stack:
@@ -96,8 +101,8 @@ def _close_widget_tree(root: widgets.Widget) -> None:
                 stack.append(getattr(item, name))
             except Exception:  # noqa: BLE001 - a trait that cannot be read holds no widget to close
                 continue
-        stack.extend(vars(item).values())
         if item is root:
+            stack.extend(vars(item).values())
             widgets.Widget.close(item)  # the root's own close() is what called us
         elif item.comm is not None:
             item.close()
