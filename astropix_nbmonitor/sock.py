@@ -143,8 +143,11 @@ def describe_exposure(group: str, interface: str | None = None, *, all_interface
             f"multicast group {group} joined on {where}: open to the network, "
             f"any host that reaches the group can send to this monitor; {bound}"
         )
-    if ipaddress.ip_address(group).is_loopback:
+    address = ipaddress.ip_address(group)
+    if address.is_loopback:
         return f"loopback only ({group}): only this machine can send to this monitor"
+    if address.is_unspecified:
+        return f"bound to all interfaces ({group}): any host that reaches this machine can send to this monitor"
     return f"bound to {group}: any host that reaches this address can send to this monitor"
 
 

@@ -169,6 +169,7 @@ def test_exposure_sentences() -> None:
     assert "bound to all interfaces, so unicast datagrams" in describe_exposure("239.1.1.1", all_interfaces=True)
     assert "bound to the group address" in describe_exposure("239.1.1.1")
     assert describe_exposure("10.0.0.2").startswith("bound to 10.0.0.2: any host")
+    assert describe_exposure("0.0.0.0").startswith("bound to all interfaces (0.0.0.0): any host")
 
 
 def test_readme_states_who_can_send() -> None:
