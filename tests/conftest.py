@@ -156,6 +156,14 @@ def decode_chained(records: Iterable[bytes]) -> tuple[np.ndarray, list[DecodingF
     """
     hits = []
     flags = []
+    for readout, _extra, readout_hits in iter_chained(records):
+        hits.extend(readout_hits)
+        flags.append(readout.decoding_status())
+    return hits_to_array(hits), flags
+
+
+def iter_chained(records: Iterable[bytes]):
+    """Yield ``(readout, extra bytes handed to it, its hits)`` as :func:`decode_chained` decodes."""
     prev_id: int | None = None
     prev_extra: bytes | None = None
     for record in records:
@@ -163,12 +171,10 @@ def decode_chained(records: Iterable[bytes]) -> tuple[np.ndarray, list[DecodingF
             readout = AstroPix4Readout.from_bytes(record)
         except MalformedReadoutError:
             continue
-        chained = prev_id is not None and readout.readout_id == prev_id + 1
-        hits.extend(readout.decode(prev_extra if chained else None))
-        flags.append(readout.decoding_status())
+        extra = prev_extra if prev_id is not None and readout.readout_id == prev_id + 1 else None
+        yield readout, extra, readout.decode(extra)
         prev_id = readout.readout_id
         prev_extra = readout.extra_bytes()
-    return hits_to_array(hits), flags
 
 
 def assert_hits_equal(got: np.ndarray, expected: np.ndarray, what: str = "hits") -> None:

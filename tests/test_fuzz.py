@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import assert_hits_equal, decode_chained, flag_counts, make_record
+from conftest import assert_hits_equal, decode_chained, flag_counts, iter_chained, make_record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -253,15 +253,7 @@ def test_from_bytes_parses_or_raises_malformed_with_the_documented_reason(record
 
 def _check_readout_decoding(records: list[bytes]) -> None:
     """decode(), chained as the monitor chains, never raises and gives sane results."""
-    prev_id: int | None = None
-    prev_extra: bytes | None = None
-    for record in records:
-        try:
-            readout = AstroPix4Readout.from_bytes(record)
-        except MalformedReadoutError:
-            continue
-        extra = prev_extra if prev_id is not None and readout.readout_id == prev_id + 1 else None
-        hits = readout.decode(extra)
+    for readout, extra, hits in iter_chained(records):
         flags = readout.decoding_status()
         assert 0 <= int(flags) < 256 and not flags & DecodingFlag.NOT_ALL_BYTES_VISITED
         assert len(hits) * 8 <= len(readout.data()) + len(extra or b"")
@@ -269,7 +261,6 @@ def _check_readout_decoding(records: list[bytes]) -> None:
         assert all((h.readout_id, h.timestamp) == (readout.readout_id, readout.timestamp) for h in hits)
         left = readout.extra_bytes()
         assert left is None or (1 <= len(left) <= 8 and 0xE0 <= left[0] < 0xFF)
-        prev_id, prev_extra = readout.readout_id, left
 
 
 def _check_batch_equals_chained(records: list[bytes], cuts: list[int]) -> np.ndarray:
