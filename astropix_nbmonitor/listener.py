@@ -55,6 +55,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
@@ -71,6 +72,7 @@ from .sock import (
 
 __all__ = [
     "DEFAULT_BUFFER_BYTES",
+    "IdTracker",
     "MALFORMED_REASONS",
     "RESTART_BACKWARD_JUMP",
     "RESTART_FORWARD_JUMP",
@@ -348,11 +350,8 @@ class Listener:
         self._buffer: list[bytes] = []
         self._buffered_bytes = 0
         self._zero_counters()
-        # Pending id-tracking deltas and state: touched by the loop only.
-        self._gaps: list[list[int]] = []
-        self._p_lost = 0
-        self._p_out_of_order = 0
-        self._p_restarts = 0
+        # Id-tracking state and pending counts: touched by the loop only.
+        self._ids = IdTracker()
         self._next_log = 0.0
 
     # -- counters ---------------------------------------------------------------
@@ -624,7 +623,8 @@ class Listener:
         unpack = _RECORD_STRUCT.unpack_from
         magic = RECORD_HEADER
         header_size = RECORD_HEADER_SIZE
-        track = self._track
+        ids = self._ids
+        track = ids.track
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN)
         wait_ms = max(1, round(self.timeout * 1000))
@@ -632,8 +632,7 @@ class Listener:
         batch: list[bytes] = []
         append = batch.append
         expect = -1  # next expected id; -1: no baseline yet
-        self._gaps = []
-        self._p_lost = self._p_out_of_order = self._p_restarts = 0
+        ids.reset()
         while not self._stop_requested:
             events = poller.poll(wait_ms)
             if not events:
@@ -644,8 +643,7 @@ class Listener:
             if self._reset_ids:
                 self._reset_ids = False
                 expect = -1
-                self._gaps = []
-                self._p_lost = self._p_out_of_order = self._p_restarts = 0
+                ids.reset()
             n_short = n_header = n_length = n_other = bad_bytes = 0
             socket_error: OSError | None = None
             if batcher is not None:
@@ -748,7 +746,7 @@ class Listener:
         n_bad = bad[0] + bad[1] + bad[2] + bad[3]
         n_datagrams = len(batch) + n_bad
         n_bytes = good_bytes + bad_bytes
-        restarts = self._p_restarts
+        lost, out_of_order, restarts = self._ids.take()
         summary = ""
         with self._lock:
             self._datagrams += n_datagrams
@@ -781,11 +779,10 @@ class Listener:
                     self._dropped += n - kept
             # A late readout filling a gap counted before reset_counters() could
             # take lost below zero: clamp.
-            self._lost = max(0, self._lost + self._p_lost)
-            self._out_of_order += self._p_out_of_order
+            self._lost = max(0, self._lost + lost)
+            self._out_of_order += out_of_order
             self._restarts += restarts
             self._last_time = now
-        self._p_lost = self._p_out_of_order = self._p_restarts = 0
         if (n_bad or restarts) and now >= self._next_log:
             self._next_log = now + _LOG_INTERVAL
             if summary:
@@ -805,28 +802,60 @@ class Listener:
             time.sleep(min(self.timeout, 0.01))  # never spin on a persistent error
         return fatal
 
-    def _track(self, rid: int, expect: int) -> int:
-        """Follow an id that is not the expected one; return the next expected id."""
+
+class IdTracker:
+    """Follows readout ids by the rules of this module's documentation.
+
+    The listener's loop calls :meth:`track` only for an id that is not the
+    expected one (the fast path is ``expect += 1``); :meth:`follow` does the
+    whole walk for a list of ids (a replay). ``lost``, ``out_of_order`` and
+    ``restarts`` accumulate until :meth:`take` hands them over.
+    """
+
+    __slots__ = ("gaps", "lost", "out_of_order", "restarts")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the gaps and the pending counts."""
+        self.gaps: list[list[int]] = []
+        self.lost = self.out_of_order = self.restarts = 0
+
+    def take(self) -> tuple[int, int, int]:
+        """The pending ``(lost, out_of_order, restarts)``, zeroed."""
+        counts = (self.lost, self.out_of_order, self.restarts)
+        self.lost = self.out_of_order = self.restarts = 0
+        return counts
+
+    def follow(self, ids: Iterable[int], expect: int = -1) -> int:
+        """Follow ``ids`` in order from ``expect``; return the next expected id."""
+        for rid in ids:
+            expect = expect + 1 if rid == expect else self.track(rid, expect)
+        return expect
+
+    def track(self, rid: int, expect: int) -> int:
+        """Follow an id that is not ``expect`` (the next expected one, -1 before any); return the next expected id."""
         if expect < 0:
             return rid + 1
         last = expect - 1
         if rid > last:
             if rid - last > RESTART_FORWARD_JUMP:
-                self._p_restarts += 1
-                self._gaps = []
+                self.restarts += 1
+                self.gaps = []
                 return rid + 1
-            self._p_lost += rid - expect
-            gaps = self._gaps
+            self.lost += rid - expect
+            gaps = self.gaps
             gaps.append([expect, rid - 1])
             if len(gaps) > _GAP_MEMORY:
                 del gaps[0]
             return rid + 1
-        gaps = self._gaps
+        gaps = self.gaps
         for i in range(len(gaps) - 1, -1, -1):
             first, end = gaps[i]
             if first <= rid <= end:
-                self._p_lost -= 1
-                self._p_out_of_order += 1
+                self.lost -= 1
+                self.out_of_order += 1
                 if first == end:
                     del gaps[i]
                 elif rid == first:
@@ -840,8 +869,8 @@ class Listener:
                         del gaps[0]
                 return expect
         if rid < RESTART_ID_LIMIT or last - rid > RESTART_BACKWARD_JUMP:
-            self._p_restarts += 1
-            self._gaps = []
+            self.restarts += 1
+            self.gaps = []
             return rid + 1
-        self._p_out_of_order += 1
+        self.out_of_order += 1
         return expect

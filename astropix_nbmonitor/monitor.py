@@ -41,7 +41,7 @@ from .fmt import (
     parse_record,
 )
 from .hist import TOT_EDGES, HitAccumulator, RateHistory
-from .listener import DEFAULT_BUFFER_BYTES, RESTART_FORWARD_JUMP, Listener
+from .listener import DEFAULT_BUFFER_BYTES, IdTracker, Listener
 from .sock import DEFAULT_PORT, DEFAULT_RCVBUF, LOCAL_HOST, is_multicast
 
 __all__ = ["AbstractMonitor", "AstroPix4SimpleMonitor"]
@@ -221,7 +221,9 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
         self._decoder = BatchDecoder()
         self._replay_lost = 0
         self._replay_malformed = 0
-        self._replay_last_id: int | None = None
+        self._replay_restarts = 0
+        self._replay_ids = IdTracker()  # the listener's id rules, for replayed records
+        self._replay_expect = -1
 
         self.start_button = widgets.Button(description="Start", icon="play", tooltip="Start monitoring")
         self.stop_button = widgets.Button(description="Stop", icon="stop", tooltip="Stop monitoring")
@@ -484,7 +486,9 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
             self._last_error = ""
             self._replay_lost = 0
             self._replay_malformed = 0
-            self._replay_last_id = None
+            self._replay_restarts = 0
+            self._replay_ids.reset()
+            self._replay_expect = -1
             self._run_seconds = 0.0
             if self._started_at is not None:
                 self._started_at = time.monotonic()
@@ -588,10 +592,11 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
     def replay(self, records: Sequence[bytes]) -> None:
         """Process recorded readout records at once, with no network (a run review).
 
-        Records that are not well-formed count as malformed packets and gaps
-        in the ids of the others as lost readouts, as the listener counts them
-        in a live stream; then the display is refreshed. Works on a stopped
-        monitor, e.g. with the records of an .apx file.
+        Records that are not well-formed count as malformed packets, and the
+        ids of the others are followed by the listener's rules (gaps are lost
+        readouts, ids going back are DAQ restarts), as in a live stream; then
+        the display is refreshed. Works on a stopped monitor, e.g. with the
+        records of an .apx file.
         """
         good = []
         ids = []
@@ -603,16 +608,13 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
                 malformed += 1
                 continue
             good.append(record)
-        records = good
-        ids = np.array(ids, dtype=np.int64)
         with self._processing_lock:
             self._replay_malformed += malformed
-            if len(ids):
-                steps = np.diff(ids if self._replay_last_id is None else np.r_[self._replay_last_id, ids])
-                gaps = steps[(steps > 1) & (steps <= RESTART_FORWARD_JUMP)]  # the listener's rules: see listener.py
-                self._replay_lost += int((gaps - 1).sum())
-                self._replay_last_id = int(ids[-1])
-            self.process_batch(records)
+            self._replay_expect = self._replay_ids.follow(ids, self._replay_expect)
+            lost, _, restarts = self._replay_ids.take()
+            self._replay_lost = max(0, self._replay_lost + lost)
+            self._replay_restarts += restarts
+            self.process_batch(good)
         self.refresh()
 
     def count_processed(self, readouts: int, hits: int) -> None:
@@ -707,7 +709,7 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
             self.set_trait("malformed_packets", int(stats.malformed) + self._replay_malformed)
             self.set_trait("dropped_readouts", int(stats.dropped))
             self.set_trait("recovered_hits", int(self._decoder.num_recovered))
-            self.set_trait("daq_restarts", int(stats.restarts))
+            self.set_trait("daq_restarts", int(stats.restarts) + self._replay_restarts)
         self._last_refresh_counts = (n_r, n_h)
 
     def _refresh_safely(self, dt: float | None = None, final: bool = False) -> None:

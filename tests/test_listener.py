@@ -22,6 +22,7 @@ from conftest import socket_inodes
 from astropix_nbmonitor.fmt import RECORD_HEADER, AstroPix4Readout, MalformedReadoutError, parse_record
 from astropix_nbmonitor import listener as listener_module
 from astropix_nbmonitor.listener import (
+    IdTracker,
     MALFORMED_REASONS,
     RESTART_BACKWARD_JUMP,
     RESTART_FORWARD_JUMP,
@@ -339,12 +340,10 @@ def test_small_repeated_id_near_the_start_is_a_restart(make_listener):
 
 
 def _feed(ids: Sequence[int]) -> tuple[int, int, int]:
-    """Run the id tracker alone (the loop's fast path plus ``_track``)."""
-    listener = Listener(port=0)
-    expect = -1
-    for rid in ids:
-        expect = expect + 1 if rid == expect else listener._track(rid, expect)
-    return listener._p_lost, listener._p_out_of_order, listener._p_restarts
+    """Run the id tracker alone (the loop's fast path plus ``IdTracker.track``)."""
+    tracker = IdTracker()
+    tracker.follow(ids)
+    return tracker.take()
 
 
 @settings(max_examples=200, deadline=None)

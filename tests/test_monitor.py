@@ -392,6 +392,21 @@ def test_replay_of_recorded_records_counts_lost_readouts_and_matches_a_live_run(
     assert monitor.lost_readouts == 0 and monitor.num_readouts == 0
 
 
+def test_replay_follows_ids_by_the_listeners_rules(monitor):
+    # Two runs of a DAQ one after the other (ids back to 0), and a readout
+    # arriving late into a gap: a restart, no loss, as a live stream counts.
+    first = AstroPix4Simulator(seed=33).generate(100).records
+    second = AstroPix4Simulator(seed=34).generate(50).records
+    late_first = [*first[:40], *first[41:60], first[40], *first[60:]]
+    monitor.replay(late_first)
+    monitor.replay(second)
+    assert (monitor.lost_readouts, monitor.daq_restarts, monitor.num_readouts) == (0, 1, 150)
+    monitor.replay(AstroPix4Simulator(seed=35).generate(10).records[5:])  # ids 5..9 after 49: a restart
+    assert (monitor.lost_readouts, monitor.daq_restarts) == (0, 2)
+    monitor.reset()
+    assert (monitor.lost_readouts, monitor.daq_restarts) == (0, 0)
+
+
 def test_replay_counts_malformed_records_apart_and_takes_no_id_from_them(monitor):
     run = AstroPix4Simulator(seed=32).generate(300)
     junk_with_an_id = b"\x00\x00\x00" + (10**6).to_bytes(4, "little") + bytes(12)
