@@ -224,6 +224,12 @@ def _summary_rate(count: int, seconds: float) -> str:
     return f"{count} readouts, {seconds:.2f} s, {rate:.0f} readouts/s"
 
 
+def _print_sent(sent: int, nbytes: int, t0: float, destination: str, interrupted: bool, tail: str = "") -> None:
+    """The summary line of ``send`` and ``simulate``."""
+    note = " (interrupted)" if interrupted else ""
+    print(f"sent {_summary_rate(sent, time.monotonic() - t0)}, {nbytes} bytes, {destination}{note}{tail}", flush=True)
+
+
 def _send_paced(
     sender: MulticastSender,
     records: Iterable[bytes],
@@ -380,14 +386,9 @@ def _run_send(args: argparse.Namespace) -> int:
                     break
         except KeyboardInterrupt:
             interrupted = True
-    seconds = time.monotonic() - t0
-    note = " (interrupted)" if interrupted else ""
     tail = f"; the file ends with an incomplete record ({truncated} bytes, not sent)" if truncated else ""
-    print(
-        f"sent {_summary_rate(sent, seconds)}, {nbytes} bytes, to {sender.group}:{sender.port}, "
-        f"{passes} pass{'es' if passes != 1 else ''} over {path}{note}{tail}",
-        flush=True,
-    )
+    destination = f"to {sender.group}:{sender.port}, {passes} pass{'es' if passes != 1 else ''} over {path}"
+    _print_sent(sent, nbytes, t0, destination, interrupted, tail)
     return 0
 
 
@@ -441,13 +442,10 @@ def _run_simulate(args: argparse.Namespace) -> int:
             sent, nbytes = _send_paced(sender, stream(), rate=args.rate, duration=args.duration, count=args.count, t0=t0)
         except KeyboardInterrupt:
             interrupted = True
-    seconds = time.monotonic() - t0
-    note = " (interrupted)" if interrupted else ""
-    print(
-        f"sent {_summary_rate(sent, seconds)}, {nbytes} bytes, of simulated data to {sender.group}:{sender.port}"
-        f" (seed {args.seed}, about {skipped} readout ids skipped on purpose){note}",
-        flush=True,
+    destination = (
+        f"of simulated data to {sender.group}:{sender.port} (seed {args.seed}, about {skipped} readout ids skipped on purpose)"
     )
+    _print_sent(sent, nbytes, t0, destination, interrupted)
     return 0
 
 

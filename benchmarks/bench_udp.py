@@ -41,6 +41,7 @@ gaps).
 from __future__ import annotations
 
 import argparse
+import errno
 import multiprocessing as mp
 import os
 import select
@@ -54,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from astropix_nbmonitor.fmt import RECORD_HEADER, AstroPix4Readout, BatchDecoder
-from astropix_nbmonitor.listener import Listener
+from astropix_nbmonitor.listener import _IOVec, _MMsgHdr, Listener  # the kernel's structs, as the listener declares them
 from astropix_nbmonitor.sock import LOCAL_HOST, MAX_DATAGRAM_SIZE, MulticastReceiver, MulticastSender
 
 RATES = (25_000, 50_000, 100_000, 150_000, 200_000, 300_000)
@@ -122,28 +123,11 @@ class _BlockSender:
         except (OSError, AttributeError):
             return
 
-        class IoVec(ctypes.Structure):
-            _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
-
-        class MsgHdr(ctypes.Structure):
-            _fields_ = [
-                ("msg_name", ctypes.c_void_p),
-                ("msg_namelen", ctypes.c_uint32),
-                ("msg_iov", ctypes.POINTER(IoVec)),
-                ("msg_iovlen", ctypes.c_size_t),
-                ("msg_control", ctypes.c_void_p),
-                ("msg_controllen", ctypes.c_size_t),
-                ("msg_flags", ctypes.c_int),
-            ]
-
-        class MMsgHdr(ctypes.Structure):
-            _fields_ = [("msg_hdr", MsgHdr), ("msg_len", ctypes.c_uint)]
-
         self._ctypes = ctypes
         self._buf = ctypes.create_string_buffer(block * slot)
         self._base = ctypes.addressof(self._buf)
-        self._iovs = (IoVec * block)()
-        self._msgs = (MMsgHdr * block)()
+        self._iovs = (_IOVec * block)()
+        self._msgs = (_MMsgHdr * block)()
         for i in range(block):
             self._iovs[i].iov_base = self._base + i * slot
             self._msgs[i].msg_hdr.msg_iov = ctypes.pointer(self._iovs[i])
@@ -160,13 +144,19 @@ class _BlockSender:
         for i, r in enumerate(records):
             memmove(base + i * slot, r, len(r))
             iovs[i].iov_len = len(r)
+        return self.send_slots(len(records))
+
+    def send_slots(self, count: int) -> int:
+        """Send the first ``count`` slots as they are, with as many ``sendmmsg`` calls as it takes."""
+        ctypes = self._ctypes
+        size = ctypes.sizeof(self._msgs[0])
         done = 0
         fd = self.sock.fileno()
-        while done < len(records):
-            k = self._sendmmsg(fd, self._ctypes.byref(self._msgs, done * self._ctypes.sizeof(self._msgs[0])), len(records) - done, 0)
+        while done < count:
+            k = self._sendmmsg(fd, ctypes.byref(self._msgs, done * size), count - done, 0)
             if k < 0:
-                err = self._ctypes.get_errno()
-                if err in (11, 105):  # EAGAIN, ENOBUFS: the interface queue is full, retry
+                err = ctypes.get_errno()
+                if err in (errno.EAGAIN, errno.ENOBUFS, errno.EINTR):  # the loopback queue is full: retry
                     time.sleep(0.0001)
                     continue
                 raise OSError(err, os.strerror(err))

@@ -47,9 +47,7 @@ The short version of this soak runs in the test suite (``tests/test_soak.py``).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
-import errno
 import itertools
 import math
 import multiprocessing as mp
@@ -176,7 +174,6 @@ class _IdBlockSender(bench_udp._BlockSender):
         # The id field (bytes 3-6, little endian) of every slot, as one strided view.
         self._ids = np.ndarray((block,), dtype="<u4", buffer=self._buf, offset=3, strides=(slot,))
         self._steps = np.arange(block, dtype=np.uint32)
-        self._msg_size = ctypes.sizeof(self._msgs[0])
 
     def send_block(self, first_id: int) -> int:
         """Send the block with ids ``first_id, first_id + 1, ...``; returns how many."""
@@ -184,19 +181,7 @@ class _IdBlockSender(bench_udp._BlockSender):
         if ids is None:
             return self.send([r[:3] + (first_id + i).to_bytes(4, "little") + r[7:] for i, r in enumerate(self.records)])
         np.add(self._steps, first_id, out=ids)
-        fd = self.sock.fileno()
-        pending, offset = self.block, 0
-        while pending:
-            n = self._sendmmsg(fd, ctypes.byref(self._msgs, offset * self._msg_size), pending, 0)
-            if n >= 0:
-                offset += n
-                pending -= n
-                continue
-            code = ctypes.get_errno()
-            if code not in (errno.EAGAIN, errno.ENOBUFS, errno.EINTR):
-                raise OSError(code, os.strerror(code))
-            time.sleep(0.0001)  # the loopback queue is full: let the receiver catch up
-        return self.block
+        return self.send_slots(self.block)
 
 
 def _next_ids(counter: Any, state: list[int], block: int) -> int:
