@@ -507,3 +507,22 @@ def test_batches_shrink_for_heavy_processing_so_refreshes_stay_on_time():
     assert len(sizes) > 10
     assert max(sizes[1:]) == AbstractMonitor.MIN_BATCH == 500
 
+
+
+def test_listener_options_reach_the_listener():
+    mon = AstroPix4SimpleMonitor(port=0, buffer_size=7, buffer_bytes=4096, rcvbuf=None, interface="127.0.0.1")
+    try:
+        listener = mon._listener
+        assert (listener.buffer_size, listener.buffer_bytes, listener.rcvbuf_request, listener.interface) == (
+            7,
+            4096,
+            None,
+            "127.0.0.1",
+        )
+        mon.start(refresh_interval=0.05)
+        _send(mon.port, AstroPix4Simulator(seed=16).generate(20).records[:7])  # fits both bounds
+        _wait_for(lambda: mon.num_readouts == 7, what="7 readouts")
+    finally:
+        mon.close()
+    with pytest.raises(ValueError, match="buffer_bytes"):
+        AstroPix4SimpleMonitor(port=0, buffer_bytes=0)
