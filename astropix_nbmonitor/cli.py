@@ -28,6 +28,7 @@ reported as one line on stderr with a non-zero exit code: 1 for a failure,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import importlib
@@ -224,64 +225,116 @@ def _summary_rate(count: int, seconds: float) -> str:
     return f"{count} readouts, {seconds:.2f} s, {rate:.0f} readouts/s"
 
 
-def _print_sent(sent: int, nbytes: int, t0: float, destination: str, interrupted: bool, tail: str = "") -> None:
+def _print_sent(tally: _Tally, t0: float, destination: str, interrupted: bool, tail: str = "") -> None:
     """The summary line of ``send`` and ``simulate``."""
     note = " (interrupted)" if interrupted else ""
-    print(f"sent {_summary_rate(sent, time.monotonic() - t0)}, {nbytes} bytes, {destination}{note}{tail}", flush=True)
+    seconds = time.monotonic() - t0
+    emit(f"sent {_summary_rate(tally.records, seconds)}, {tally.nbytes} bytes, {destination}{note}{tail}")
+
+
+@dataclasses.dataclass
+class _Tally:
+    """What a sender has sent so far, updated after every burst.
+
+    Attributes
+    ----------
+    records : int
+        Records (datagrams) sent.
+    nbytes : int
+        Bytes sent in them.
+    """
+
+    records: int = 0
+    nbytes: int = 0
+
+    def add(self, chunk: Sequence[bytes]) -> None:
+        """Count ``chunk``, just sent."""
+        self.records += len(chunk)
+        self.nbytes += sum(map(len, chunk))
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """Turn SIGINT and SIGTERM into an event while the block runs.
+
+    A sender that sees the event stops between two bursts, so that its
+    summary counts exactly the records that went out (an exception raised in
+    the middle of a burst would lose that count). A second signal, with the
+    event already set, raises :class:`KeyboardInterrupt` as usual. Outside the
+    main thread (where Python cannot set signal handlers) the event is
+    returned but never set by a signal.
+    """
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        logger.debug("signal %d: stopping after the current burst", signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+def _pause(seconds: float, stop: threading.Event | None) -> None:
+    """Sleep ``seconds``, or until ``stop`` is set."""
+    if stop is None:
+        time.sleep(seconds)
+    else:
+        stop.wait(seconds)
 
 
 def _send_paced(
     sender: MulticastSender,
     records: Iterable[bytes],
+    tally: _Tally,
     *,
     rate: float,
     duration: float | None = None,
     count: int | None = None,
     t0: float | None = None,
-    already_sent: int = 0,
-) -> tuple[int, int]:
-    """Send ``records`` at ``rate`` per second (0: as fast as possible).
+    stop: threading.Event | None = None,
+) -> None:
+    """Send ``records`` at ``rate`` per second (0: as fast as possible), counting them in ``tally``.
 
     Records go out in bursts of about :data:`_BURST_PERIOD` seconds' worth,
     burst ``k`` at ``t0 + sent_before_k / rate`` on the monotonic clock, so the
     mean rate is exact however coarse ``time.sleep`` is. Stops at the end of
-    ``records``, after ``duration`` seconds from ``t0``, or when ``count``
-    records were sent in all (``already_sent`` included).
-
-    Returns
-    -------
-    tuple of int
-        Records and bytes sent by this call.
+    ``records``, after ``duration`` seconds from ``t0``, when ``tally`` counts
+    ``count`` records, or when ``stop`` is set (between two bursts: ``tally``
+    then counts exactly what was sent). ``tally`` may hold the records of
+    earlier calls (earlier passes of ``send --loop``): the pace and ``count``
+    include them.
     """
     start = time.monotonic() if t0 is None else t0
     deadline = None if duration is None else start + duration
     burst = _MAX_BURST if rate <= 0 else max(1, min(_MAX_BURST, int(rate * _BURST_PERIOD)))
     iterator = iter(records)
-    total = already_sent
-    sent = 0
-    nbytes = 0
-    sleep = time.sleep
     monotonic = time.monotonic
-    while True:
-        size = burst if count is None else min(burst, count - total)
+    while stop is None or not stop.is_set():
+        size = burst if count is None else min(burst, count - tally.records)
         if size <= 0:
             break
         chunk = list(itertools.islice(iterator, size))
         if not chunk:
             break
         if rate > 0:
-            delay = start + total / rate - monotonic()
+            delay = start + tally.records / rate - monotonic()
             if delay > 0:
-                sleep(delay)
+                _pause(delay, stop)
             elif delay < -_MAX_LAG:
                 start -= delay + _MAX_LAG  # the machine stalled: do not flood to catch up
-        if deadline is not None and monotonic() >= deadline:
+        if (deadline is not None and monotonic() >= deadline) or (stop is not None and stop.is_set()):
             break
         sender.send_records(chunk)
-        total += len(chunk)
-        sent += len(chunk)
-        nbytes += sum(map(len, chunk))
-    return sent, nbytes
+        tally.add(chunk)
 
 
 def _renumbered(records: Iterable[bytes], offset: int) -> Iterator[bytes]:
@@ -339,24 +392,33 @@ class _LastId:
             yield record
 
 
-def _run_send(args: argparse.Namespace) -> int:
-    path: Path = args.file
+def _check_apx_readable(path: Path) -> None:
+    """Fail before anything is sent if ``path`` is missing or not an .apx file."""
     if not path.exists():
         raise CliError(f"{path}: no such file")
     if not path.is_file():
         raise CliError(f"{path}: not a file")
-    # Read the header first, so that a file that is not .apx fails before anything is sent.
     with fileio.apx_open(path, "r") as reader:
         logger.debug("header of %s: %s", path, reader.header)
-    sent = nbytes = passes = truncated = 0
+
+
+def _run_send(args: argparse.Namespace) -> int:
+    path: Path = args.file
+    _check_apx_readable(path)
+    tally = _Tally()
+    passes = truncated = 0
     next_id: int | None = None
     interrupted = False
     t0 = time.monotonic()
-    with MulticastSender(args.group, args.port, args.ttl) as sender, warnings.catch_warnings():
+    with (
+        MulticastSender(args.group, args.port, args.ttl) as sender,
+        warnings.catch_warnings(),
+        _stop_on_signals() as stop,
+    ):
         # A truncated last record is reported in the summary line instead.
         warnings.simplefilter("ignore", fileio.ApxTruncatedWarning)
         try:
-            while True:
+            while not stop.is_set():
                 with fileio.apx_open(path, "r") as reader:
                     records = iter(reader.records())
                     first = next(records, None)
@@ -369,26 +431,25 @@ def _run_send(args: argparse.Namespace) -> int:
                     offset = 0 if next_id is None else (next_id - first_id) & 0xFFFFFFFF
                     watcher = _LastId()
                     stream = watcher.watch(_renumbered(itertools.chain([first], records), offset))
-                    n, b = _send_paced(
-                        sender, stream, rate=args.rate, duration=args.duration, count=args.count, t0=t0, already_sent=sent
+                    _send_paced(
+                        sender, stream, tally, rate=args.rate, duration=args.duration, count=args.count, t0=t0, stop=stop
                     )
                     truncated = reader.truncated_bytes
-                sent += n
-                nbytes += b
                 passes += 1
                 if watcher.last is not None:
                     next_id = (watcher.last + 1) & 0xFFFFFFFF
                 if not args.loop:
                     break
-                if args.count is not None and sent >= args.count:
+                if args.count is not None and tally.records >= args.count:
                     break
                 if args.duration is not None and time.monotonic() - t0 >= args.duration:
                     break
         except KeyboardInterrupt:
             interrupted = True
+        interrupted = interrupted or stop.is_set()
     tail = f"; the file ends with an incomplete record ({truncated} bytes, not sent)" if truncated else ""
     destination = f"to {sender.group}:{sender.port}, {passes} pass{'es' if passes != 1 else ''} over {path}"
-    _print_sent(sent, nbytes, t0, destination, interrupted, tail)
+    _print_sent(tally, t0, destination, interrupted, tail)
     return 0
 
 
@@ -434,18 +495,21 @@ def _run_simulate(args: argparse.Namespace) -> int:
             skipped += run.lost
             yield from run.records
 
-    sent = nbytes = 0
+    tally = _Tally()
     interrupted = False
     t0 = time.monotonic()
-    with MulticastSender(args.group, args.port, args.ttl) as sender:
+    with MulticastSender(args.group, args.port, args.ttl) as sender, _stop_on_signals() as stop:
         try:
-            sent, nbytes = _send_paced(sender, stream(), rate=args.rate, duration=args.duration, count=args.count, t0=t0)
+            _send_paced(
+                sender, stream(), tally, rate=args.rate, duration=args.duration, count=args.count, t0=t0, stop=stop
+            )
         except KeyboardInterrupt:
             interrupted = True
+        interrupted = interrupted or stop.is_set()
     destination = (
         f"of simulated data to {sender.group}:{sender.port} (seed {args.seed}, about {skipped} readout ids skipped on purpose)"
     )
-    _print_sent(sent, nbytes, t0, destination, interrupted)
+    _print_sent(tally, t0, destination, interrupted)
     return 0
 
 

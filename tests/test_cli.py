@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -14,11 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 from astropix_nbmonitor import cli
 from astropix_nbmonitor.cli import COMMANDS, Command, build_parser, main, parse_faults
 from astropix_nbmonitor.fileio import apx_open
 from astropix_nbmonitor.fmt import AstroPix4Readout
+from astropix_nbmonitor.listener import Listener
 from astropix_nbmonitor.sock import LOCAL_HOST, MulticastReceiver, MulticastSender
 
 pytestmark = pytest.mark.timeout(120)
@@ -355,3 +358,35 @@ def test_send_loop_stops_cleanly_on_signal(real_apx):
         finally:
             stdout = _interrupt(proc, signal.SIGTERM)
     assert stdout.startswith("sent ")
+
+
+def _sent_count(summary: str) -> int:
+    match = re.match(r"sent (\d+) readouts", summary)
+    assert match, summary
+    return int(match.group(1))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("command", ["simulate", "send"])
+def test_interrupted_sender_reports_the_readouts_it_sent(request, command, signum):
+    # The summary of an interrupted send/simulate counts every readout that went
+    # out: exactly what a receiver on the port got (0 was printed before).
+    listener = Listener(port=0).start()
+    try:
+        if command == "send":  # one pass of the real file at 300/s: interrupted in mid-pass
+            args = ("send", str(request.getfixturevalue("real_apx")), "--rate", "300")
+        else:
+            args = ("simulate", "--rate", "2000", "--seed", "3")
+        proc = _start(*args, "--port", str(listener.port))
+        try:
+            wait_for(lambda: listener.stats().datagrams > 0, DEADLINE, "the first datagram")
+        finally:
+            stdout = _interrupt(proc, signum)
+        sent = _sent_count(stdout)
+        # The sender has exited: every datagram it sent is already in the socket's buffer.
+        wait_for(lambda: listener.stats().datagrams >= sent, DEADLINE, f"{sent} datagrams")
+        received = listener.stats().datagrams
+    finally:
+        listener.stop()
+    assert sent > 0
+    assert received == sent, stdout
