@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import ipaddress
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .cli import emit
+from .cli import emit, group_arg, port_arg
 
 __all__ = [
     "DASHBOARD_NOTEBOOK",
@@ -175,6 +176,52 @@ def _require_module(module: str, package: str) -> None:
             f"pip install '{_PROG}[app]' (or pip install {package})"
         )
         raise LaunchError(msg)
+
+
+def _http_port_arg(text: str) -> int:
+    """``argparse`` type of ``--http-port``: an integer in 0..65535 (0 picks a free port)."""
+    try:
+        value = int(text)
+    except ValueError:
+        msg = f"port {text!r} is not an integer"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not 0 <= value <= 65535:
+        msg = f"port {value} is not in 0..65535 (0 picks a free one)"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _ip_arg(text: str) -> str:
+    """``argparse`` type of ``--ip``: an IPv4 or IPv6 address, or a host name that resolves."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if text and not all(c.isdigit() or c == "." for c in text):
+        with contextlib.suppress(OSError, UnicodeError):
+            socket.getaddrinfo(text, None)
+            return text
+    msg = f"{text!r} is neither an IP address nor a host name (e.g. 127.0.0.1, 0.0.0.0)"
+    raise argparse.ArgumentTypeError(msg)
+
+
+def _check_udp_address(group: str, port: int) -> None:
+    """Fail before the server starts if a monitor could not listen on ``group:port``.
+
+    A receiver is bound (and joins a multicast group) for a moment, as the
+    dashboard's monitor will: an address that is not this machine's, a port
+    that another receiver holds, a group that cannot be joined fail here, in
+    one line, instead of in the dashboard's kernel.
+    """
+    from .sock import MulticastReceiver
+
+    try:
+        receiver = MulticastReceiver(group=group, port=port, rcvbuf=None)
+    except (OSError, ValueError) as exc:
+        # The receiver's messages name the address and what to do.
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise LaunchError(reason) from None
+    receiver.close()
 
 
 def _check_port_free(ip: str, port: int) -> int:
@@ -410,12 +457,13 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``astropix-nbmonitor demo`` to ``parser``."""
     parser.add_argument(
         "--http-port",
-        type=int,
+        type=_http_port_arg,
         default=DEFAULT_DEMO_HTTP_PORT,
         help=f"port of the JupyterLab server (default {DEFAULT_DEMO_HTTP_PORT}; 0 picks a free one)",
     )
     parser.add_argument(
         "--ip",
+        type=_ip_arg,
         default="127.0.0.1",
         help="address the JupyterLab server listens on (default 127.0.0.1)",
     )
@@ -490,21 +538,23 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``astropix-nbmonitor serve`` to ``parser``."""
     parser.add_argument(
         "--group",
+        type=group_arg,
         default=DEFAULT_GROUP,
         help=f"UDP address to monitor: {DEFAULT_GROUP} (loopback) or a multicast group "
         f"(default {DEFAULT_GROUP})",
     )
     parser.add_argument(
-        "--port", type=int, default=DEFAULT_UDP_PORT, help=f"UDP port (default {DEFAULT_UDP_PORT})"
+        "--port", type=port_arg, default=DEFAULT_UDP_PORT, help=f"UDP port (default {DEFAULT_UDP_PORT})"
     )
     parser.add_argument(
         "--http-port",
-        type=int,
+        type=_http_port_arg,
         default=DEFAULT_SERVE_HTTP_PORT,
         help=f"port of the Voila server (default {DEFAULT_SERVE_HTTP_PORT}; 0 picks a free one)",
     )
     parser.add_argument(
         "--ip",
+        type=_ip_arg,
         default="127.0.0.1",
         help="address the Voila server listens on (default 127.0.0.1; 0.0.0.0 for a screen "
         "on another host)",
@@ -519,15 +569,13 @@ def run_serve(args: argparse.Namespace) -> int:
 
     Returns the process exit code, as :func:`run_demo` does.
     """
-    if not 0 < args.port < 65536:
-        emit(f"{_PROG} serve: error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
-        return 2
     try:
         _require_module("voila", "voila")
         notebook = dashboard_path()
         if not notebook.is_file():
             msg = f"the dashboard notebook {notebook} is missing from the installation"
             raise LaunchError(msg)
+        _check_udp_address(args.group, args.port)
         port = _check_port_free(args.ip, args.http_port)
     except LaunchError as exc:
         emit(f"{_PROG} serve: error: {exc}", file=sys.stderr)

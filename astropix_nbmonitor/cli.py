@@ -48,7 +48,18 @@ from .fmt import RECORD_HEADER_SIZE, AstroPix4Readout
 from .sim import AstroPix4Simulator
 from .sock import DEFAULT_PORT, LOCAL_HOST, AddressInUseError, InvalidAddressError, MulticastSender, resolve_address
 
-__all__ = ["COMMANDS", "PROG", "CliError", "Command", "build_parser", "main", "parse_faults"]
+__all__ = [
+    "COMMANDS",
+    "PROG",
+    "CliError",
+    "Command",
+    "build_parser",
+    "emit",
+    "group_arg",
+    "main",
+    "parse_faults",
+    "port_arg",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +166,8 @@ def _count(text: str) -> int:
     return value
 
 
-def _port(text: str) -> int:
+def port_arg(text: str) -> int:
+    """``argparse`` type of a UDP port option: an integer in 1..65535."""
     try:
         value = int(text)
     except ValueError:
@@ -167,7 +179,8 @@ def _port(text: str) -> int:
     return value
 
 
-def _group(text: str) -> str:
+def group_arg(text: str) -> str:
+    """``argparse`` type of a ``--group`` option: an IPv4 address (host names resolved)."""
     try:
         return resolve_address(text)
     except InvalidAddressError as exc:
@@ -649,11 +662,11 @@ def _resolve(target: _AnyFn | str) -> _AnyFn | None:
 def _add_address_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--group",
-        type=_group,
+        type=group_arg,
         default=LOCAL_HOST,
         help=f"IPv4 address: {LOCAL_HOST} (default) for this machine, or a multicast group such as 239.1.1.1",
     )
-    parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"UDP port (default {DEFAULT_PORT})")
+    parser.add_argument("--port", type=port_arg, default=DEFAULT_PORT, help=f"UDP port (default {DEFAULT_PORT})")
 
 
 def build_parser(commands: Sequence[Command] | None = None) -> argparse.ArgumentParser:

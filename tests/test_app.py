@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from astropix_nbmonitor import app
+from astropix_nbmonitor import app, cli
+from astropix_nbmonitor.sock import MulticastReceiver
 from _jupyter_env import (
     MARK_VAR,
     cli_command,
@@ -163,11 +164,60 @@ def test_port_taken_is_one_clear_line(tmp_path, command):
     assert not any(line.startswith("http") for line in result.stdout.splitlines())
 
 
-def test_serve_rejects_a_bad_udp_port(capsys):
-    parser = argparse.ArgumentParser()
-    app.add_serve_arguments(parser)
-    assert app.run_serve(parser.parse_args(["--port", "70000"])) == 2
-    assert "--port" in capsys.readouterr().err
+def _never_start_a_server(*args, **kwargs):
+    pytest.fail("a server was started despite an invalid option")
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle", "code"),
+    [
+        (("serve", "--group", "300.1.1.1"), "300.1.1.1", 2),
+        (("serve", "--group", "not-an-address.invalid"), "not-an-address.invalid", 2),
+        (("serve", "--group", "203.0.113.7"), "not an address of this machine", 1),
+        (("serve", "--port", "70000"), "70000", 2),
+        (("serve", "--port", "0"), "--port", 2),
+        (("serve", "--port", "udp"), "udp", 2),
+        (("serve", "--http-port", "70000"), "70000", 2),
+        (("serve", "--ip", "300.1.1.1"), "300.1.1.1", 2),
+        (("demo", "--http-port", "-1"), "--http-port", 2),
+        (("demo", "--http-port", "http"), "http", 2),
+        (("demo", "--ip", "300.1.1.1"), "300.1.1.1", 2),
+    ],
+)
+def test_invalid_address_options_are_one_line_before_any_server(monkeypatch, capsys, argv, needle, code):
+    monkeypatch.setattr(app, "_run_server", _never_start_a_server)
+    assert cli.main(list(argv)) == code
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert needle in lines[0] and "Traceback" not in captured.err
+    assert not any(line.startswith("http") for line in captured.out.splitlines())
+
+
+def test_serve_on_a_udp_port_in_use_is_one_line_before_any_server(monkeypatch, capsys):
+    monkeypatch.setattr(app, "_run_server", _never_start_a_server)
+    with MulticastReceiver(port=0) as holder:
+        assert cli.main(["serve", "--port", str(holder.port), "--http-port", "0"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert f"127.0.0.1:{holder.port}" in lines[0] and "already in use" in lines[0]
+
+
+def test_serve_with_an_invalid_group_exits_before_voila(tmp_path):
+    # The case of issue 10, as the user runs it: one line, non-zero, no Voila.
+    result = subprocess.run(  # noqa: S603
+        cli_command("serve", "--group", "300.1.1.1", "--http-port", "0"),
+        env=isolated_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "300.1.1.1" in lines[0] and "--group" in lines[0]
+    assert result.stdout == ""
 
 
 # --------------------------------------------------------------------------
