@@ -4,6 +4,11 @@ For the demo, the notebooks and the tests: :class:`SimulatedSource` runs
 :class:`~astropix_nbmonitor.sim.AstroPix4Simulator` on a background thread and
 sends each readout record as one datagram, at a steady rate, to the address a
 monitor listens to.
+
+One source per destination in a process: a new source started on the address
+of a running one stops the old one first, so that re-running a notebook cell
+never stacks two streams on one monitor (two interleaved streams of readout
+ids look like hundreds of thousands of lost and out-of-order readouts).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from typing import Any
 
 from .sim import AstroPix4Simulator
@@ -19,6 +25,10 @@ from .sock import DEFAULT_PORT, LOCAL_HOST, MulticastSender
 __all__ = ["SimulatedSource"]
 
 logger = logging.getLogger(__name__)
+
+# The running source of each destination (group, port) in this process.
+_ACTIVE: dict[tuple[str, int], weakref.ReferenceType[SimulatedSource]] = {}
+_ACTIVE_LOCK = threading.Lock()
 
 
 class SimulatedSource:
@@ -72,6 +82,7 @@ class SimulatedSource:
         self.sent = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._key: tuple[str, int] | None = None  # the address claimed by start()
 
     @property
     def running(self) -> bool:
@@ -79,17 +90,23 @@ class SimulatedSource:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> SimulatedSource:
-        """Start sending on a background thread; returns ``self``. Idempotent."""
+        """Start sending on a background thread; returns ``self``. Idempotent.
+
+        A source of this process already sending to the same address is
+        stopped first: the new one replaces it.
+        """
         if self.running:
             return self
+        sender = MulticastSender(self.group, self.port, ttl=self.ttl)  # a bad address fails here
+        self._claim_address(sender.group)
         self._stop.clear()
-        sender = MulticastSender(self.group, self.port, ttl=self.ttl)
         self._thread = threading.Thread(target=self._run, args=(sender,), name="astropix-simulated-source", daemon=True)
         self._thread.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> SimulatedSource:
         """Stop sending and wait for the thread to end. Idempotent."""
+        self._release_address()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -114,6 +131,28 @@ class SimulatedSource:
 
     def __repr__(self) -> str:
         return f"SimulatedSource(group={self.group!r}, port={self.port}, rate_hz={self.rate_hz:g})"
+
+    def _claim_address(self, group: str) -> None:
+        """Become the source of ``(group, self.port)``, stopping the one that was."""
+        key = (group, self.port)
+        self._key = key
+        with _ACTIVE_LOCK:
+            ref = _ACTIVE.get(key)
+            old = ref() if ref is not None else None
+            _ACTIVE[key] = weakref.ref(self)
+        if old is not None and old is not self:
+            logger.info("stopping %r: a new source takes over %s:%d", old, *key)
+            old.stop()
+
+    def _release_address(self) -> None:
+        """Leave the registry, if this source is the one registered."""
+        key = self._key
+        if key is None:
+            return
+        with _ACTIVE_LOCK:
+            ref = _ACTIVE.get(key)
+            if ref is not None and ref() is self:
+                del _ACTIVE[key]
 
     def _run(self, sender: MulticastSender) -> None:
         pending: list[bytes] = []

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 
 import pytest
+from conftest import wait_for
 
 from astropix_nbmonitor.fmt import decode_batch
 from astropix_nbmonitor.listener import Listener
@@ -79,4 +81,55 @@ def test_a_restarted_source_sends_again_at_once():
     finally:
         src.stop()
         listener.stop()
+    assert _source_threads() == []
+
+
+def _ids(records: list[bytes]) -> list[int]:
+    return [struct.unpack_from("<I", r, 3)[0] for r in records]
+
+
+def test_a_new_source_on_the_same_address_replaces_the_old_one():
+    # Re-running the quickstart's cell: the new source stops the old one, so the
+    # monitor sees one stream (ids 0.. of the old, then 0.. of the new), never two
+    # interleaved ones.
+    listener = Listener(port=0).start()
+    old = SimulatedSource(port=listener.port, rate_hz=2000, seed=1)
+    new = SimulatedSource(port=listener.port, rate_hz=2000, seed=2)
+    try:
+        old.start()
+        wait_for(lambda: old.sent >= 200, what="the old source sending")
+        (old_thread,) = _source_threads()
+        new.start()
+        assert not old.running and not old_thread.is_alive()
+        assert new.running and _source_threads() != [] and old_thread not in _source_threads()
+        old_sent = old.sent
+        wait_for(lambda: new.sent >= 200, what="the new source sending")
+        new.stop()
+        assert old.sent == old_sent  # only the newest sent
+        total = old_sent + new.sent
+        wait_for(lambda: listener.stats().datagrams >= total, what=f"{total} datagrams")
+        records = listener.drain()
+    finally:
+        new.stop()
+        old.stop()
+        listener.stop()
+    assert _ids(records) == list(range(old_sent)) + list(range(new.sent))
+    assert _source_threads() == []
+
+
+def test_sources_on_different_addresses_run_side_by_side():
+    with SimulatedSource(port=9, rate_hz=100) as a, SimulatedSource(port=13, rate_hz=100) as b:
+        assert a.running and b.running
+        assert len(_source_threads()) == 2
+    assert _source_threads() == []
+
+
+def test_a_stopped_source_started_again_replaces_the_newer_one():
+    with SimulatedSource(port=9, rate_hz=100) as first:
+        second = SimulatedSource(port=9, rate_hz=100).start()
+        assert not first.running
+        first.start()
+        assert first.running and not second.running
+        second.stop()  # stopping the replaced source leaves the running one alone
+        assert first.running
     assert _source_threads() == []
