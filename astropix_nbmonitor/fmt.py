@@ -1,16 +1,24 @@
-"""AstroPix 4 readouts and hits: parse, serialise and decode.
+"""AstroPix readouts and hits: the chip-agnostic bases, flags and decoders.
 
-The rules implemented here are those of the collaboration's offline decoder
-(``astropix_analysis.fmt``), described in the project's FORMAT.md: a readout
-record is a 19-byte header followed by the board bytes; the board bytes hold
-8-byte hits separated by idle bytes. Two decoding paths give identical hits:
+The rules are those of the collaboration's offline decoder
+(``astropix_analysis.fmt``), described in the project's docs/format.md: a
+readout record is a 19-byte header followed by the board bytes (the framing
+lives in :mod:`astropix_nbmonitor.record`); the board bytes hold hits
+separated by idle bytes.
 
-* :meth:`AstroPix4Readout.decode`, one readout at a time, returning
-  :class:`AstroPix4Hit` objects (the collaboration's API);
-* :func:`decode_batch` / :class:`BatchDecoder`, many records at once, returning
-  one numpy structured array (:data:`HIT_DTYPE`) without a Python loop per hit.
+This module holds what does not depend on a chip:
 
-Neither path raises on any board bytes: what cannot be decoded is flagged.
+* :class:`AbstractAstroPixHit` and :class:`AbstractAstroPixReadout`, the
+  collaboration's base classes;
+* :class:`DecodingFlag` and :data:`FLAG_NAMES`;
+* :class:`ChainedDecoder`, which decodes any readout class one readout at a
+  time, completing hits split across readouts with consecutive ids, and
+  :func:`decoder_for`, which picks the fastest decoder for a readout class.
+
+Everything that knows the AstroPix 4 bit layout is in
+:mod:`astropix_nbmonitor.astropix4`; its names (:class:`AstroPix4Readout`,
+:class:`BatchDecoder`, :data:`HIT_DTYPE`...) are re-exported here, so
+``from astropix_nbmonitor.fmt import AstroPix4Readout`` keeps working.
 """
 
 from __future__ import annotations
@@ -25,9 +33,21 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .record import (
+    RECORD_HEADER,
+    RECORD_HEADER_SIZE,
+    RECORD_PADDING,
+    RECORD_STRUCT,
+    MalformedReadoutError,
+    pack_record,
+    parse_record,
+)
+
 __all__ = [
+    "FLAG_NAMES",
     "HIT_DTYPE",
     "HIT_FIELDS",
+    "NUM_FLAGS",
     "RECORD_HEADER",
     "RECORD_HEADER_SIZE",
     "AbstractAstroPixHit",
@@ -35,46 +55,28 @@ __all__ = [
     "AstroPix4Hit",
     "AstroPix4Readout",
     "BatchDecoder",
+    "ChainedDecoder",
     "DecodingFlag",
     "MalformedReadoutError",
-    "decode_batch",
-    "gray_to_binary",
     "binary_to_gray",
+    "decode_batch",
+    "decoder_for",
+    "gray_to_binary",
+    "hits_to_array",
+    "parse_record",
     "reverse_bit_order",
     "uid_to_readout_class",
 ]
 
 logger = logging.getLogger(__name__)
 
+#: Kept for the benchmarks and older callers: the record struct of :mod:`~astropix_nbmonitor.record`.
+_RECORD_STRUCT = RECORD_STRUCT
+
+
 # --------------------------------------------------------------------------
-# Byte-level constants and helpers
+# Gray code
 # --------------------------------------------------------------------------
-
-#: The three bytes every readout record starts with.
-RECORD_HEADER = b"\xfe\xdc\xba"
-#: header (3) + readout_id (4) + timestamp (8) + length (4)
-RECORD_HEADER_SIZE = 19
-_RECORD_STRUCT = struct.Struct("<3sIQI")
-
-IDLE_BYTE = 0xBC
-PADDING_BYTE = 0xFF
-HIT_SIZE = 8
-
-#: bytes.translate table that reverses the bit order inside every byte.
-_BIT_REVERSE = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
-_BIT_REVERSE_NP = np.frombuffer(_BIT_REVERSE, dtype=np.uint8)
-
-# Byte classes, as tuples indexed by byte value (fast in pure Python).
-_IS_START = tuple(0xE0 <= b < 0xFF for b in range(256))
-_IS_IDLE = tuple(b in (IDLE_BYTE, PADDING_BYTE) for b in range(256))
-
-CLOCK_CYCLES_PER_US = 20.0
-CLOCK_ROLLOVER = 2**17
-
-
-def reverse_bit_order(data: bytes) -> bytes:
-    """Return ``data`` with the bit order reversed inside each byte."""
-    return bytes(data).translate(_BIT_REVERSE)
 
 
 def gray_to_binary(gray: int) -> int:
@@ -92,43 +94,19 @@ def binary_to_gray(value: int) -> int:
     return value ^ (value >> 1)
 
 
-def _gray_table(bits: int) -> np.ndarray:
-    codes = np.arange(2**bits, dtype=np.uint32)
-    out = codes.copy()
-    shift = codes >> 1
-    while shift.any():
-        out ^= shift
-        shift >>= 1
-    return out
-
-
-#: Gray -> binary for every 17-bit timestamp (14 coarse + 3 fine bits).
-_GRAY17 = _gray_table(17)
-_GRAY17_LIST = _GRAY17.tolist()
-
-
-class MalformedReadoutError(ValueError):
-    """A readout record (FORMAT.md section 1) that cannot be parsed.
-
-    The message says what was wrong and at which byte offset of the record;
-    ``reason`` is a short machine-readable key (``"short"``, ``"header"``,
-    ``"length"``) used by the listener's counters, ``offset`` the offset.
-    """
-
-    def __init__(self, message: str, *, reason: str, offset: int) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.offset = offset
+# --------------------------------------------------------------------------
+# Decoding flags
+# --------------------------------------------------------------------------
 
 
 class DecodingFlag(enum.IntFlag):
-    """Per-readout decoding flags (FORMAT.md section 5), one bit each.
+    """Per-readout decoding flags (docs/format.md section 5), one bit each.
 
     ``UNKNOWN_FATAL_ERROR`` marks a readout the offline decoder could not have
     decoded normally (it would raise, or build a hit from fewer than 8 bytes);
     here such a readout keeps every hit decoded before the problem.
     ``NOT_ALL_BYTES_VISITED`` is kept for numbering compatibility; these rules
-    never set it.
+    never set it. An empty readout (docs/format.md section 9) raises none.
     """
 
     NONE = 0
@@ -144,142 +122,15 @@ class DecodingFlag(enum.IntFlag):
 
 #: The flags in bit order, for counters and dashboards.
 FLAG_NAMES = tuple(flag.name for flag in DecodingFlag if flag.value)
+#: Number of flag bits (the length of a decoder's ``flag_counts``).
+NUM_FLAGS = len(FLAG_NAMES)
 
 _MATCHED = int(DecodingFlag.ORPHAN_BYTES_MATCHED)
-_DROPPED = int(DecodingFlag.ORPHAN_BYTES_DROPPED)
-_NOT_USED = int(DecodingFlag.ORPHAN_BYTES_NOT_USED)
-_VALID_EXTRA = int(DecodingFlag.VALID_EXTRA_BYTES)
-_INVALID_EXTRA = int(DecodingFlag.INVALID_EXTRA_BYTES)
-_INCOMPLETE = int(DecodingFlag.INCOMPLETE_HIT_DROPPED)
-_FATAL = int(DecodingFlag.UNKNOWN_FATAL_ERROR)
-
-
-def _scan(data: bytes, extra_bytes: bytes | None) -> tuple[list[bytes], int, bytes | None]:
-    """Run the offline decoder's state machine over ``data``.
-
-    Returns the 8-byte hit words in wire order (bits not yet reversed), the
-    decoding flags and the extra bytes to hand to the next readout. Never
-    raises; never returns a word shorter than 8 bytes.
-    """
-    is_start = _IS_START
-    is_idle = _IS_IDLE
-    n = len(data)
-    words: list[bytes] = []
-    flags = 0
-    extra: bytes | None = None
-    cursor = 0
-    while cursor < n and is_idle[data[cursor]]:
-        cursor += 1
-    if cursor < n and not is_start[data[cursor]]:
-        p = cursor + 1
-        while p < n and not is_start[data[p]]:
-            p += 1
-        orphan = data[cursor:p].rstrip(b"\xbc")
-        if extra_bytes is not None:
-            joined = bytes(extra_bytes) + orphan
-            if len(joined) == HIT_SIZE:
-                words.append(joined)
-                flags |= _MATCHED
-            else:
-                flags |= _DROPPED
-        else:
-            flags |= _NOT_USED
-        if p == n:
-            # The offline decoder runs off the end looking for a start byte.
-            flags |= _FATAL
-        cursor = p
-    while True:
-        while cursor < n and is_idle[data[cursor]]:
-            cursor += 1
-        if cursor == n:
-            break
-        if cursor + HIT_SIZE >= n:
-            if is_start[data[cursor]]:
-                extra = data[cursor:]
-                flags |= _VALID_EXTRA
-            else:
-                flags |= _INVALID_EXTRA
-            break
-        if not is_start[data[cursor]]:
-            cursor += 1
-            while cursor < n and not is_start[data[cursor]]:
-                cursor += 1
-            if n - cursor < HIT_SIZE:
-                # The offline decoder would build a short hit here.
-                if cursor < n:
-                    extra = data[cursor:]
-                    flags |= _VALID_EXTRA
-                flags |= _FATAL
-                break
-        word = data[cursor:cursor + HIT_SIZE]
-        for offset in range(1, HIT_SIZE):
-            if offset < len(word) and is_start[word[offset]]:
-                f = cursor + HIT_SIZE
-                while f < n and data[f] == IDLE_BYTE:
-                    f += 1
-                if f < n and not is_start[data[f]]:
-                    flags |= _INCOMPLETE
-                    cursor += offset
-                    word = data[cursor:cursor + HIT_SIZE]
-        if len(word) < HIT_SIZE:
-            # Shifting over a truncated hit ran past the end of the data.
-            extra = word
-            flags |= _VALID_EXTRA | _FATAL
-            break
-        words.append(word)
-        cursor += HIT_SIZE
-        while cursor < n and data[cursor] == IDLE_BYTE:
-            cursor += 1
-    return words, flags, extra
 
 
 # --------------------------------------------------------------------------
 # Hits
 # --------------------------------------------------------------------------
-
-#: (name, first bit, width) of the fields packed in the 64-bit hit word,
-#: bits numbered from the most significant after the per-byte bit reversal.
-_AP4_LAYOUT = (
-    ("chip_id", 0, 5),
-    ("payload", 5, 3),
-    ("row", 8, 5),
-    ("column", 13, 5),
-    ("ts_neg1", 18, 1),
-    ("ts_coarse1", 19, 14),
-    ("ts_fine1", 33, 3),
-    ("ts_tdc1", 36, 5),
-    ("ts_neg2", 41, 1),
-    ("ts_coarse2", 42, 14),
-    ("ts_fine2", 56, 3),
-    ("ts_tdc2", 59, 5),
-)
-_AP4_SHIFTS = tuple((name, 64 - start - width, (1 << width) - 1) for name, start, width in _AP4_LAYOUT)
-
-#: The numpy layout of one decoded hit (what :func:`decode_batch` returns).
-HIT_DTYPE = np.dtype(
-    [
-        ("chip_id", np.uint8),
-        ("payload", np.uint8),
-        ("row", np.uint8),
-        ("column", np.uint8),
-        ("ts_neg1", np.uint8),
-        ("ts_coarse1", np.uint16),
-        ("ts_fine1", np.uint8),
-        ("ts_tdc1", np.uint8),
-        ("ts_neg2", np.uint8),
-        ("ts_coarse2", np.uint16),
-        ("ts_fine2", np.uint8),
-        ("ts_tdc2", np.uint8),
-        ("ts_dec1", np.uint32),
-        ("ts_dec2", np.uint32),
-        ("tot_us", np.float64),
-        ("readout_id", np.uint32),
-        ("timestamp", np.uint64),
-        ("decoding_order", np.uint16),
-    ]
-)
-#: Field names of a hit, in the order of :data:`HIT_DTYPE`.
-HIT_FIELDS = HIT_DTYPE.names
 
 
 class AbstractAstroPixHit(ABC):
@@ -314,96 +165,8 @@ class AbstractAstroPixHit(ABC):
         return f"{type(self).__name__}({fields})"
 
 
-class AstroPix4Hit(AbstractAstroPixHit):
-    """One AstroPix 4 hit.
-
-    Parameters
-    ----------
-    data : bytes
-        The 8 bytes of the hit *after* the per-byte bit reversal (as in the
-        collaboration's class); use :meth:`from_wire` for bytes as they come
-        from the board.
-    readout_id, timestamp : int
-        Those of the readout the hit came in.
-    decoding_order : int
-        Index of the hit in its readout's list of decoded hits.
-    """
-
-    SIZE = HIT_SIZE
-    CLOCK_CYCLES_PER_US = CLOCK_CYCLES_PER_US
-    CLOCK_ROLLOVER = CLOCK_ROLLOVER
-    ATTRIBUTE_NAMES = HIT_FIELDS
-
-    __slots__ = HIT_FIELDS
-
-    def __init__(self, data: bytes, readout_id: int, timestamp: int, decoding_order: int = 0) -> None:
-        if len(data) != HIT_SIZE:
-            msg = f"an AstroPix 4 hit is {HIT_SIZE} bytes, got {len(data)}: {bytes(data).hex()}"
-            raise ValueError(msg)
-        word = int.from_bytes(data, "big")
-        self.chip_id = word >> 59
-        self.payload = (word >> 56) & 0x7
-        self.row = (word >> 51) & 0x1F
-        self.column = (word >> 46) & 0x1F
-        self.ts_neg1 = (word >> 45) & 0x1
-        self.ts_coarse1 = c1 = (word >> 31) & 0x3FFF
-        self.ts_fine1 = f1 = (word >> 28) & 0x7
-        self.ts_tdc1 = (word >> 23) & 0x1F
-        self.ts_neg2 = (word >> 22) & 0x1
-        self.ts_coarse2 = c2 = (word >> 8) & 0x3FFF
-        self.ts_fine2 = f2 = (word >> 5) & 0x7
-        self.ts_tdc2 = word & 0x1F
-        self.ts_dec1 = d1 = _GRAY17_LIST[(c1 << 3) + f1]
-        d2 = _GRAY17_LIST[(c2 << 3) + f2]
-        if d2 < d1:
-            d2 += CLOCK_ROLLOVER
-        self.ts_dec2 = d2
-        self.tot_us = (d2 - d1) / CLOCK_CYCLES_PER_US
-        self.readout_id = readout_id
-        self.timestamp = timestamp
-        self.decoding_order = decoding_order
-
-    @classmethod
-    def from_wire(cls, word: bytes, readout_id: int = 0, timestamp: int = 0, decoding_order: int = 0) -> AstroPix4Hit:
-        """Build a hit from its 8 bytes as they come from the board."""
-        return cls(bytes(word).translate(_BIT_REVERSE), readout_id, timestamp, decoding_order)
-
-    @staticmethod
-    def encode(
-        *,
-        chip_id: int = 0,
-        payload: int = 7,
-        row: int,
-        column: int,
-        ts_neg1: int = 0,
-        ts_coarse1: int,
-        ts_fine1: int,
-        ts_tdc1: int = 0,
-        ts_neg2: int = 0,
-        ts_coarse2: int,
-        ts_fine2: int,
-        ts_tdc2: int = 0,
-    ) -> bytes:
-        """Pack field values into the 8 wire bytes of a hit (inverse of decoding).
-
-        The first wire byte is a valid start byte (``e0``..``fe``) only with
-        ``payload`` 7 and ``chip_id`` 0..30: chip 31 gives ``ff`` (padding).
-        """
-        values = locals()
-        word = 0
-        for name, shift, mask in _AP4_SHIFTS:
-            value = int(values[name])
-            if not 0 <= value <= mask:
-                msg = f"{name}={value} does not fit in its {mask.bit_length()} bits"
-                raise ValueError(msg)
-            word |= value << shift
-        return word.to_bytes(HIT_SIZE, "big").translate(_BIT_REVERSE)
-
-    def __reduce__(self):
-        return (_hit_from_values, (type(self), self.attribute_values()))
-
-
 def _hit_from_values(cls: type, values: list[Any]) -> AbstractAstroPixHit:
+    """Rebuild a hit from its attribute values (the target of ``__reduce__``)."""
     hit = cls.__new__(cls)
     for name, value in zip(cls.ATTRIBUTE_NAMES, values):
         setattr(hit, name, value)
@@ -424,14 +187,13 @@ class AbstractAstroPixReadout(ABC):
 
     HIT_CLASS: ClassVar[type[AbstractAstroPixHit]]
     _UID: ClassVar[int]
-    PADDING_BYTE = bytes([PADDING_BYTE])
-    IDLE_BYTE = bytes([IDLE_BYTE])
+    PADDING_BYTE = RECORD_PADDING
     HEADER = RECORD_HEADER
 
     def __init__(self, readout_data: bytes, readout_id: int, timestamp: int | None = None) -> None:
         self.timestamp = time.time_ns() if timestamp is None else int(timestamp)
         self.readout_id = int(readout_id)
-        self._readout_data = bytes(readout_data).rstrip(b"\xff")
+        self._readout_data = bytes(readout_data).rstrip(RECORD_PADDING)
         self._hits: list[AbstractAstroPixHit] | None = None
         self._extra_bytes: bytes | None = None
         self._status = DecodingFlag.NONE
@@ -447,7 +209,7 @@ class AbstractAstroPixReadout(ABC):
 
     @classmethod
     def from_bytes(cls, record: bytes) -> AbstractAstroPixReadout:
-        """Parse one readout record (FORMAT.md section 1).
+        """Parse one readout record (docs/format.md section 1).
 
         Raises
         ------
@@ -460,8 +222,7 @@ class AbstractAstroPixReadout(ABC):
 
     def to_bytes(self) -> bytes:
         """The readout record: header, id, timestamp, length, data."""
-        data = self._readout_data
-        return _RECORD_STRUCT.pack(RECORD_HEADER, self.readout_id, self.timestamp, len(data)) + data
+        return pack_record(self.readout_id, self.timestamp, self._readout_data)
 
     @abstractmethod
     def decode(self, extra_bytes: bytes | None = None) -> list[AbstractAstroPixHit]:
@@ -511,58 +272,176 @@ class AbstractAstroPixReadout(ABC):
         )
 
 
-def parse_record(record: bytes) -> tuple[int, int, bytes]:
-    """Split a readout record into ``(readout_id, timestamp, data)``.
+# --------------------------------------------------------------------------
+# Decoders
+# --------------------------------------------------------------------------
 
-    Raises :class:`MalformedReadoutError` naming the problem and its offset.
+
+class ChainedDecoder:
+    """Decode readouts of any class one at a time, chaining split hits.
+
+    A readout is handed the previous readout's extra bytes when its id is the
+    previous id + 1, whether the previous readout was decoded by
+    :meth:`decode` or by :meth:`decode_readout`, so a hit split across two
+    readouts is completed (docs/format.md section 5). The decoder is
+    duck-typed: it uses only ``readout_class.from_bytes(record)`` and, of each
+    readout, ``readout_id``, ``decode(extra_bytes)``, ``extra_bytes()`` and
+    ``decoding_status()``, so it also decodes the collaboration's own
+    ``astropix_analysis`` readout classes.
+
+    Parameters
+    ----------
+    readout_class : type
+        The class that parses the records given to :meth:`decode`.
+
+    Attributes
+    ----------
+    readout_class : type
+        As given.
+    num_readouts, num_hits : int
+        Readouts decoded and hits they gave.
+    num_recovered : int
+        Split hits completed across two readouts (readouts that raised
+        ORPHAN_BYTES_MATCHED).
+    num_empty : int
+        Readouts that gave no hit and raised no flag: their data was empty or
+        only idle and padding bytes (docs/format.md section 9).
+    num_malformed : int
+        Records :meth:`decode` skipped because they could not be parsed.
+    flag_counts : numpy.ndarray
+        ``NUM_FLAGS`` int64 counts: how many readouts raised each
+        :class:`DecodingFlag` (index = flag bit).
+    last_id : int or None
+        Id of the last readout decoded (None after :meth:`reset`).
+    last_extra : bytes or None
+        That readout's extra bytes, handed to the next one if its id follows.
     """
-    size = len(record)
-    if size < RECORD_HEADER_SIZE:
-        msg = f"readout record of {size} bytes is shorter than its {RECORD_HEADER_SIZE}-byte header (at offset {size})"
-        raise MalformedReadoutError(msg, reason="short", offset=size)
-    header, readout_id, timestamp, length = _RECORD_STRUCT.unpack_from(record)
-    if header != RECORD_HEADER:
-        msg = f"readout record starts with {bytes(header).hex()} at offset 0, expected {RECORD_HEADER.hex()}"
-        raise MalformedReadoutError(msg, reason="header", offset=0)
-    if length != size - RECORD_HEADER_SIZE:
-        msg = (
-            f"readout record length field at offset 15 says {length} data bytes, "
-            f"but {size - RECORD_HEADER_SIZE} follow the header"
-        )
-        raise MalformedReadoutError(msg, reason="length", offset=15)
-    return readout_id, timestamp, bytes(record[RECORD_HEADER_SIZE:])
 
+    def __init__(self, readout_class: type) -> None:
+        self.readout_class = readout_class
+        self.reset()
 
-class AstroPix4Readout(AbstractAstroPixReadout):
-    """An AstroPix 4 readout (uid 4000)."""
+    def reset(self) -> None:
+        """Forget the chaining state and zero every counter."""
+        self.last_id: int | None = None
+        self.last_extra: bytes | None = None
+        self.num_readouts = 0
+        self.num_hits = 0
+        self.num_recovered = 0
+        self.num_empty = 0
+        self.num_malformed = 0
+        self.flag_counts = np.zeros(NUM_FLAGS, dtype=np.int64)
 
-    HIT_CLASS = AstroPix4Hit
-    _UID = 4000
+    @property
+    def num_malformed_records(self) -> int:
+        """The former name of :attr:`num_malformed`."""
+        return self.num_malformed
 
-    def decode(self, extra_bytes: bytes | None = None) -> list[AstroPix4Hit]:
-        """Decode the board bytes with the offline rules (FORMAT.md section 5).
+    def flag_dict(self) -> dict[str, int]:
+        """``{flag name: readouts that raised it}``, in :data:`FLAG_NAMES` order."""
+        return {name: int(n) for name, n in zip(FLAG_NAMES, self.flag_counts)}
 
-        Parameters
-        ----------
-        extra_bytes : bytes, optional
-            The previous readout's :meth:`extra_bytes`, to complete a hit split
-            across the two readouts.
+    def decode(self, records: Sequence[bytes] | Iterable[bytes]) -> list[Any]:
+        """Decode readout records in order; returns the hit objects of all of them.
+
+        Records that ``readout_class.from_bytes`` refuses (``ValueError``,
+        which :class:`MalformedReadoutError` is, or ``struct.error``) are
+        skipped and counted in :attr:`num_malformed`; they do not break the
+        chaining of the readouts around them.
+        """
+        hits: list[Any] = []
+        for record in records:
+            readout = self._parse(record)
+            if readout is not None:
+                hits.extend(self.decode_readout(readout))
+        return hits
+
+    def decode_readout(self, readout: Any) -> list[Any]:
+        """Decode one readout object, chained with the previous readout; count it.
 
         Returns
         -------
-        list of AstroPix4Hit
-            Never raises: a readout that cannot be fully decoded keeps the hits
-            found before the problem and gets ``UNKNOWN_FATAL_ERROR``.
+        list
+            The readout's hits, as its ``decode`` returns them.
         """
-        words, flags, extra = _scan(self._readout_data, extra_bytes)
-        rid = self.readout_id
-        ts = self.timestamp
-        rev = _BIT_REVERSE
-        self._hits = [AstroPix4Hit(w.translate(rev), rid, ts, i) for i, w in enumerate(words)]
-        self._extra_bytes = extra
-        self._status = DecodingFlag(flags)
-        return self._hits
+        readout_id = readout.readout_id
+        last = self.last_id
+        chained = last is not None and readout_id == last + 1
+        hits = readout.decode(self.last_extra if chained else None)
+        self._count_readout(int(readout.decoding_status()), len(hits))
+        self.last_id = readout_id
+        self.last_extra = readout.extra_bytes()
+        return hits
 
+    def _parse(self, record: bytes) -> Any:
+        """The readout of ``record``, or None (counted) if it cannot be parsed."""
+        try:
+            return self.readout_class.from_bytes(record)
+        except (ValueError, struct.error) as exc:
+            self.num_malformed += 1
+            logger.debug("skipped a malformed record: %s", exc)
+            return None
+
+    def _count_readout(self, flags: int, num_hits: int) -> None:
+        """Count one decoded readout: its hits, its flags, recovered or empty."""
+        self.num_readouts += 1
+        self.num_hits += num_hits
+        if flags:
+            self._count_flags(flags)
+        elif not num_hits:
+            self.num_empty += 1
+
+    def _count_flags(self, flags: int) -> None:
+        """Add one readout's flag bits to :attr:`flag_counts` (and recovered hits)."""
+        counts = self.flag_counts
+        for bit in range(NUM_FLAGS):
+            if flags >> bit & 1:
+                counts[bit] += 1
+        if flags & _MATCHED:
+            self.num_recovered += 1
+
+    def __repr__(self) -> str:
+        name = getattr(self.readout_class, "__name__", repr(self.readout_class))
+        return (
+            f"{type(self).__name__}({name}, {self.num_readouts} readouts, {self.num_hits} hits, "
+            f"{self.num_empty} empty, {self.num_malformed} malformed)"
+        )
+
+
+def decoder_for(readout_class: type) -> ChainedDecoder:
+    """A new decoder for the records of ``readout_class``.
+
+    A :class:`BatchDecoder` (array operations, a numpy array of hits) for
+    :class:`AstroPix4Readout` and its subclasses; a :class:`ChainedDecoder`
+    (one readout at a time, a list of hit objects) for any other class. Both
+    have the same counters and the same :meth:`~ChainedDecoder.decode_readout`.
+    """
+    if isinstance(readout_class, type) and issubclass(readout_class, AstroPix4Readout):
+        return BatchDecoder(readout_class)
+    return ChainedDecoder(readout_class)
+
+
+# --------------------------------------------------------------------------
+# The AstroPix 4 names (imported last: those modules build on the bases above)
+# --------------------------------------------------------------------------
+
+from .astropix4.batch import BatchDecoder, decode_batch  # noqa: E402
+from .astropix4.layout import (  # noqa: E402
+    BIT_REVERSE as _BIT_REVERSE,
+    BIT_REVERSE_NP as _BIT_REVERSE_NP,
+    CLOCK_CYCLES_PER_US,
+    CLOCK_ROLLOVER,
+    HIT_DTYPE,
+    HIT_FIELDS,
+    HIT_LAYOUT as _AP4_LAYOUT,
+    HIT_SIZE,
+    IDLE_BYTE,
+    IS_IDLE as _IS_IDLE,
+    IS_START as _IS_START,
+    PADDING_BYTE,
+    reverse_bit_order,
+)
+from .astropix4.readout import AstroPix4Hit, AstroPix4Readout, hits_to_array  # noqa: E402
 
 _READOUT_CLASSES: dict[int, type[AbstractAstroPixReadout]] = {AstroPix4Readout.uid(): AstroPix4Readout}
 
@@ -574,314 +453,3 @@ def uid_to_readout_class(uid: int) -> type[AbstractAstroPixReadout]:
     except (KeyError, TypeError, ValueError):
         msg = f"unknown readout_uid {uid!r}; known: {sorted(_READOUT_CLASSES)}"
         raise ValueError(msg) from None
-
-
-# --------------------------------------------------------------------------
-# Batch decoding
-# --------------------------------------------------------------------------
-
-
-# Byte classes for the batch decoder, one bit each.
-_START_CLASS, _IDLE_CLASS, _BC_CLASS = 1, 2, 4
-_BYTE_CLASS = np.array(
-    [(_START_CLASS if _IS_START[b] else 0) | (_IDLE_CLASS if _IS_IDLE[b] else 0) | (_BC_CLASS if b == IDLE_BYTE else 0)
-     for b in range(256)],
-    dtype=np.uint8,
-)
-_LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
-_HIGH = np.uint64(0x8080808080808080)
-_TOP3 = np.uint64(0xE0E0E0E0E0E0E0E0)
-_ALL1 = np.uint64(0xFFFFFFFFFFFFFFFF)
-_NOT_FIRST = np.uint64(0x00FFFFFFFFFFFFFF)
-
-
-def _zero_bytes(v: np.ndarray) -> np.ndarray:
-    """0x80 in each byte of ``v`` that is zero, 0 elsewhere (exact, no carries)."""
-    return ~(((v & _LOW7) + _LOW7) | v | _LOW7)
-
-
-def _has_inner_start(w: np.ndarray) -> np.ndarray:
-    """True where bytes 1..7 of a wire word (uint64, first byte most significant) hold a start byte."""
-    top3 = _zero_bytes((w & _TOP3) ^ _TOP3)
-    ff = _zero_bytes(w ^ _ALL1)
-    return (top3 & ~ff & _NOT_FIRST & _HIGH) != 0
-
-
-_SWAPS = (
-    (np.uint64(1), np.uint64(0x5555555555555555)),
-    (np.uint64(2), np.uint64(0x3333333333333333)),
-    (np.uint64(4), np.uint64(0x0F0F0F0F0F0F0F0F)),
-)
-
-
-def _reverse_bits_per_byte(w: np.ndarray) -> np.ndarray:
-    """Reverse the bit order inside each byte of 64-bit words (byte order kept)."""
-    for shift, mask in _SWAPS:
-        w = ((w >> shift) & mask) | ((w & mask) << shift)
-    return w
-
-
-def _words_to_hits(w: np.ndarray) -> np.ndarray:
-    """Fill a HIT_DTYPE array from 64-bit hit words (bits already reversed).
-
-    The fields are sliced from the two 32-bit halves of the word (32-bit
-    arithmetic is cheaper than 64-bit here); see ``_AP4_LAYOUT``.
-    """
-    n = len(w)
-    out = np.empty(n, dtype=HIT_DTYPE)  # every field is written below or by the caller
-    if n == 0:
-        return out
-    hi = (w >> np.uint64(32)).astype(np.uint32)
-    lo = w.astype(np.uint32)
-    out["chip_id"] = hi >> 27
-    out["payload"] = (hi >> 24) & 0x7
-    out["row"] = (hi >> 19) & 0x1F
-    out["column"] = (hi >> 14) & 0x1F
-    out["ts_neg1"] = (hi >> 13) & 0x1
-    out["ts_coarse1"] = ((hi << 1) | (lo >> 31)) & 0x3FFF
-    out["ts_fine1"] = (lo >> 28) & 0x7
-    out["ts_tdc1"] = (lo >> 23) & 0x1F
-    out["ts_neg2"] = (lo >> 22) & 0x1
-    out["ts_coarse2"] = (lo >> 8) & 0x3FFF
-    out["ts_fine2"] = (lo >> 5) & 0x7
-    out["ts_tdc2"] = lo & 0x1F
-    # (coarse << 3) + fine is the 17 bits just above each 5-bit tdc field.
-    d1 = _GRAY17[((hi << 4) | (lo >> 28)) & 0x1FFFF]
-    d2 = _GRAY17[(lo >> 5) & 0x1FFFF]
-    d2 += (d2 < d1) * np.uint32(CLOCK_ROLLOVER)
-    out["ts_dec1"] = d1
-    out["ts_dec2"] = d2
-    out["tot_us"] = (d2.astype(np.float64) - d1) / CLOCK_CYCLES_PER_US
-    return out
-
-
-class BatchDecoder:
-    """Decode readout records in batches into one :data:`HIT_DTYPE` array.
-
-    The decoder keeps the last readout's id and extra bytes between calls, so
-    a hit split across two readouts is completed whenever the second readout's
-    id is the first one's + 1, also across batches. Records that cannot be
-    parsed (see :func:`parse_record`) are skipped and counted.
-
-    Readouts made only of idle bytes and well-formed hits (nearly all real
-    ones) are decoded with array operations; the few others go through the
-    same state machine as :meth:`AstroPix4Readout.decode`, so both paths give
-    identical hits.
-
-    Attributes
-    ----------
-    num_readouts, num_hits, num_recovered, num_malformed_records : int
-        Running totals: readouts decoded, hits produced, split hits completed
-        across two readouts, records skipped because they could not be parsed.
-    flag_counts : numpy.ndarray
-        How many readouts raised each :class:`DecodingFlag` bit (index = bit).
-    """
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget the chaining state and zero every counter."""
-        self.last_id: int | None = None
-        self.last_extra: bytes | None = None
-        self.num_readouts = 0
-        self.num_hits = 0
-        self.num_recovered = 0
-        self.num_malformed_records = 0
-        self.flag_counts = np.zeros(8, dtype=np.int64)
-
-    def decode(self, records: Sequence[bytes] | Iterable[bytes]) -> np.ndarray:
-        """Decode a sequence of readout records; returns the hits in order."""
-        if not isinstance(records, (list, tuple)):
-            records = list(records)
-        if not records:
-            return np.zeros(0, dtype=HIT_DTYPE)
-        lengths = np.fromiter(map(len, records), dtype=np.int64, count=len(records))
-        buf = np.frombuffer(b"".join(records), dtype=np.uint8)
-        starts = np.zeros(len(records), dtype=np.int64)
-        np.cumsum(lengths[:-1], out=starts[1:])
-        # --- headers ---------------------------------------------------
-        ok = lengths >= RECORD_HEADER_SIZE
-        hs = starts[ok]
-        # Unaligned little-endian views at every byte offset, read at the fields.
-        u4 = np.ndarray(shape=(max(len(buf) - 3, 0),), dtype="<u4", buffer=buf, strides=(1,))
-        u8 = np.ndarray(shape=(max(len(buf) - 7, 0),), dtype="<u8", buffer=buf, strides=(1,))
-        good_magic = (u4[hs] & 0xFFFFFF) == 0xBADCFE  # fe dc ba
-        rid = u4[hs + 3]
-        tstamp = u8[hs + 7]
-        dlen = u4[hs + 15].astype(np.int64)
-        good = good_magic & (dlen == lengths[ok] - RECORD_HEADER_SIZE)
-        sel = np.flatnonzero(ok)[good]
-        bad = len(records) - len(sel)
-        if bad:
-            self.num_malformed_records += bad
-            logger.debug("decode_batch: skipped %d malformed records", bad)
-        if len(sel) == 0:
-            return np.zeros(0, dtype=HIT_DTYPE)
-        rid = rid[good].astype(np.int64)
-        tstamp = tstamp[good]
-        d0 = starts[sel] + RECORD_HEADER_SIZE  # data start
-        d1 = starts[sel] + lengths[sel]  # data end (before stripping)
-        nr = len(sel)
-        # --- strip trailing ff: end = 1 + last non-ff byte of the data ----
-        size = len(buf)
-        itype = np.int32 if size < 2**31 - 16 else np.int64
-        d0 = d0.astype(itype)
-        d1 = d1.astype(itype)
-        end = d1.copy()
-        padded = np.flatnonzero((d1 > d0) & (buf[np.maximum(d1 - 1, 0)] == PADDING_BYTE))
-        if len(padded):  # rare: the sender strips the padding already
-            for i in padded.tolist():
-                end[i] = d0[i] + len(buf[d0[i] : d1[i]].tobytes().rstrip(b"\xff"))
-        # --- byte classes (with a sentinel past the end) -------------------
-        ext = np.r_[buf, np.uint8(0)]
-        lookup: dict[str, np.ndarray] = {}
-        # Every 8 bytes from every offset as one big-endian 64-bit word (a view).
-        wire = np.ndarray(shape=(max(size - HIT_SIZE + 1, 0),), dtype=">u8", buffer=buf, strides=(1,))
-
-        def skip(pos: np.ndarray, limit: np.ndarray, bit: int) -> np.ndarray:
-            """First position >= pos whose byte is not of class ``bit``, or >= limit.
-
-            Idle runs are short: step over them with array operations, and
-            search a table of positions only for the rare long ones.
-            """
-            key = bit
-            more = ((_BYTE_CLASS[ext[pos]] & bit) != 0) & (pos < limit)
-            steps = 0
-            while more.any():
-                if steps == 16:
-                    if key not in lookup:
-                        other = (_BYTE_CLASS[buf] & bit) == 0
-                        lookup[key] = np.r_[np.flatnonzero(other).astype(itype), itype(size)]
-                    table = lookup[key]
-                    pos = pos.copy()
-                    pos[more] = table[np.searchsorted(table, pos[more])]
-                    return np.minimum(pos, limit)
-                pos = pos + more
-                more = ((_BYTE_CLASS[ext[pos]] & bit) != 0) & (pos < limit)
-                steps += 1
-            return pos
-
-        # --- walk all readouts in lockstep, one hit per step ----------------
-        # A readout leaves the vectorised walk ("bad") as soon as it needs a
-        # branch other than "idle bytes, then a hit whose word is followed by
-        # more data": orphan bytes, a tail, bytes to drop, a truncated hit.
-        # Those readouts are decoded again by the reference state machine.
-        bad_r = np.zeros(nr, dtype=bool)
-        act = np.arange(nr)
-        cur = d0.astype(itype)
-        pos_parts: list[np.ndarray] = []
-        r_parts: list[np.ndarray] = []
-        k_parts: list[np.ndarray] = []
-        step = 0
-        while len(act):
-            ea = end[act]
-            c = skip(cur, ea, _IDLE_CLASS)
-            live = c < ea
-            if not live.all():
-                act, c, ea = act[live], c[live], ea[live]
-                if not len(act):
-                    break
-            leave = (c + HIT_SIZE >= ea) | ((_BYTE_CLASS[ext[c]] & _START_CLASS) == 0)
-            stay = ~leave
-            if leave.any():
-                bad_r[act[leave]] = True
-                act, c, ea = act[stay], c[stay], ea[stay]
-            wv = wire[c].astype(np.uint64)
-            inner = _has_inner_start(wv)
-            if inner.any():
-                f = skip(c + HIT_SIZE, ea, _BC_CLASS)
-                trunc = inner & (f < ea) & ((_BYTE_CLASS[ext[f]] & _START_CLASS) == 0)
-                if trunc.any():
-                    bad_r[act[trunc]] = True
-                    keep = ~trunc
-                    act, c, wv = act[keep], c[keep], wv[keep]
-            pos_parts.append(wv)
-            r_parts.append(act)
-            k_parts.append(np.full(len(act), step, dtype=np.int64))
-            cur = c + HIT_SIZE
-            step += 1
-        if pos_parts:
-            cwords = np.concatenate(pos_parts)
-            cr = np.concatenate(r_parts)
-            corder = np.concatenate(k_parts)
-            good_hit = ~bad_r[cr]
-            cwords, cr, corder = _reverse_bits_per_byte(cwords[good_hit]), cr[good_hit], corder[good_hit]
-        else:
-            cwords = np.zeros(0, dtype=np.uint64)
-            cr = np.zeros(0, dtype=np.int64)
-            corder = np.zeros(0, dtype=np.int64)
-        # --- the others: the reference state machine, chained ------------
-        flag_counts = self.flag_counts
-        fwords: list[bytes] = []
-        fr: list[int] = []
-        forder: list[int] = []
-        bad_list = np.flatnonzero(bad_r).tolist()
-        bad_set = set(bad_list)
-        extra_of_previous: bytes | None = None
-        raw = buf.tobytes() if bad_list else b""
-        rid_list = rid.tolist()
-        for i in bad_list:
-            prev_id = rid_list[i - 1] if i > 0 else self.last_id
-            if i == 0:
-                prev_extra = self.last_extra
-            elif (i - 1) in bad_set:
-                prev_extra = extra_of_previous
-            else:
-                prev_extra = None
-            chained = prev_id is not None and rid_list[i] == prev_id + 1
-            words, flags, extra = _scan(raw[d0[i] : end[i]], prev_extra if chained else None)
-            extra_of_previous = extra
-            for k in range(8):
-                if flags >> k & 1:
-                    flag_counts[k] += 1
-            if flags & _MATCHED:
-                self.num_recovered += 1
-            fwords.extend(words)
-            fr.extend([i] * len(words))
-            forder.extend(range(len(words)))
-        # chaining state for the next batch
-        self.last_id = rid_list[-1]
-        self.last_extra = extra_of_previous if (nr - 1) in bad_set else None
-        # --- merge ---------------------------------------------------------
-        if fwords:
-            fw = _reverse_bits_per_byte(np.frombuffer(b"".join(fwords), dtype=">u8").astype(np.uint64))
-            words_all = np.concatenate([cwords, fw])
-            r_all = np.concatenate([cr, np.asarray(fr, dtype=np.int64)])
-            o_all = np.concatenate([corder, np.asarray(forder, dtype=np.int64)])
-            order = np.lexsort((o_all, r_all))
-            words_all, r_all, o_all = words_all[order], r_all[order], o_all[order]
-        else:
-            words_all, r_all, o_all = cwords, cr, corder
-            if step > 1:
-                # The walk lists hits step by step; put them readout by readout
-                # (a stable sort keeps each readout's hits in decoding order).
-                order = np.argsort(r_all, kind="stable")
-                words_all, r_all, o_all = words_all[order], r_all[order], o_all[order]
-        hits = _words_to_hits(words_all)
-        hits["readout_id"] = rid[r_all]
-        hits["timestamp"] = tstamp[r_all]
-        hits["decoding_order"] = o_all
-        self.num_readouts += nr
-        self.num_hits += len(hits)
-        return hits
-
-
-def decode_batch(records: Sequence[bytes] | Iterable[bytes]) -> np.ndarray:
-    """Decode readout records (one per datagram, as received) into hits.
-
-    Equivalent to decoding each record with :meth:`AstroPix4Readout.decode`,
-    handing each readout the previous one's extra bytes when their ids are
-    consecutive, and stacking the hits; records that cannot be parsed are
-    skipped. See :class:`BatchDecoder` to keep the chaining state across calls.
-    """
-    return BatchDecoder().decode(records)
-
-
-def hits_to_array(hits: Sequence[AbstractAstroPixHit]) -> np.ndarray:
-    """Stack hit objects into a :data:`HIT_DTYPE` array."""
-    out = np.zeros(len(hits), dtype=HIT_DTYPE)
-    if hits:
-        rows = [tuple(h.attribute_values(HIT_FIELDS)) for h in hits]
-        out[:] = rows
-    return out

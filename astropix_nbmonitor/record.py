@@ -26,6 +26,7 @@ __all__ = [
     "RECORD_HEADER",
     "RECORD_HEADER_SIZE",
     "RECORD_MAGIC",
+    "RECORD_PADDING",
     "RECORD_STRUCT",
     "MalformedReadoutError",
     "pack_record",
@@ -41,6 +42,9 @@ RECORD_HEADER = RECORD_MAGIC
 RECORD_STRUCT = struct.Struct("<3sIQI")
 #: magic (3) + readout_id (4) + timestamp (8) + length (4).
 RECORD_HEADER_SIZE = RECORD_STRUCT.size
+#: The board's padding byte: a record's data may end with a run of it, which
+#: readers strip (docs/format.md section 1).
+RECORD_PADDING = b"\xff"
 #: Byte offset of the length field.
 LENGTH_OFFSET = RECORD_HEADER_SIZE - 4
 #: The largest board buffer a DAQ board sends (bytes of data in one record):
