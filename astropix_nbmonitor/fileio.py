@@ -1,4 +1,4 @@
-""".apx files: read and write AstroPix readout records (FORMAT.md section 2).
+""".apx files: read and write AstroPix readout records (docs/format.md section 2).
 
 An .apx file is the magic ``%APXDF``, a uint32 header length, a UTF-8 JSON
 object (always with ``"readout_uid"``) and then readout records back to back
@@ -28,14 +28,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Literal, overload
 
-from .fmt import (
-    RECORD_HEADER,
-    RECORD_HEADER_SIZE,
-    AbstractAstroPixReadout,
-    AstroPix4Readout,
-    parse_record,
-    uid_to_readout_class,
-)
+from .fmt import AbstractAstroPixReadout, AstroPix4Readout, uid_to_readout_class
+from .record import RECORD_HEADER_SIZE, RECORD_MAGIC, RECORD_STRUCT, parse_record
 
 __all__ = [
     "APX_MAGIC",
@@ -53,15 +47,13 @@ APX_MAGIC = b"%APXDF"
 _HEADER_LENGTH = struct.Struct("<I")
 #: Offset of the JSON header in the file.
 _HEADER_OFFSET = len(APX_MAGIC) + _HEADER_LENGTH.size
-_RECORD_LENGTH = struct.Struct("<I")
-_LENGTH_OFFSET = RECORD_HEADER_SIZE - _RECORD_LENGTH.size
 _DEFAULT_CHUNK_SIZE = 1 << 20
 
 PathLike = str | os.PathLike[str]
 
 
 class ApxFormatError(ValueError):
-    """An .apx file that does not follow the format (FORMAT.md section 2).
+    """An .apx file that does not follow the format (docs/format.md section 2).
 
     Attributes
     ----------
@@ -243,10 +235,9 @@ class ApxReader(_ApxFile):
         self.num_readouts = 0
         self.truncated_bytes = 0
         chunk_size = self.chunk_size
-        magic = RECORD_HEADER
+        magic = RECORD_MAGIC
         head = RECORD_HEADER_SIZE
-        length_at = _LENGTH_OFFSET
-        unpack_length = _RECORD_LENGTH.unpack_from
+        unpack_header = RECORD_STRUCT.unpack_from
         buf = b""
         pos = 0  # position of the next record in buf
         base = self.data_offset  # file offset of buf[0]
@@ -254,9 +245,9 @@ class ApxReader(_ApxFile):
         while True:
             end = len(buf)
             while pos + head <= end:
-                if buf[pos : pos + 3] != magic:
-                    raise self._bad_record(buf[pos : pos + 3], base + pos)
-                (length,) = unpack_length(buf, pos + length_at)
+                seen, _, _, length = unpack_header(buf, pos)
+                if seen != magic:
+                    raise self._bad_record(seen, base + pos)
                 stop = pos + head + length
                 if stop > end:
                     break
@@ -270,7 +261,7 @@ class ApxReader(_ApxFile):
             # file: a length field claiming 4 GB must not allocate 4 GB.
             need = chunk_size
             if pos + head <= end:
-                (length,) = unpack_length(buf, pos + length_at)
+                length = unpack_header(buf, pos)[3]
                 if head + length - (end - pos) > chunk_size:
                     left = os.fstat(f.fileno()).st_size - f.tell()
                     need = max(chunk_size, min(head + length - (end - pos), left))
@@ -297,7 +288,7 @@ class ApxReader(_ApxFile):
 
     def _bad_record(self, seen: bytes, offset: int) -> ApxFormatError:
         return self._error(
-            f"record {self.num_readouts} starts with {seen.hex()}, expected {RECORD_HEADER.hex()}", offset
+            f"record {self.num_readouts} starts with {seen.hex()}, expected {RECORD_MAGIC.hex()}", offset
         )
 
     def __iter__(self) -> Iterator[AbstractAstroPixReadout]:
