@@ -5,7 +5,9 @@ and starts JupyterLab on the quickstart; ``astropix-nbmonitor serve`` shows
 the monitor of one UDP address as a Voila dashboard, for a control-room
 screen. Both run the server as a child process in its own process group,
 print the URL to open (token included) on a line of its own, forward
-Ctrl-C and SIGTERM to the child, and leave no server or kernel behind.
+Ctrl-C and SIGTERM to the child, and leave no server or kernel behind. The
+server's own output (and its kernels') goes to a log file in the temporary
+folder, whose path is printed: the terminal shows one URL, ours.
 
 The command-line entry point (:mod:`astropix_nbmonitor.cli`) registers the
 two sub-commands with :func:`add_demo_arguments` / :func:`run_demo` and
@@ -318,24 +320,34 @@ def _die_with_parent_hook() -> Callable[[], None] | None:
 class _ServerProcess:
     """A server child in its own process group, stopped with its descendants."""
 
-    def __init__(self, cmd: Sequence[str], *, env: dict[str, str], cwd: Path) -> None:
-        try:
-            out = sys.stderr.fileno()
-        except (AttributeError, OSError, ValueError):
-            out = None
-        # Server logs go to stderr: stdout carries only our own lines (the URL).
-        self.proc = subprocess.Popen(  # noqa: S603 - our own argument list
-            list(cmd),
-            env=env,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            start_new_session=True,
-            # Even a launcher killed with SIGKILL takes its server (which then
-            # shuts its kernels down) with it.
-            preexec_fn=_die_with_parent_hook(),  # noqa: PLW1509
-        )
+    def __init__(self, cmd: Sequence[str], *, env: dict[str, str], cwd: Path, log: Path) -> None:
+        # The server's output, and its kernels' (they inherit it), goes to the
+        # log file: the terminal shows only our own lines, among them the one
+        # URL to open (Jupyter's own URL lines have a masked token).
+        self.log = log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(  # noqa: S603 - our own argument list
+                list(cmd),
+                env=env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                # Even a launcher killed with SIGKILL takes its server (which then
+                # shuts its kernels down) with it.
+                preexec_fn=_die_with_parent_hook(),  # noqa: PLW1509
+            )
         self.known: dict[int, int] = {}
+
+    def last_log_line(self) -> str:
+        """The last non-empty line of the server's log ("" if none)."""
+        try:
+            text = self.log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return lines[-1] if lines else ""
 
     def remember_descendants(self) -> None:
         """Note the kernels and helpers the server started, to reap them later."""
@@ -378,6 +390,13 @@ def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _new_log_file(name: str) -> Path:
+    """A new, private log file for a server, in the temporary folder (kept after exit)."""
+    fd, path = tempfile.mkstemp(prefix=f"{_PROG}-{name}-", suffix=".log")
+    os.close(fd)
+    return Path(path)
+
+
 def _run_server(
     cmd: Sequence[str],
     *,
@@ -404,7 +423,8 @@ def _run_server(
     server = None
     try:
         logger.debug("starting %s", " ".join(cmd))
-        server = _ServerProcess(cmd, env=env, cwd=cwd)
+        log = _new_log_file(what.lower())
+        server = _ServerProcess(cmd, env=env, cwd=cwd, log=log)
         deadline = time.monotonic() + _READY_TIMEOUT_S
         ready = False
         while not stop_signal and time.monotonic() < deadline:
@@ -418,9 +438,10 @@ def _run_server(
         if not ready:
             code = server.proc.poll()
             reason = f"exited with status {code}" if code is not None else "did not answer in time"
-            emit(f"{prog}: error: {what} {reason} (see its log above)", file=sys.stderr)
+            last = server.last_log_line()
+            emit(f"{prog}: error: {what} {reason}{f': {last}' if last else ''} (its log: {log})", file=sys.stderr)
             return 1
-        emit(f"{what} is running; open this URL (Ctrl-C stops it):")
+        emit(f"{what} is running (its log: {log}); open this URL (Ctrl-C stops it):")
         emit(url)
         while not stop_signal:
             server.remember_descendants()
@@ -428,7 +449,7 @@ def _run_server(
                 code = server.proc.wait(timeout=1.0)
             except subprocess.TimeoutExpired:
                 continue
-            emit(f"{prog}: error: {what} exited with status {code}", file=sys.stderr)
+            emit(f"{prog}: error: {what} exited with status {code} (its log: {log})", file=sys.stderr)
             return code or 1
         emit(f"stopping {what}...", file=sys.stderr)
         return 0

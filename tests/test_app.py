@@ -73,6 +73,20 @@ def _poll(predicate, timeout: float, interval: float = 0.2) -> bool:
 
 
 
+def _server_log(cmd) -> Path:
+    """The server's log file, named on the launcher's "is running" line."""
+    line = next(line for line in cmd.lines if "its log: " in line)
+    return Path(line.split("its log: ", 1)[1].split(")", 1)[0])
+
+
+def _assert_one_url_line(cmd, url: str, server: str) -> None:
+    """Our URL is the only URL the terminal shows; the server's own URL lines are in its log."""
+    terminal = [*cmd.lines, *cmd.rest_of_stdout(), *cmd.log_path.read_text(errors="replace").splitlines()]
+    assert [line for line in terminal if "http://" in line or "token=" in line] == [url], terminal
+    log = _server_log(cmd).read_text(encoding="utf-8", errors="replace")
+    assert server in log and "http://" in log  # what the server printed went to its log
+
+
 # --------------------------------------------------------------------------
 # Without a server.
 
@@ -225,7 +239,7 @@ def test_serve_with_an_invalid_group_exits_before_voila(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_starts_jupyterlab_and_stops_cleanly(launch, tmp_path):
+def test_demo_starts_jupyterlab_prints_one_url_and_stops_cleanly(launch, tmp_path):
     port = free_tcp_port()
     workdir = tmp_path / "work"
     cmd, env = launch("demo", "--http-port", str(port), "--dir", str(workdir))
@@ -256,6 +270,7 @@ def test_demo_starts_jupyterlab_and_stops_cleanly(launch, tmp_path):
 
     # Ctrl-C: the launcher stops JupyterLab and its kernel, and exits 0.
     assert cmd.stop(signal.SIGINT) == 0, cmd.log()
+    _assert_one_url_line(cmd, url, "Jupyter")
     assert wait_no_marked_processes(env[MARK_VAR]) == []
     assert (workdir / "quickstart.ipynb").is_file()  # --dir is kept
     with pytest.raises(OSError):
@@ -274,7 +289,7 @@ def test_demo_in_a_temporary_folder_removes_it(launch):
 
 
 @pytest.mark.slow
-def test_serve_renders_a_live_dashboard_and_stops_cleanly(launch):
+def test_serve_renders_a_live_dashboard_prints_one_url_and_stops_cleanly(launch):
     http_port = free_tcp_port()
     udp_port = free_udp_port()
     cmd, env = launch("serve", "--port", str(udp_port), "--http-port", str(http_port))
@@ -296,6 +311,7 @@ def test_serve_renders_a_live_dashboard_and_stops_cleanly(launch):
     assert cmd.stop(signal.SIGTERM) == 0, cmd.log()
     assert wait_no_marked_processes(env[MARK_VAR]) == []
     assert not _udp_port_in_use(udp_port)
+    _assert_one_url_line(cmd, url, "Voila")
 
 
 @pytest.mark.slow
