@@ -1,4 +1,13 @@
-"""The AstroPix online monitor as a live Jupyter widget."""
+"""The AstroPix online monitor as a live Jupyter widget.
+
+The package's layout says where each job lives: ``record`` (the readout
+framing), ``fmt`` and ``astropix4`` (decoding), ``sock`` and ``listener``
+(receiving), ``hist`` (accumulating), ``status`` (counting), ``engine`` (the
+headless monitor: threads, accumulators, status, state), ``monitor`` (the
+widget views: panels, dashboard), ``fileio`` and ``sim`` (files and the
+simulator), ``cli`` and ``app`` (the command line). Importing the package
+imports no widget library: the widget classes load on first use.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +25,11 @@ from .fmt import (
     decode_batch,
 )
 
+from .engine import EngineState, MonitorEngine
 from .fileio import ApxFormatError, ApxTruncatedWarning, apx_open
 from .listener import Listener, ListenerStats
 from .sim import AstroPix4Simulator
+from .status import Status
 from .sock import (
     DEFAULT_GROUP,
     DEFAULT_PORT,
@@ -54,7 +65,10 @@ __all__ = [
     "AstroPix4SimpleMonitor",
     "BatchDecoder",
     "DecodingFlag",
+    "EngineState",
     "MalformedReadoutError",
+    "MonitorEngine",
+    "Status",
     "SimulatedSource",
     "decode_batch",
 ]

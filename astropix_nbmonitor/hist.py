@@ -38,7 +38,9 @@ class HitAccumulator:
         is counted in :attr:`out_of_matrix` and not filled.
     tot_edges : array_like
         Bin edges of the TOT spectrum, in us; values above the last edge go to
-        the overflow bin (shown by the monitor), below the first to underflow.
+        the overflow bin (shown by the monitor), below the first to underflow; a
+        value equal to the last edge is in the last bin, as in the offline
+        histograms (docs/format.md section 8).
     """
 
     def __init__(self, num_rows: int, num_cols: int, *, tot_edges: Sequence[float] = TOT_EDGES) -> None:
@@ -58,6 +60,12 @@ class HitAccumulator:
         else:
             tot_axis = bh.axis.Variable(edges, __dict__={"name": "tot_us", "label": "TOT [us]"})
         self._tots = bh.Histogram(chip, tot_axis, storage=bh.storage.Int64())
+        self.tot_edges = edges
+        # The offline rule (docs/format.md section 8): the last bin holds its
+        # right edge. boost-histogram's bins are all half-open, so a value
+        # equal to the last edge is filled just below it.
+        self._last_edge = float(edges[-1])
+        self._below_last_edge = float(np.nextafter(edges[-1], -np.inf))
         self.out_of_matrix = 0
         self.chips_seen: set[int] = set()
 
@@ -78,9 +86,18 @@ class HitAccumulator:
                 self._maps.fill(chip[inside], col[inside], row[inside])
             else:
                 self._maps.fill(chip, col, row)
-            self._tots.fill(chip, hits["tot_us"])
+            self._tots.fill(chip, self._offline_binning(hits["tot_us"]))
             if len(chips) > 1 or int(chips[0]) not in self.chips_seen:
                 self.chips_seen.update(int(c) for c in chips)
+
+    def _offline_binning(self, tot: np.ndarray) -> np.ndarray:
+        """``tot`` with values equal to the last edge moved into the last bin."""
+        at_edge = tot == self._last_edge
+        if not at_edge.any():
+            return tot
+        tot = np.array(tot, dtype=np.float64)
+        tot[at_edge] = self._below_last_edge
+        return tot
 
     def fill_hits(self, hits: Sequence[AbstractAstroPixHit]) -> None:
         """Add hit objects (as returned by a readout's ``decode()``)."""
@@ -126,6 +143,21 @@ class HitAccumulator:
             view = self._tots.view(flow=True)
             counts = view.sum(axis=0) if chip is None else view[int(chip)]
             return counts[1:-1].copy(), int(counts[0]), int(counts[-1])
+
+    def snapshot(self) -> dict[str, object]:
+        """Consistent copies of everything, taken under one lock.
+
+        Returns a dict with ``chip_hit_map`` (axes chip_id, column, row),
+        ``chip_tot_hist`` (axes chip_id, tot_us), ``out_of_matrix`` and
+        ``chips_seen`` (a sorted tuple).
+        """
+        with self._lock:
+            return {
+                "chip_hit_map": self._maps.copy(),
+                "chip_tot_hist": self._tots.copy(),
+                "out_of_matrix": int(self.out_of_matrix),
+                "chips_seen": tuple(sorted(self.chips_seen)),
+            }
 
     @property
     def num_filled(self) -> int:

@@ -119,7 +119,7 @@ def bench_refresh(quick: bool) -> None:
     times, sizes = [], []
     for chunk in chunks:
         mon.process_batch(chunk)
-        mon._update_traits(0.5)  # what the processing thread does before update_display
+        mon._sync_traits(mon.engine.status())  # what a refresh does before update_display
         before = _CountingComm.sent_bytes
         t0 = time.perf_counter()
         mon.update_display()

@@ -306,7 +306,7 @@ def prefill_capacity(n: int, data: list[bytes], repeats: int) -> list[tuple[floa
         try:
             # The monitor has no public way to bind without receiving: its
             # listener is opened here so that the records wait in the socket.
-            mon._listener.open()
+            mon.engine.listener.open()
             bench_udp.fill(mon.port, n, data)
             start = time.perf_counter()
             mon.start(refresh_interval=REFRESH_INTERVAL)

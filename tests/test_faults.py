@@ -27,7 +27,7 @@ import pytest
 from conftest import assert_hits_equal, decode_chained, flag_counts, make_record
 from conftest import send_paced as _send
 from conftest import wait_for as _wait_for
-from astropix_nbmonitor import monitor as monitor_mod
+from astropix_nbmonitor.monitor import board, registry
 from astropix_nbmonitor.fmt import FLAG_NAMES, HIT_DTYPE, AstroPix4Readout, BatchDecoder, DecodingFlag
 from astropix_nbmonitor.hist import TOT_EDGES
 from astropix_nbmonitor.listener import RESTART_BACKWARD_JUMP, RESTART_ID_LIMIT
@@ -78,7 +78,7 @@ class _RecordingDecoder(BatchDecoder):
 def _recording_monitor() -> tuple[AstroPix4SimpleMonitor, _RecordingDecoder]:
     mon = AstroPix4SimpleMonitor(port=0)
     recorder = _RecordingDecoder()
-    mon._decoder = recorder  # white box: see the exact hits the monitor decoded and filled
+    mon.engine.decoder = recorder  # white box: see the exact hits the monitor decoded and filled
     return mon, recorder
 
 
@@ -262,7 +262,7 @@ class _PausingDaq(threading.Thread):
 
 
 def test_a_10_s_pause_warns_then_recovers_and_counting_goes_on_exactly(no_leaks):
-    assert monitor_mod.NO_DATA_WARNING_S == 5.0  # the default, kept: the pause is real
+    assert board.NO_DATA_WARNING_S == 5.0  # the default, kept: the pause is real
     pause_s = 10.0
     sim = AstroPix4Simulator(seed=23, hits_per_readout=2.0, faults={"split": 0.05})
     first, second = sim.generate(1000), sim.generate(1000)  # ids continue across the pause
@@ -290,7 +290,7 @@ def test_a_10_s_pause_warns_then_recovers_and_counting_goes_on_exactly(no_leaks)
         assert "apx-warning" in html_now and "no data for" in html_now
         warned = mon.dashboard.value
         seconds = int(re.search(r"no data for (\d+) s", warned).group(1))
-        assert seconds >= monitor_mod.NO_DATA_WARNING_S
+        assert seconds >= board.NO_DATA_WARNING_S
         assert mon.running
         stats = mon.listener_stats()
         assert stats.datagrams == 1000 and stats.last_datagram_time is not None

@@ -549,7 +549,7 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = PATIENCE
 
 def threads_alive(mon: AstroPix4SimpleMonitor) -> bool:
     """Both threads of a running monitor (listener, processing) are alive."""
-    return all(t is not None and t.is_alive() for t in (mon._listen_thread, mon._process_thread))
+    return all(t is not None and t.is_alive() for t in (mon.engine._listen_thread, mon.engine._process_thread))
 
 
 class PacedSender:
@@ -731,14 +731,14 @@ def test_a_million_fuzz_datagrams_over_udp_are_all_counted_and_the_monitor_still
     """The issue's million through the monitor's own receive path, and a tenth of it through the other one."""
     mon = AstroPix4SimpleMonitor(port=0)
     if path == "recv":
-        mon._listener.batch_receive = False  # one recv() per datagram instead of recvmmsg
-    elif not mon._listener.batch_receive:
+        mon.engine.listener.batch_receive = False  # one recv() per datagram instead of recvmmsg
+    elif not mon.engine.listener.batch_receive:
         pytest.skip("no recvmmsg on this system: the recv() case covers the only path")
     try:
         with watch_threads() as seen:
             mon.start(refresh_interval=0.05)
             _fuzz_run(mon, count, seed)
-            assert mon._listener.batch_receive == (path == "recvmmsg")
+            assert mon.engine.listener.batch_receive == (path == "recvmmsg")
             mon.stop()
         assert seen["exceptions"] == []
         assert seen["errors"] == []

@@ -25,6 +25,7 @@ import pytest
 
 from conftest import wait_for as _wait_for
 from astropix_nbmonitor import monitor as monitor_mod
+from astropix_nbmonitor.monitor import board, registry
 from astropix_nbmonitor.monitor import AstroPix4SimpleMonitor
 from astropix_nbmonitor.source import SimulatedSource
 
@@ -96,7 +97,7 @@ def test_100_start_stop_cycles_with_data_flowing_leave_nothing_behind(no_leaks):
         assert mon.error_count == 0
         mon.close()
         assert _fd_count() == fds and _thread_count() == threads
-        assert (monitor_mod.LOCAL_HOST, port) not in monitor_mod._ACTIVE
+        assert (monitor_mod.LOCAL_HOST, port) not in registry._ACTIVE
         _assert_port_bindable_at_once(port)  # with the DAQ still sending
     finally:
         if mon is not None:
@@ -123,7 +124,7 @@ def test_20_monitors_created_in_a_loop_on_one_port_like_a_rerun_cell(no_leaks):
                 assert not previous.running, f"monitor {i - 1} still running after monitor {i} took the port"
             assert mon.running
             assert sorted(_monitor_threads()) == sorted(MONITOR_THREADS)  # only the new one's threads
-            assert monitor_mod._ACTIVE[(monitor_mod.LOCAL_HOST, port)]() is mon
+            assert registry._ACTIVE[(monitor_mod.LOCAL_HOST, port)]() is mon
             _wait_for(lambda: mon.num_readouts > 0, what=f"data in monitor {i}")
             assert mon.malformed_packets == mon.lost_readouts == 0
             # Each receiving socket so far is closed, but the current monitor's one.
@@ -137,7 +138,7 @@ def test_20_monitors_created_in_a_loop_on_one_port_like_a_rerun_cell(no_leaks):
         assert _monitor_threads() == []
         assert _fd_count() == fds, f"file descriptors {_fd_count()}, started with {fds}"
         assert _thread_count() == threads, f"threads {threading.enumerate()}"
-        assert (monitor_mod.LOCAL_HOST, port) not in monitor_mod._ACTIVE
+        assert (monitor_mod.LOCAL_HOST, port) not in registry._ACTIVE
         _assert_port_bindable_at_once(port)  # with the DAQ still sending
         assert all(m.error_count == 0 for m in monitors)
     finally:

@@ -10,12 +10,14 @@ import bqplot
 import numpy as np
 import pytest
 
-import astropix_nbmonitor.monitor as monitor_mod
+from astropix_nbmonitor.engine import MonitorEngine
+from astropix_nbmonitor.monitor import board
 from conftest import send_paced as _send
 from conftest import wait_for as _wait_for
 from astropix_nbmonitor.fmt import AstroPix4Readout, decode_batch
 from astropix_nbmonitor.hist import TOT_EDGES
-from astropix_nbmonitor.monitor import AbstractMonitor, AstroPix4SimpleMonitor
+from astropix_nbmonitor.monitor import AbstractMonitor, AstroPix4SimpleMonitor, HitMapPanel, RatePanel
+from astropix_nbmonitor.monitor.panels import integer_ticks
 from astropix_nbmonitor.sim import AstroPix4Simulator
 from astropix_nbmonitor.sock import AddressInUseError, MulticastSender
 
@@ -166,11 +168,75 @@ def test_update_display_sends_a_javascript_safe_color_array(monitor):
     assert monitor.heatmap.scales["row"].reverse
     overflow = int(monitor.tot_hist.values(flow=True)[-1])
     assert monitor.figures[1].title.endswith(f"overflow > 500 us: {overflow})")
-    # Log scale shows log10(1 + counts), linear again restores the counts.
+    # Log scale: a log colour scale over the counts themselves (the tooltip
+    # shows counts); pixels with no hit sit below the first decade and their
+    # tooltip (".0f") says 0. Linear again restores the counts.
+    counts = monitor.hit_map.values().T
     monitor.scale_toggle.value = "log"
-    assert np.allclose(monitor.heatmap.color, np.log10(1 + monitor.hit_map.values().T))
+    assert monitor.panel(HitMapPanel).color_scale.scale_type == "log"
+    assert np.array_equal(monitor.heatmap.color[counts > 0], counts[counts > 0])
+    assert np.all(monitor.heatmap.color[counts == 0] < 0.5)
+    assert monitor.heatmap.tooltip.labels == ["row", "column", "hits"]
+    assert monitor.figures[0].title == "Hit map (log scale)"
     monitor.scale_toggle.value = "linear"
-    assert np.array_equal(monitor.heatmap.color, monitor.hit_map.values().T)
+    assert np.array_equal(monitor.heatmap.color, counts)
+    assert monitor.panel(HitMapPanel).color_scale.scale_type == "linear"
+
+
+def test_the_tot_title_takes_the_overflow_edge_from_the_real_edges():
+    mon = AstroPix4SimpleMonitor(port=0, tot_edges=[0, 10, 100, 500])
+    try:
+        mon.replay(AstroPix4Simulator(seed=4, tot_tail=0.3, tot_tail_us=700.0).generate(300).records)
+        overflow = int(mon.tot_hist.values(flow=True)[-1])
+        assert overflow > 0
+        assert mon.figures[1].title == f"TOT spectrum (overflow > 500 us: {overflow:,})"
+    finally:
+        mon.close()
+
+
+def test_colour_bar_ticks_are_whole_numbers_even_on_an_empty_map(monitor):
+    """An empty map once showed "100m" ticks; a never-started map is drawn in the lowest colour."""
+    panel = monitor.panel(HitMapPanel)
+    assert panel.color_scale.min == 0.0 and panel.color_scale.max == 1.0  # before any refresh
+    assert np.all(monitor.heatmap.color == 0)
+    monitor.refresh()
+    ticks = np.asarray(panel.color_axis.tick_values)
+    assert len(ticks) >= 1 and np.all(ticks == np.round(ticks)) and ticks.max() <= 1.0
+    monitor.replay(AstroPix4Simulator(seed=8, hits_per_readout=4).generate(50).records)
+    ticks = np.asarray(panel.color_axis.tick_values)
+    assert np.all(ticks == np.round(ticks)) and len(ticks) >= 2
+    for top in (0, 1, 3, 7, 12, 99, 1234, 5e6):
+        t = integer_ticks(top)
+        assert np.all(t == np.round(t)) and t[0] == 0 and t[-1] >= top and 2 <= len(t) <= 7, (top, t)
+
+
+def test_a_monitor_that_failed_to_bind_shows_an_empty_map():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        mon = AstroPix4SimpleMonitor(port=port)
+        try:
+            with pytest.raises(AddressInUseError):
+                mon.start()
+            mon.refresh()
+            panel = mon.panel(HitMapPanel)
+            assert np.all(mon.heatmap.color == 0) and panel.color_scale.min == 0.0 and panel.color_scale.max >= 1.0
+        finally:
+            mon.close()
+
+
+def test_the_canvas_fits_a_narrow_page_and_the_legend_leaves_room(monitor):
+    """Grid columns may shrink to zero (no clipping, no horizontal scroll) and the rates keep headroom."""
+    layout = monitor.canvas.layout
+    assert layout.width == "100%" and layout.max_width == "1350px"
+    assert all(part.startswith("minmax(0,") for part in layout.grid_template_columns.split(" ") if "(" in part)
+    assert all(fig.layout.min_width == "0px" for fig in monitor.figures)
+    monitor.engine.history.add(100.0, 250.0)
+    monitor.update_display()
+    assert monitor.panel(RatePanel).y_scale.max >= 1.3 * 250.0
+    # The scale toggle sits in one row with its label.
+    box = monitor.panel(HitMapPanel).controls[0]
+    assert box.layout.align_items == "center" and box.children[0].value == "hit map scale"
 
 
 def test_batch_path_equals_per_readout_path():
@@ -245,7 +311,7 @@ def test_port_in_use_raises_a_clear_error_and_the_button_shows_it():
 
 
 def test_dashboard_warns_when_no_data_arrives(monitor, monkeypatch):
-    monkeypatch.setattr(monitor_mod, "NO_DATA_WARNING_S", 0.1)
+    monkeypatch.setattr(board, "NO_DATA_WARNING_S", 0.1)
     monitor.start(refresh_interval=0.05)
     _wait_for(lambda: "apx-warning" in monitor.dashboard.value, what="the no-data warning")
     assert "no data" in monitor.dashboard.value
@@ -355,14 +421,14 @@ def test_an_exception_in_process_readout_is_counted_shown_and_survived(caplog):
 def test_create_canvas_grid_and_display_message_positions(monitor):
     figs = monitor.create_canvas(2, 3, height_ratios=(2, 1), width_ratios=(1, 1, 2), figsize=(12, 6))
     assert len(figs) == 6 and monitor.canvas.children == tuple(figs)
-    assert monitor.canvas.layout.grid_template_rows == "2fr 1fr"
-    assert monitor.canvas.layout.grid_template_columns == "1fr 1fr 2fr"
-    assert monitor.canvas.layout.width == "1200px"
+    assert monitor.canvas.layout.grid_template_rows == "minmax(0, 2fr) minmax(0, 1fr)"
+    assert monitor.canvas.layout.grid_template_columns == "minmax(0, 1fr) minmax(0, 1fr) minmax(0, 2fr)"
+    assert monitor.canvas.layout.max_width == "1200px" and monitor.canvas.layout.height == "600px"
     with pytest.raises(ValueError, match="expected 2 ratios"):
         monitor.create_canvas(2, 1, height_ratios=(1, 2, 3))
     # matplotlib's subplots options are accepted: ratios in gridspec_kw, the rest ignored.
     figs = monitor.create_canvas(2, 1, sharex=True, squeeze=False, gridspec_kw={"height_ratios": (3, 1)}, title="x")
-    assert monitor.canvas.layout.grid_template_rows == "3fr 1fr"
+    assert monitor.canvas.layout.grid_template_rows == "minmax(0, 3fr) minmax(0, 1fr)"
     assert [f.title for f in figs] == ["x", "x"]
     monitor.clear_messages()
     monitor.display_message(0.5, 0.25, "a < b", color="red", fontsize=12)
@@ -490,7 +556,7 @@ class _SlowBatchMonitor(ColumnOccupancyMonitor):
 def test_batches_shrink_for_heavy_processing_so_refreshes_stay_on_time():
     mon = _SlowBatchMonitor()
     try:
-        mon._listener.open()  # bind first, so that the records wait in the socket
+        mon.engine.listener.open()  # bind first, so that the records wait in the socket
         records = AstroPix4Simulator(seed=15).generate(12_000).records
         _send(mon.port, records)
         mon.start(refresh_interval=0.05)
@@ -500,19 +566,21 @@ def test_batches_shrink_for_heavy_processing_so_refreshes_stay_on_time():
         mon.close()
     sizes = mon.batch_sizes
     assert sum(sizes) == 12_000
-    # The first batch holds at most the starting size; after it, each batch is
-    # sized to take BATCH_SECONDS (50 ms): at >= 0.2 ms per readout, at most
-    # 250 readouts, raised to MIN_BATCH.
-    assert sizes[0] <= 5000
+    # The first batch holds at most the starting size; each later one is at
+    # most 4 times the one before, and sized to take BATCH_SECONDS (50 ms): at
+    # >= 0.2 ms per readout, at most 250 readouts.
+    engine = MonitorEngine
+    assert sizes[0] <= engine.FIRST_BATCH
+    assert all(b <= 4 * a for a, b in zip(sizes, sizes[1:]))
     assert len(sizes) > 10
-    assert max(sizes[1:]) == AbstractMonitor.MIN_BATCH == 500
+    assert max(sizes) <= engine.BATCH_SECONDS / 2e-4 + 1
 
 
 
 def test_listener_options_reach_the_listener():
     mon = AstroPix4SimpleMonitor(port=0, buffer_size=7, buffer_bytes=4096, rcvbuf=None, interface="127.0.0.1")
     try:
-        listener = mon._listener
+        listener = mon.engine.listener
         assert (listener.buffer_size, listener.buffer_bytes, listener.rcvbuf_request, listener.interface) == (
             7,
             4096,

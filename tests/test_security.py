@@ -84,7 +84,7 @@ def test_command_line_defaults_to_loopback() -> None:
 def test_default_monitor_socket_is_bound_to_loopback_and_says_so(no_leaks) -> None:
     mon = AstroPix4SimpleMonitor(port=0).start()
     try:
-        assert mon._listener._receiver.socket.getsockname()[0] == "127.0.0.1"
+        assert mon.engine.listener._receiver.socket.getsockname()[0] == "127.0.0.1"
         dashboard = mon._dashboard_html()
         assert "loopback only (127.0.0.1): only this machine can send" in dashboard
         # Datagrams to another address of this machine do not reach it.
@@ -115,7 +115,7 @@ def test_multicast_monitor_states_that_it_is_open_to_the_network(no_leaks) -> No
         text = mon._dashboard_html()
         assert f"multicast group {group}" in text
         assert "open to the network, any host that reaches the group can send to this monitor" in text
-        receiver = mon._listener._receiver
+        receiver = mon.engine.listener._receiver
         if receiver.bound_to == group:
             # Bound to the group address: unicast datagrams to the port stay out.
             with MulticastSender("127.0.0.1", mon.port) as tx:

@@ -60,7 +60,7 @@ def test_overload_counts_every_readout_and_keeps_refreshing(no_leaks, soak: Modu
     assert mon.group == "127.0.0.1"
     # The constructor's buffer_size/rcvbuf set these once; this test shrinks
     # them for the overload and restores them for the normal stream after.
-    listener = mon._listener
+    listener = mon.engine.listener
     default_buffer = listener.buffer_size
     try:
         listener.buffer_size = SMALL_BUFFER

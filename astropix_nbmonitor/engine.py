@@ -1,0 +1,567 @@
+"""The headless monitor engine: receive, decode, accumulate, count.
+
+:class:`MonitorEngine` owns what a monitor does with no screen: a
+:class:`~astropix_nbmonitor.listener.Listener` thread that receives the UDP
+datagrams and checks their framing, a processing thread that decodes the
+records in batches (chaining hits split across readouts) and fills the
+histograms, and the counters. Views read it, never reach into it:
+
+* :meth:`MonitorEngine.status` - one table of counters
+  (:class:`~astropix_nbmonitor.status.Status`), the single source of the
+  traitlets, the dashboard, the ``watch`` command and the hub;
+* :meth:`MonitorEngine.state` - a consistent copy of every histogram and of
+  the status, with a sequence number and the wall time it was taken.
+
+Importing this module imports no widget library: it runs in a terminal
+(``astropix-nbmonitor watch``), in a hub process or under a notebook widget
+(:class:`~astropix_nbmonitor.monitor.AbstractMonitor`, whose ``engine`` it is).
+
+Threads. The listener thread only receives. The processing thread drains the
+listener's buffer in batches sized to take about :attr:`MonitorEngine.BATCH_SECONDS`
+each, and every ``refresh_interval`` computes the rates and calls the refresh
+callbacks (a widget's ``update_display``). Processing, refreshes,
+:meth:`~MonitorEngine.reset`, :meth:`~MonitorEngine.replay` and
+:meth:`~MonitorEngine.state` are serialised by one lock, so callbacks need no
+locks of their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import boost_histogram as bh
+import numpy as np
+
+from .astropix4.layout import NUM_COLS, NUM_ROWS
+from .fmt import AbstractAstroPixReadout, AstroPix4Readout, decoder_for
+from .hist import TOT_EDGES, HitAccumulator, RateHistory
+from .listener import Listener
+from .sock import DEFAULT_PORT, LOCAL_HOST
+from .status import Status, StatusSources
+
+__all__ = ["EngineState", "MonitorEngine"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineState:
+    """A consistent copy of a monitor's histograms and counters.
+
+    Attributes
+    ----------
+    seq : int
+        Sequence number of the copy (1 for the first :meth:`MonitorEngine.state`).
+    time : float
+        ``time.time()`` when it was taken.
+    status : Status
+        The counters.
+    histograms : dict of str to boost_histogram.Histogram
+        ``hit_map`` (axes column, row) and ``tot_hist`` (TOT in us, with
+        under/overflow) of all chips; ``chip_hit_map`` (axes chip_id, column,
+        row) and ``chip_tot_hist`` (axes chip_id, tot_us) per chip.
+    chips : tuple of int
+        The chip_ids seen.
+    rates : numpy.ndarray
+        Rate history, shape ``(3, n)``: seconds relative to the last point
+        (<= 0), readouts/s, hits/s.
+    running : bool
+        Whether the engine was running.
+    """
+
+    seq: int
+    time: float
+    status: Status
+    histograms: dict[str, bh.Histogram]
+    chips: tuple[int, ...]
+    rates: np.ndarray
+    running: bool
+
+    @property
+    def hit_map(self) -> bh.Histogram:
+        """Hit counts per pixel of all chips (axes: column, then row)."""
+        return self.histograms["hit_map"]
+
+    @property
+    def tot_hist(self) -> bh.Histogram:
+        """The TOT spectrum of all chips, in us."""
+        return self.histograms["tot_hist"]
+
+    def chip_hit_map(self, chip: int | None = None) -> bh.Histogram:
+        """The hit map of one chip_id (all chips for None)."""
+        if chip is None:
+            return self.hit_map
+        return self.histograms["chip_hit_map"][bh.loc(int(chip)), :, :]
+
+    def chip_tot_hist(self, chip: int | None = None) -> bh.Histogram:
+        """The TOT spectrum of one chip_id (all chips for None)."""
+        if chip is None:
+            return self.tot_hist
+        return self.histograms["chip_tot_hist"][bh.loc(int(chip)), :]
+
+    def hit_counts(self, chip: int | None = None) -> np.ndarray:
+        """Hit counts as a ``(rows, columns)`` float64 array (rows first, as drawn)."""
+        view = self.histograms["chip_hit_map"].view()
+        counts = view.sum(axis=0) if chip is None else view[int(chip)]
+        return np.ascontiguousarray(counts.T, dtype=np.float64)
+
+    def tot_counts(self, chip: int | None = None) -> tuple[np.ndarray, int, int]:
+        """TOT bin counts (float64), underflow and overflow."""
+        view = self.histograms["chip_tot_hist"].view(flow=True)
+        counts = view.sum(axis=0) if chip is None else view[int(chip)]
+        return counts[1:-1].astype(np.float64), int(counts[0]), int(counts[-1])
+
+    @property
+    def tot_edges(self) -> np.ndarray:
+        """The TOT bin edges, in us."""
+        return np.asarray(self.histograms["tot_hist"].axes[0].edges)
+
+
+class MonitorEngine:
+    """Receive a readout stream, decode it, histogram it and count everything.
+
+    Parameters
+    ----------
+    readout_class : type
+        The readout class of the stream (default AstroPix 4). AstroPix 4
+        records are decoded in batches; any other class (the collaboration's
+        own included) one readout at a time through its ``from_bytes`` and
+        ``decode``.
+    group : str
+        ``127.0.0.1`` (or another local unicast address) or a multicast group.
+    port : int
+        The UDP port (0: the system chooses).
+    refresh_interval : float
+        Seconds between two refreshes (rates, rate history, callbacks).
+    update_pause : float
+        Seconds the processing thread sleeps after each refresh.
+    num_rows, num_cols : int or None
+        The matrix of the histograms (default: the readout class's
+        ``NUM_ROWS``/``NUM_COLS``, else AstroPix 4's 35 x 16).
+    tot_edges : array_like
+        TOT bin edges in us (default the collaboration's ``linspace(0, 500, 100)``).
+    history_seconds : float
+        Span of the rate history.
+    process : callable or None
+        ``process(records)`` replaces the default decode-and-fill step (a
+        widget whose ``process_readout`` a user wrote); it reports what it
+        did with :meth:`count_processed`.
+    **listener_options
+        Passed to :class:`~astropix_nbmonitor.listener.Listener`
+        (``buffer_size``, ``buffer_bytes``, ``rcvbuf``, ``interface``,
+        ``batch_receive``, ``max_data_bytes``...).
+    """
+
+    #: Most readouts handed to one processing step.
+    MAX_BATCH = 50_000
+    #: Fewest readouts handed to one processing step (1: a slow per-readout
+    #: ``process_readout`` still lets refreshes happen on time).
+    MIN_BATCH = 1
+    #: The first batch after a start (the size then adapts).
+    FIRST_BATCH = 64
+    #: The batch size adapts so that one processing step takes about this long (s).
+    BATCH_SECONDS = 0.05
+    #: After a stop is asked, the processing thread goes on with the backlog
+    #: for at most this long (s); what is left is dropped and counted.
+    STOP_GRACE_S = 0.5
+
+    def __init__(
+        self,
+        readout_class: type[AbstractAstroPixReadout] = AstroPix4Readout,
+        group: str = LOCAL_HOST,
+        port: int = DEFAULT_PORT,
+        *,
+        refresh_interval: float = 0.5,
+        update_pause: float = 0.005,
+        num_rows: int | None = None,
+        num_cols: int | None = None,
+        tot_edges: Sequence[float] = TOT_EDGES,
+        history_seconds: float = 180.0,
+        process: Callable[[list[bytes]], Any] | None = None,
+        **listener_options: Any,
+    ) -> None:
+        self.readout_class = readout_class
+        self.listener = Listener(readout_class, str(group), int(port), **listener_options)
+        self.decoder = decoder_for(readout_class)
+        self.num_rows = int(num_rows if num_rows is not None else getattr(readout_class, "NUM_ROWS", NUM_ROWS))
+        self.num_cols = int(num_cols if num_cols is not None else getattr(readout_class, "NUM_COLS", NUM_COLS))
+        self.accumulator = HitAccumulator(self.num_rows, self.num_cols, tot_edges=tot_edges)
+        self.history = RateHistory(history_seconds)
+        self.refresh_interval = self._check_interval(refresh_interval)
+        self.update_pause = max(0.0, float(update_pause))
+        self._process_hook = process
+        self._refresh_callbacks: list[Callable[[MonitorEngine], None]] = []
+        self._lifecycle_lock = threading.RLock()
+        self._processing_lock = threading.RLock()
+        self._stop_event = threading.Event()
+        self._listen_thread: threading.Thread | None = None
+        self._process_thread: threading.Thread | None = None
+        self._running = False
+        self._started_at: float | None = None
+        self._run_seconds = 0.0
+        self._readouts = 0
+        self._hits = 0
+        self._last_counts = (0, 0)
+        self._rates = (0.0, 0.0)
+        self._errors = 0
+        self._last_error = ""
+        self._seq = 0
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def group(self) -> str:
+        """The address listened to."""
+        return self.listener.group
+
+    @property
+    def port(self) -> int:
+        """The UDP port (the one bound, when created with port 0)."""
+        return self.listener.port
+
+    def address(self) -> tuple[str, int]:
+        """``(group, port)``."""
+        return (self.group, self.port)
+
+    def exposure(self) -> str:
+        """Who can send to this engine, in words (loopback only, a multicast group...)."""
+        return self.listener.exposure()
+
+    @property
+    def running(self) -> bool:
+        """True while the processing thread runs."""
+        return self._running
+
+    def __repr__(self) -> str:
+        return f"MonitorEngine({self.readout_class.__name__}, group={self.group!r}, port={self.port})"
+
+    # ------------------------------------------------------------------ lifecycle
+    def add_refresh_callback(self, callback: Callable[[MonitorEngine], None]) -> None:
+        """Call ``callback(engine)`` at every refresh, on the processing thread."""
+        self._refresh_callbacks.append(callback)
+
+    def start(self, refresh_interval: float | None = None, update_pause: float | None = None) -> MonitorEngine:
+        """Bind the socket, start both threads and return at once (the engine itself).
+
+        Raises the listener's clear error (e.g.
+        :class:`~astropix_nbmonitor.sock.AddressInUseError`) in the caller's
+        thread. Starting a running engine does nothing.
+        """
+        with self._lifecycle_lock:
+            if self._running:
+                return self
+            if refresh_interval is not None:
+                self.refresh_interval = self._check_interval(refresh_interval)
+            if update_pause is not None:
+                self.update_pause = max(0.0, float(update_pause))
+            self.start_listening()
+            self.start_processing()
+        return self
+
+    def start_listening(self, target: Callable[[], None] | None = None) -> None:
+        """Bind the socket and run the listener (or ``target``) on a new thread."""
+        with self._lifecycle_lock:
+            if self._listen_thread is not None and self._listen_thread.is_alive():
+                return
+            self.listener.open()
+            self._listen_thread = threading.Thread(
+                target=target or self.listen, name="astropix-monitor-listener", daemon=True
+            )
+            self._listen_thread.start()
+
+    def listen(self) -> None:
+        """Receive datagrams until :meth:`stop` (the listener thread's body)."""
+        try:
+            self.listener.run()
+        except Exception:  # the listener never raises per datagram; this is a last resort
+            logger.exception("listener thread of %r ended on an error", self)
+
+    def start_processing(self) -> None:
+        """Start the processing thread (after :meth:`start_listening`)."""
+        with self._lifecycle_lock:
+            if self._running:
+                return
+            self._stop_event.clear()
+            self._started_at = time.monotonic()
+            self._last_counts = (self._readouts, self._hits)
+            self._process_thread = threading.Thread(
+                target=self._process_loop, name="astropix-monitor-processing", daemon=True
+            )
+            self._running = True
+            self._process_thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop both threads and free the port; returns within about a second.
+
+        Readouts received but not processed yet are processed on the
+        processing thread for at most :attr:`STOP_GRACE_S`; what is left then
+        is dropped and counted (``dropped``). Safe to call twice, from any
+        thread.
+        """
+        with self._lifecycle_lock:
+            current = threading.current_thread()
+            self.listener.request_stop()
+            if self._listen_thread is not None and self._listen_thread is not current:
+                self._listen_thread.join(timeout)
+            self._stop_event.set()
+            if self._process_thread is not None and self._process_thread is not current:
+                self._process_thread.join(self.STOP_GRACE_S + timeout)
+            self.listener.stop()
+            leftover = [t.name for t in (self._listen_thread, self._process_thread) if t is not None and t.is_alive()]
+            if leftover and current not in (self._listen_thread, self._process_thread):
+                logger.error("%r: threads still alive after stop(): %s", self, leftover)
+            self._listen_thread = None
+            self._process_thread = None
+            self._running = False
+            if self._started_at is not None:
+                self._run_seconds += time.monotonic() - self._started_at
+                self._started_at = None
+            self._rates = (0.0, 0.0)
+
+    def close(self) -> None:
+        """Stop and forget the refresh callbacks."""
+        self.stop()
+        self._refresh_callbacks.clear()
+
+    # ------------------------------------------------------------------ data in
+    def reset(self, also: Callable[[], None] | None = None) -> None:
+        """Clear every histogram and counter (the engine keeps running).
+
+        ``also()``, if given, runs under the same lock (a view clearing its own
+        accumulators).
+        """
+        with self._processing_lock:
+            if also is not None:
+                also()
+            self.listener.reset_counters()
+            self.decoder.reset()
+            self.accumulator.reset()
+            self.history.clear()
+            self._readouts = 0
+            self._hits = 0
+            self._last_counts = (0, 0)
+            self._rates = (0.0, 0.0)
+            self._errors = 0
+            self._last_error = ""
+            self._run_seconds = 0.0
+            if self._started_at is not None:
+                self._started_at = time.monotonic()
+
+    def replay(self, records: Sequence[bytes]) -> None:
+        """Process recorded readout records at once, with no network (a run review).
+
+        The records go through the listener's checks and counting exactly as
+        datagrams do (:meth:`Listener.ingest`): malformed and oversize records
+        are counted and left out, gaps in the ids are lost readouts, ids going
+        back are DAQ restarts. Then they are processed and a refresh follows.
+        Works on a stopped engine.
+        """
+        with self._processing_lock:
+            accepted = self.listener.ingest(records)
+            self._process(accepted)
+        self.refresh()
+
+    def process_records(self, records: Sequence[bytes]) -> None:
+        """Decode records (chaining split hits) and fill the histograms: the default step."""
+        decoder = self.decoder
+        before = decoder.num_readouts
+        hits = decoder.decode(records)
+        self.accumulate(hits)
+        self.count_processed(decoder.num_readouts - before, len(hits))
+
+    def decode_readout(self, readout: AbstractAstroPixReadout) -> list[Any]:
+        """Decode one readout, completing a hit split across it and the previous one.
+
+        Chains when the ids are consecutive; recovered hits, flags and empty
+        readouts are counted by the decoder.
+        """
+        return self.decoder.decode_readout(readout)
+
+    def accumulate(self, hits: Any) -> None:
+        """Fill the histograms with hits: a ``HIT_DTYPE`` array or hit objects."""
+        if isinstance(hits, np.ndarray):
+            self.accumulator.fill(hits)
+        else:
+            self.accumulator.fill_hits(list(hits))
+
+    def count_processed(self, readouts: int, hits: int) -> None:
+        """Add to the readout and hit counters."""
+        self._readouts += int(readouts)
+        self._hits += int(hits)
+
+    def note_error(self, exc: BaseException) -> None:
+        """Count an exception caught on the processing path (logged, rate-limited)."""
+        self._errors += 1
+        self._last_error = f"{type(exc).__name__}: {exc}"
+        if self._errors <= 10 or self._errors % 1000 == 0:
+            logger.error("%r: %s (error %d)", self, self._last_error, self._errors, exc_info=exc)
+
+    # ------------------------------------------------------------------ data out
+    @property
+    def num_readouts(self) -> int:
+        """Readouts processed since creation or the last reset."""
+        return self._readouts
+
+    @property
+    def num_hits(self) -> int:
+        """Hits counted since creation or the last reset."""
+        return self._hits
+
+    @property
+    def rates(self) -> tuple[float, float]:
+        """Readouts/s and hits/s over the last refresh."""
+        return self._rates
+
+    @property
+    def uptime(self) -> float:
+        """Seconds spent running since creation or the last reset."""
+        running = time.monotonic() - self._started_at if self._started_at is not None else 0.0
+        return self._run_seconds + running
+
+    @property
+    def error_count(self) -> int:
+        """Exceptions caught on the processing path."""
+        return self._errors
+
+    @property
+    def last_error(self) -> str:
+        """The last of them, as ``"Type: message"`` (``""`` if none)."""
+        return self._last_error
+
+    def status(self) -> Status:
+        """Every counter, read now (see :data:`~astropix_nbmonitor.status.STATUS_TABLE`)."""
+        readout_rate, hit_rate = self._rates
+        sources = StatusSources(
+            listener=self.listener.stats(),
+            decoder=self.decoder,
+            readouts=self._readouts,
+            hits=self._hits,
+            readout_rate=readout_rate,
+            hit_rate=hit_rate,
+            out_of_matrix=self.accumulator.out_of_matrix,
+            errors=self._errors,
+            uptime=self.uptime,
+        )
+        return Status.read(sources)
+
+    def state(self) -> EngineState:
+        """A consistent copy of every histogram and of :meth:`status`."""
+        with self._processing_lock:
+            snap = self.accumulator.snapshot()
+            status = self.status()
+            t, readout_rate, hit_rate = self.history.arrays()
+            self._seq += 1
+            seq = self._seq
+        chip_maps = snap["chip_hit_map"]
+        chip_tots = snap["chip_tot_hist"]
+        histograms = {
+            "hit_map": chip_maps[sum, :, :],
+            "tot_hist": chip_tots[sum, :],
+            "chip_hit_map": chip_maps,
+            "chip_tot_hist": chip_tots,
+        }
+        return EngineState(
+            seq=seq,
+            time=time.time(),
+            status=status,
+            histograms=histograms,
+            chips=snap["chips_seen"],
+            rates=np.vstack([t, readout_rate, hit_rate]),
+            running=self._running,
+        )
+
+    def refresh(self, dt: float | None = None) -> None:
+        """Update the rates (over ``dt`` seconds) and call the refresh callbacks now."""
+        with self._processing_lock:
+            self._update_rates(dt)
+            for callback in list(self._refresh_callbacks):
+                try:
+                    callback(self)
+                except Exception as exc:
+                    self.note_error(exc)
+
+    # ------------------------------------------------------------------ internals
+    @staticmethod
+    def _check_interval(value: float) -> float:
+        if not value > 0:
+            msg = f"refresh_interval must be > 0 s, got {value}"
+            raise ValueError(msg)
+        return float(value)
+
+    def _update_rates(self, dt: float | None) -> None:
+        counts = (self._readouts, self._hits)
+        if dt is not None and dt > 0 and self._running:
+            prev_r, prev_h = self._last_counts
+            self._rates = ((counts[0] - prev_r) / dt, (counts[1] - prev_h) / dt)
+            self.history.add(*self._rates)
+        elif not self._running:
+            self._rates = (0.0, 0.0)
+        self._last_counts = counts
+
+    def _process(self, records: list[bytes]) -> None:
+        if not records:
+            return
+        try:
+            if self._process_hook is not None:
+                self._process_hook(records)
+            else:
+                self.process_records(records)
+        except Exception as exc:
+            self.note_error(exc)
+
+    def _process_timed(self, records: list[bytes]) -> float:
+        with self._processing_lock:
+            began = time.perf_counter()
+            self._process(records)
+            return time.perf_counter() - began
+
+    def _next_limit(self, limit: int, n: int, took: float) -> int:
+        """Size the next batch to take about BATCH_SECONDS.
+
+        Shrunk at once after a slow batch; grown after a full one, by at most
+        4 times a step, so that one batch of an unknown (maybe slow) step
+        never holds the thread for long.
+        """
+        if took > 0 and (n == limit or took > self.BATCH_SECONDS):
+            target = self.BATCH_SECONDS * n / took
+            return int(min(self.MAX_BATCH, 4 * limit, max(self.MIN_BATCH, target)))
+        return limit
+
+    def _process_loop(self) -> None:
+        last = time.monotonic()
+        limit = self.FIRST_BATCH
+        listener = self.listener
+        stop = self._stop_event
+        try:
+            while not stop.is_set():
+                records = listener.drain(limit)
+                if records:
+                    limit = self._next_limit(limit, len(records), self._process_timed(records))
+                now = time.monotonic()
+                if now - last >= self.refresh_interval:
+                    self.refresh(now - last)
+                    last = now
+                    if self.update_pause:
+                        stop.wait(self.update_pause)
+                elif not records:
+                    stop.wait(min(0.005, self.refresh_interval))
+            self._finish_backlog(limit)
+        finally:
+            self._running = False
+            self.refresh(time.monotonic() - last)
+
+    def _finish_backlog(self, limit: int) -> None:
+        """Process what was received before the stop, for at most STOP_GRACE_S; drop the rest."""
+        deadline = time.monotonic() + self.STOP_GRACE_S
+        while time.monotonic() < deadline:
+            records = self.listener.drain(limit)
+            if not records:
+                return
+            limit = self._next_limit(limit, len(records), self._process_timed(records))
+        dropped = self.listener.discard_buffer()
+        if dropped:
+            logger.warning("%r: stopped with %d readouts not processed; counted as dropped", self, dropped)

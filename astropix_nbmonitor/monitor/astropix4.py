@@ -1,0 +1,170 @@
+"""The AstroPix 4 monitor: hit-map, TOT and rate panels over the engine's histograms."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import ipywidgets as widgets
+import numpy as np
+
+from ..astropix4.layout import NUM_COLS, NUM_ROWS
+from ..fmt import AbstractAstroPixReadout, AstroPix4Readout
+from ..hist import TOT_EDGES
+from ..sock import DEFAULT_PORT, LOCAL_HOST
+from .base import AbstractMonitor
+from .panels import HitMapPanel, Panel, RatePanel, TotPanel
+
+__all__ = ["AstroPix4SimpleMonitor"]
+
+
+class AstroPix4SimpleMonitor(AbstractMonitor):
+    """The AstroPix 4 monitor: hit map, TOT spectrum, rates and a dashboard.
+
+    ``AstroPix4SimpleMonitor().start()`` as the last line of a notebook cell
+    shows it live. :attr:`hit_map` and :attr:`tot_hist` are boost-histogram
+    copies that other cells can read, plot or fit while it runs.
+
+    Parameters
+    ----------
+    group, port
+        The UDP address of the stream (see :class:`AbstractMonitor`).
+    tot_edges : array_like
+        TOT bin edges in us (default: the collaboration's ``linspace(0, 500, 100)``).
+    history_seconds : float
+        Span of the rate strip chart.
+    **kwargs
+        The listener options of :class:`AbstractMonitor`.
+
+    A subclass adds a plot by adding a panel class to :attr:`PANELS`.
+    """
+
+    NUM_COLS = NUM_COLS
+    NUM_ROWS = NUM_ROWS
+    #: The panels, left to right.
+    PANELS: ClassVar[Sequence[type[Panel]]] = (HitMapPanel, TotPanel, RatePanel)
+    #: Height of the plots (px); their width follows the page, up to 1350 px.
+    HEIGHT_PX = 520
+    MAX_WIDTH_PX = 1350
+
+    def __init__(
+        self,
+        group: str = LOCAL_HOST,
+        port: int = DEFAULT_PORT,
+        *,
+        tot_edges: Sequence[float] = TOT_EDGES,
+        history_seconds: float = 180.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(AstroPix4Readout, group, port, tot_edges=tot_edges, history_seconds=history_seconds, **kwargs)
+        self.tot_edges = np.asarray(tot_edges, dtype=float)
+        self.shown_chip: int | None = None
+        self._build_panels()
+        self._build_chip_selector()
+
+    # ------------------------------------------------------------------ data
+    @property
+    def hit_map(self):
+        """Hit counts per pixel of all chips (boost-histogram; axes: column, then row), a copy."""
+        return self.engine.accumulator.hit_map()
+
+    @property
+    def tot_hist(self):
+        """The TOT spectrum in us of all chips (boost-histogram with under/overflow), a copy."""
+        return self.engine.accumulator.tot_hist()
+
+    def chip_hit_map(self, chip: int):
+        """The hit map of one chip_id."""
+        return self.engine.accumulator.hit_map(chip)
+
+    def chip_tot_hist(self, chip: int):
+        """The TOT spectrum of one chip_id."""
+        return self.engine.accumulator.tot_hist(chip)
+
+    @property
+    def out_of_matrix_hits(self) -> int:
+        """Decoded hits whose column (or row) lies outside the 35 x 16 matrix."""
+        return self.engine.accumulator.out_of_matrix
+
+    @property
+    def chips_seen(self) -> list[int]:
+        """The chip_ids seen so far."""
+        return sorted(self.engine.accumulator.chips_seen)
+
+    def process_readout(self, readout: AbstractAstroPixReadout) -> int:
+        """Decode one readout (chaining split hits) and fill the histograms."""
+        hits = self.decode_readout(readout)
+        self.engine.accumulate(hits)
+        return len(hits)
+
+    def process_batch(self, records: list[bytes]) -> None:
+        """Decode a batch with the engine's batch decoder and fill.
+
+        Same hits as calling :meth:`process_readout` on each record.
+        """
+        self.engine.process_records(records)
+
+    # ------------------------------------------------------------------ display
+    def update_display(self) -> None:
+        """Send the new hit map, TOT spectrum and rates to the front end (only what changed)."""
+        state = self.engine.state()
+        self._update_chip_selector(state.chips)
+        self.update_panels(state)
+
+    def _build_panels(self) -> None:
+        widths = [panel.width for panel in self.PANELS]
+        figures = self.create_canvas(
+            1, len(self.PANELS), width_ratios=widths, figsize=(self.MAX_WIDTH_PX / 100, self.HEIGHT_PX / 100)
+        )
+        for panel_class, figure in zip(self.PANELS, figures):
+            self.add_panel(panel_class(figure, self))
+
+    def panel(self, panel_class: type[Panel]) -> Panel:
+        """The panel of class ``panel_class``."""
+        for panel in self.panels:
+            if isinstance(panel, panel_class):
+                return panel
+        msg = f"{type(self).__name__} has no {panel_class.__name__}"
+        raise LookupError(msg)
+
+    @property
+    def heatmap(self):
+        """The hit map's bqplot GridHeatMap."""
+        return self.panel(HitMapPanel).heatmap
+
+    @property
+    def tot_bars(self):
+        """The TOT spectrum's bqplot Bars."""
+        return self.panel(TotPanel).bars
+
+    @property
+    def rate_lines(self):
+        """The rate chart's bqplot Lines."""
+        return self.panel(RatePanel).lines
+
+    @property
+    def scale_toggle(self) -> widgets.ToggleButtons:
+        """The hit map's linear/log switch."""
+        return self.panel(HitMapPanel).scale_toggle
+
+    def _build_chip_selector(self) -> None:
+        self.chip_selector = widgets.Dropdown(options=[("all chips", -1)], value=-1, description="chip_id")
+        self.chip_selector.layout.display = "none"
+        self.chip_selector.layout.width = "auto"
+        self.chip_selector.add_class("apx-chip")
+        self.chip_selector.observe(self._on_chip, names="value")
+        self.toolbar.children = [*self.toolbar.children, self.chip_selector]
+
+    def _on_chip(self, change: dict[str, Any]) -> None:
+        self.shown_chip = None if change["new"] == -1 else int(change["new"])
+        for panel in self.panels:
+            panel.invalidate()
+        self.redraw()
+
+    def _update_chip_selector(self, chips: Sequence[int]) -> None:
+        if len(chips) <= 1:
+            return
+        options = [("all chips", -1)] + [(f"chip {c}", c) for c in chips]
+        if list(self.chip_selector.options) != options:
+            self.chip_selector.options = options
+        self.chip_selector.layout.display = ""

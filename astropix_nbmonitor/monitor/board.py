@@ -1,0 +1,119 @@
+"""The dashboard's text: the standard status lines of every monitor, and its messages.
+
+:func:`status_html` turns a :class:`~astropix_nbmonitor.status.Status` into
+the lines every monitor shows on top (address and state, who can send, what
+was processed, what went wrong, decoding flags, warnings);
+:func:`messages_html` lays out the ``display_message`` texts of a monitor
+below them. Both are plain functions of their inputs (no widget), so the
+same lines can be checked in tests and reused by other views.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ..status import Status, format_value
+
+__all__ = ["NO_DATA_WARNING_S", "messages_html", "no_data_warning", "status_html"]
+
+#: Seconds without a datagram after which the dashboard warns.
+NO_DATA_WARNING_S = 5.0
+
+_RED = "#c0392b"
+
+
+def _span(css: str, text: str) -> str:
+    return f'<span class="{css}">{text}</span>'
+
+
+def _count(status: Status, name: str, css: str | None = None) -> str:
+    """A counter's formatted value, in red and bold when it is bad."""
+    text = status.text(name)
+    if status.is_bad(name):
+        text = f'<b style="color:{_RED}">{text}</b>'
+    return _span(css, text) if css else text
+
+
+def no_data_warning(status: Status, *, running: bool, address: tuple[str, int], now: float | None = None) -> str:
+    """The warning to show when no datagram came for :data:`NO_DATA_WARNING_S` (``""`` if none)."""
+    if not running:
+        return ""
+    now = time.time() if now is None else now
+    last = status.get("last_datagram")
+    uptime = float(status.get("uptime", 0.0))
+    group, port = address
+    if last is None and uptime > NO_DATA_WARNING_S:
+        return f"no data received in {uptime:.0f} s: is the DAQ sending to {group}:{port}?"
+    if last is not None and now - last > NO_DATA_WARNING_S:
+        return f"no data for {now - last:.0f} s"
+    return ""
+
+
+def status_html(
+    status: Status,
+    *,
+    running: bool,
+    address: tuple[str, int],
+    exposure: str = "",
+    last_error: str = "",
+    now: float | None = None,
+) -> str:
+    """The standard status lines, as HTML (one ``<br>`` between lines)."""
+    group, port = address
+    state = '<b style="color:#2a7d2a">running</b>' if running else '<b style="color:#a33">stopped</b>'
+    flags = ", ".join(f"{name} {format_value(n)}" for name, n in status.flag_counts().items() if n) or "none"
+    malformed_reasons = [
+        f"{name[len('malformed_'):]} {status.text(name)}" for name in status if name.startswith("malformed_") and status[name]
+    ]
+    malformed = _count(status, "malformed", "apx-malformed")
+    if malformed_reasons:
+        malformed += f" ({', '.join(malformed_reasons)})"
+    lines = [
+        f"Connected to address ({group!r}, {port}), {state}, uptime {status.text('uptime')}",
+        _span("apx-exposure", html.escape(exposure)),
+        f"{_span('apx-num-readouts', status.text('readouts'))} readouts "
+        f"({_span('apx-num-hits', status.text('hits'))} hits) processed; "
+        f"{status.text('readout_rate')} readouts/s, {status.text('hit_rate')} hits/s; "
+        f"empty readouts {_count(status, 'empty_readouts', 'apx-empty')}",
+        f"lost {_count(status, 'lost', 'apx-lost')}, malformed {malformed}, "
+        f"oversize {_count(status, 'oversize', 'apx-oversize')}, dropped {_count(status, 'dropped', 'apx-dropped')}, "
+        f"out of order {_count(status, 'out_of_order')}, DAQ restarts {status.text('daq_restarts')}, "
+        f"missed while stopped {status.text('missed_while_stopped')}",
+        f"recovered split hits {status.text('recovered_hits')}, out-of-matrix hits {_count(status, 'out_of_matrix')}",
+        f"decoding flags: {html.escape(flags)}",
+    ]
+    if status.get("errors"):
+        error = html.escape(f"errors {status.text('errors')}: {last_error}")
+        lines.append(f'<span class="apx-errors" style="color:{_RED}">{error}</span>')
+    warning = no_data_warning(status, running=running, address=address, now=now)
+    if warning:
+        lines.append(f'<span class="apx-warning" style="color:{_RED};font-weight:bold">&#9888; {html.escape(warning)}</span>')
+    return f'<div class="apx-status" style="line-height:1.4">{"<br>".join(lines)}</div>'
+
+
+def messages_html(messages: Mapping[tuple[float, float], tuple[str, dict[str, Any]]]) -> str:
+    """The ``display_message`` texts at their relative positions (``""`` if none).
+
+    ``messages`` maps ``(x, y)`` (0..1, ``y = 1`` at the top) to ``(text,
+    options)``; options: ``color``, ``fontsize`` (points), ``fontweight``,
+    ``html`` (pass the text as HTML instead of escaping it).
+    """
+    if not messages:
+        return ""
+    parts = []
+    for (x, y), (text, opts) in sorted(messages.items(), key=lambda item: (-item[0][1], item[0][0])):
+        body = text if opts.get("html") else html.escape(text).replace("\n", "<br>")
+        style = [f"left:{100 * x:.1f}%", f"top:{100 * (1 - y):.1f}%", "position:absolute", "white-space:nowrap"]
+        if "color" in opts:
+            style.append(f"color:{opts['color']}")
+        if "fontsize" in opts:
+            style.append(f"font-size:{float(opts['fontsize']):g}pt")
+        if "fontweight" in opts:
+            style.append(f"font-weight:{opts['fontweight']}")
+        parts.append(f'<div style="{";".join(style)}">{body}</div>')
+    lines = max((t.count("\n") + t.count("<br") + 1 for t, _ in messages.values()), default=1)
+    height = 1.4 * lines + 0.4
+    return f'<div class="apx-messages" style="position:relative;line-height:1.4;min-height:{height:.1f}em">{"".join(parts)}</div>'

@@ -1,0 +1,283 @@
+"""Plots as panels: each builds its bqplot marks once and updates them from a state.
+
+A :class:`Panel` owns one ``bqplot.Figure`` of a monitor's canvas. Its
+:meth:`~Panel.build` makes the marks, axes and any toolbar controls once;
+its :meth:`~Panel.update` takes an
+:class:`~astropix_nbmonitor.engine.EngineState` and sends only what changed.
+A new plot is one panel class (see ``notebooks/custom_monitor.ipynb``)::
+
+    class ColumnProfile(Panel):
+        title = "Hits per column"
+
+        def build(self):
+            x, y = bqplot.OrdinalScale(), bqplot.LinearScale(min=0.0)
+            self.bars = bqplot.Bars(x=np.arange(16.0), y=np.zeros(16), scales={"x": x, "y": y})
+            self.figure.marks = [self.bars]
+            self.figure.axes = [bqplot.Axis(scale=x, label="column"),
+                                bqplot.Axis(scale=y, label="hits")]
+
+        def update(self, state):
+            self.bars.y = state.hit_counts(self.chip).sum(axis=0)
+
+The chip a panel shows (``self.chip``: None for all chips) and other view
+options come from its monitor.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import bqplot
+import ipywidgets as widgets
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..engine import EngineState
+
+__all__ = ["HitMapPanel", "Panel", "RatePanel", "TotPanel", "integer_ticks", "log_ticks"]
+
+_BLUE = "#3b6ea8"
+_ORANGE = "#d9822b"
+
+
+def integer_ticks(top: float, n: int = 5) -> np.ndarray:
+    """About ``n`` round integer ticks from 0 to at least ``top`` (never fractions).
+
+    A colour bar of counts then never shows ``100m`` on an empty map.
+    """
+    top = max(float(top), 1.0)
+    raw = top / max(n - 1, 1)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    step = max(1.0, step)
+    return np.arange(0.0, top + 0.5 * step, step)
+
+
+def log_ticks(top: float) -> np.ndarray:
+    """Decades 1, 10, 100... up to at least ``top``."""
+    top = max(float(top), 10.0)
+    return 10.0 ** np.arange(0, math.ceil(math.log10(top)) + 1)
+
+
+class Panel:
+    """One plot of a monitor: a figure, its marks, and how to update them.
+
+    Parameters
+    ----------
+    figure : bqplot.Figure
+        The figure to draw in (one cell of :meth:`AbstractMonitor.create_canvas`).
+    monitor : AbstractMonitor or None
+        The monitor it belongs to (gives the chip shown).
+
+    Subclasses set :attr:`title` and :attr:`width` (relative width on the
+    canvas) and write :meth:`build` and :meth:`update`; :attr:`controls` are
+    widgets the monitor adds to its toolbar.
+    """
+
+    #: Figure title.
+    title: str = ""
+    #: Relative width of the panel on the canvas.
+    width: float = 1.0
+    #: CSS class of the figure (for styling and browser tests).
+    css_class: str = ""
+
+    def __init__(self, figure: bqplot.Figure, monitor: Any = None) -> None:
+        self.figure = figure
+        self.monitor = monitor
+        self.controls: list[widgets.Widget] = []
+        if self.title:
+            figure.title = self.title
+        if self.css_class:
+            figure.add_class(self.css_class)
+        self.build()
+
+    @property
+    def chip(self) -> int | None:
+        """The chip_id shown (None: all chips)."""
+        return getattr(self.monitor, "shown_chip", None)
+
+    def build(self) -> None:
+        """Make the marks and axes (once)."""
+        raise NotImplementedError
+
+    def update(self, state: EngineState) -> None:
+        """Send what changed in ``state`` to the marks."""
+        raise NotImplementedError
+
+    def invalidate(self) -> None:
+        """Forget what was sent, so that the next :meth:`update` resends everything."""
+
+    def redraw(self) -> None:
+        """Ask the monitor for a refresh now (after a control changed)."""
+        self.invalidate()
+        if self.monitor is not None:
+            self.monitor.redraw()
+
+
+class HitMapPanel(Panel):
+    """Hits per pixel: columns on x, rows on y with row 0 at the top, as offline."""
+
+    title = "Hit map"
+    width = 1.0
+    css_class = "apx-hitmap"
+
+    def build(self) -> None:
+        monitor = self.monitor
+        num_rows = int(getattr(monitor, "NUM_ROWS", 35))
+        num_cols = int(getattr(monitor, "NUM_COLS", 16))
+        col_scale = bqplot.OrdinalScale()
+        row_scale = bqplot.OrdinalScale(reverse=True)
+        # min/max set from the start: an empty (or never started) map is
+        # drawn in the lowest colour, not in the middle of an undefined scale.
+        self.color_scale = bqplot.ColorScale(scheme="viridis", min=0.0, max=1.0)
+        self.tooltip = bqplot.Tooltip(fields=["row", "column", "color"], labels=["row", "column", "hits"], formats=["", "", ".0f"])
+        self.heatmap = bqplot.GridHeatMap(
+            row=np.arange(num_rows, dtype=np.float64),
+            column=np.arange(num_cols, dtype=np.float64),
+            color=np.zeros((num_rows, num_cols)),
+            scales={"row": row_scale, "column": col_scale, "color": self.color_scale},
+            stroke="white",
+            null_color="#440154",
+            tooltip=self.tooltip,
+        )
+        self.color_axis = bqplot.ColorAxis(
+            scale=self.color_scale, side="right", label="hits", tick_format="~s", tick_values=integer_ticks(1.0)
+        )
+        self.figure.axes = [
+            bqplot.Axis(scale=col_scale, label="column", tick_values=np.arange(0, num_cols, 3)),
+            bqplot.Axis(scale=row_scale, side="left", label="row", tick_values=np.arange(0, num_rows, 5)),
+            self.color_axis,
+        ]
+        self.figure.marks = [self.heatmap]
+        self.figure.fig_margin = {"top": 30, "bottom": 45, "left": 45, "right": 75}
+        self.scale_label = widgets.Label("hit map scale")
+        self.scale_toggle = widgets.ToggleButtons(options=["linear", "log"], value="linear")
+        self.scale_toggle.style.button_width = "60px"
+        self.scale_toggle.observe(lambda _: self.redraw(), names="value")
+        box = widgets.HBox([self.scale_label, self.scale_toggle], layout=widgets.Layout(align_items="center", width="auto"))
+        box.add_class("apx-scale")
+        self.controls = [box]
+        self._last: tuple[np.ndarray, bool] | None = None
+
+    @property
+    def log(self) -> bool:
+        """True when the colour scale is logarithmic."""
+        return self.scale_toggle.value == "log"
+
+    def invalidate(self) -> None:
+        self._last = None
+
+    def colors(self, counts: np.ndarray) -> np.ndarray:
+        """The colour values sent for hit ``counts``.
+
+        Linear: the counts. Log: the counts too (so the tooltip shows counts)
+        on a log colour scale starting at 0.4: pixels with no hit get 0.4,
+        drawn in the lowest colour, and their tooltip (``.0f``) says 0.
+        """
+        if not self.log:
+            return counts
+        return np.where(counts > 0, counts, 0.4)
+
+    def update(self, state: EngineState) -> None:
+        counts = state.hit_counts(self.chip)
+        log = self.log
+        if self._last is not None and self._last[1] == log and np.array_equal(counts, self._last[0]):
+            return
+        top = float(counts.max()) if counts.size else 0.0
+        with self.heatmap.hold_sync(), self.color_scale.hold_sync(), self.color_axis.hold_sync():
+            if log:
+                ticks = log_ticks(top)
+                self.color_scale.scale_type = "log"
+                self.color_scale.min = 0.4
+                self.color_scale.max = float(ticks[-1])
+            else:
+                ticks = integer_ticks(top)
+                self.color_scale.scale_type = "linear"
+                self.color_scale.min = 0.0
+                self.color_scale.max = float(max(top, 1.0))
+            self.color_axis.tick_values = ticks[ticks <= self.color_scale.max]
+            self.heatmap.color = self.colors(counts)
+        self.figure.title = "Hit map (log scale)" if log else "Hit map"
+        self._last = (counts, log)
+
+
+class TotPanel(Panel):
+    """The TOT spectrum, with the overflow count in the title."""
+
+    title = "TOT spectrum"
+    width = 1.35
+    css_class = "apx-tot"
+
+    def build(self) -> None:
+        edges = np.asarray(getattr(self.monitor, "tot_edges", np.linspace(0.0, 500.0, 100)), dtype=float)
+        self.edges = edges
+        x_scale = bqplot.LinearScale(min=float(edges[0]), max=float(edges[-1]))
+        y_scale = bqplot.LinearScale(min=0.0)
+        self.bars = bqplot.Bars(
+            x=0.5 * (edges[1:] + edges[:-1]),
+            y=np.zeros(len(edges) - 1),
+            scales={"x": x_scale, "y": y_scale},
+            padding=0.0,
+            colors=[_BLUE],
+            stroke=_BLUE,
+        )
+        self.figure.axes = [
+            bqplot.Axis(scale=x_scale, label="TOT [us]"),
+            bqplot.Axis(scale=y_scale, side="left", label="hits", tick_format="~s"),
+        ]
+        self.figure.marks = [self.bars]
+        self._last: tuple[np.ndarray, int] | None = None
+
+    def invalidate(self) -> None:
+        self._last = None
+
+    def title_for(self, overflow: int) -> str:
+        """The title: the overflow edge is the last real bin edge."""
+        return f"TOT spectrum (overflow > {self.edges[-1]:g} us: {overflow:,})"
+
+    def update(self, state: EngineState) -> None:
+        counts, _, overflow = state.tot_counts(self.chip)
+        if self._last is not None and self._last[1] == overflow and np.array_equal(counts, self._last[0]):
+            return
+        self.bars.y = counts
+        self.figure.title = self.title_for(overflow)
+        self._last = (counts, overflow)
+
+
+class RatePanel(Panel):
+    """Readout and hit rates over the last minutes, one point a refresh."""
+
+    title = "Rates"
+    width = 1.35
+    css_class = "apx-rates"
+    #: Room left above the highest point, so the legend never covers a line.
+    HEADROOM = 1.35
+
+    def build(self) -> None:
+        x_scale = bqplot.LinearScale()
+        self.y_scale = bqplot.LinearScale(min=0.0, max=1.0)
+        self.lines = bqplot.Lines(
+            x=np.zeros(0, dtype=np.float32),
+            y=np.zeros((2, 0), dtype=np.float32),
+            scales={"x": x_scale, "y": self.y_scale},
+            colors=[_BLUE, _ORANGE],
+            labels=["readouts/s", "hits/s"],
+            display_legend=True,
+        )
+        self.figure.axes = [
+            bqplot.Axis(scale=x_scale, label="seconds ago"),
+            bqplot.Axis(scale=self.y_scale, side="left", label="rate [1/s]", tick_format="~s"),
+        ]
+        self.figure.marks = [self.lines]
+        self.figure.legend_location = "top-right"
+
+    def update(self, state: EngineState) -> None:
+        t, readout_rate, hit_rate = state.rates
+        if not len(t):
+            return
+        top = float(max(readout_rate.max(), hit_rate.max(), 1.0))
+        with self.lines.hold_sync(), self.y_scale.hold_sync():
+            self.y_scale.max = top * self.HEADROOM
+            self.lines.x = t.astype(np.float32)
+            self.lines.y = np.vstack([readout_rate, hit_rate]).astype(np.float32)

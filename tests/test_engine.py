@@ -1,0 +1,258 @@
+"""The headless engine (issue 10, point 1): no widget at all.
+
+* importing it imports neither ipywidgets nor bqplot (checked in a fresh
+  interpreter);
+* a live stream over loopback gives counters and histograms equal to the
+  simulator's truth, through ``status()`` and ``state()``;
+* ``replay()`` of the same records (with lost, malformed, oversize readouts
+  and a DAQ restart in them) gives the same counters as the live stream;
+* ``stop()`` returns within about a second whatever the backlog, and the
+  backlog is processed or counted, on the processing thread only;
+* refreshes stay on time with a slow per-readout step;
+* readouts sent while stopped are counted as missed while stopped.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import make_record, send_paced, wait_for
+
+from astropix_nbmonitor import MonitorEngine
+from astropix_nbmonitor.engine import EngineState
+from astropix_nbmonitor.fmt import FLAG_NAMES, AstroPix4Readout
+from astropix_nbmonitor.sim import AstroPix4Simulator
+from astropix_nbmonitor.status import STATUS_TABLE, Status
+
+_ENGINE_THREADS = ("astropix-monitor-listener", "astropix-monitor-processing")
+
+
+def _engine_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name in _ENGINE_THREADS]
+
+
+@pytest.fixture
+def engine():
+    eng = MonitorEngine(port=0, refresh_interval=0.05)
+    yield eng
+    eng.close()
+    assert _engine_threads() == []
+
+
+def _expected_map(hits: np.ndarray) -> np.ndarray:
+    inside = hits[(hits["column"] < 16) & (hits["row"] < 35)]
+    out = np.zeros((16, 35), dtype=np.int64)
+    np.add.at(out, (inside["column"].astype(int), inside["row"].astype(int)), 1)
+    return out
+
+
+def test_importing_the_engine_imports_no_widget_library():
+    code = (
+        "import sys\n"
+        "from astropix_nbmonitor import MonitorEngine\n"
+        "import astropix_nbmonitor.engine, astropix_nbmonitor.status\n"
+        "bad = sorted(m for m in ('ipywidgets', 'bqplot', 'traitlets', 'IPython') if m in sys.modules)\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "", f"importing the engine imported {out.stdout.strip()}"
+
+
+def test_a_live_stream_is_counted_and_histogrammed_exactly(engine):
+    sim = AstroPix4Simulator(seed=11, hits_per_readout=2.0, faults={"split": 0.05, "out_of_matrix": 0.02})
+    run = sim.generate(3000)
+    engine.start()
+    assert engine.running
+    send_paced(engine.port, run.records)
+    wait_for(lambda: engine.num_readouts == run.num_readouts, what="every readout processed")
+    engine.stop()
+    st = engine.status()
+    inside = run.truth[(run.truth["column"] < 16) & (run.truth["row"] < 35)]
+    assert st["readouts"] == run.num_readouts
+    assert st["hits"] == len(run.truth)
+    assert st["lost"] == st["malformed"] == st["dropped"] == st["errors"] == 0
+    assert st["recovered_hits"] == run.num_split
+    assert st["out_of_matrix"] == run.num_out_of_matrix
+    assert st["last_datagram"] is not None and st["uptime"] > 0
+    state = engine.state()
+    assert isinstance(state, EngineState)
+    assert np.array_equal(state.hit_map.values(), _expected_map(run.truth))
+    assert state.tot_hist.sum(flow=True) == len(run.truth)
+    assert int(state.hit_map.sum()) == len(inside)
+    assert state.chips == (0,)
+    assert state.status["readouts"] == run.num_readouts
+    assert np.array_equal(state.chip_hit_map(0).values(), state.hit_map.values())
+    assert state.rates.shape[0] == 3 and state.rates.shape[1] >= 1
+
+
+def test_state_is_a_copy_with_a_sequence_number_and_a_time(engine):
+    run = AstroPix4Simulator(seed=2).generate(200)
+    engine.replay(run.records)
+    first = engine.state()
+    engine.replay(AstroPix4Simulator(seed=3, start_id=200).generate(200).records)
+    second = engine.state()
+    assert second.seq == first.seq + 1
+    assert first.time <= second.time
+    assert first.status["readouts"] == 200 and second.status["readouts"] == 400
+    assert first.hit_map.sum() < second.hit_map.sum()  # the first copy did not change
+
+
+def test_status_is_one_table_with_labels_and_judgement(engine):
+    st = engine.status()
+    assert isinstance(st, Status)
+    assert list(st) == [c.name for c in STATUS_TABLE]
+    needed = {
+        "readouts", "hits", "readout_rate", "hit_rate", "lost", "malformed", "malformed_short", "malformed_header",
+        "malformed_length", "dropped", "out_of_order", "daq_restarts", "recovered_hits", "out_of_matrix",
+        "empty_readouts", "oversize", "missed_while_stopped", "errors", "uptime", "last_datagram",
+    } | {f"flag_{name.lower()}" for name in FLAG_NAMES}
+    assert needed <= set(st)
+    assert st.label("lost") == "lost readouts"
+    assert not st.is_bad("lost")  # zero is never bad
+    engine.replay([b"junk"])
+    st = engine.status()
+    assert st["malformed"] == st["malformed_short"] == 1
+    assert st.is_bad("malformed") and [r.name for r in st.bad_rows()] == ["malformed", "malformed_short"]
+    assert any(line.split() == ["malformed", "datagrams", "1", "!"] for line in st.text_block())
+    assert "malformed datagrams 1!" in st.one_line()
+
+
+def _stream_with_faults() -> list[bytes]:
+    """Records with a gap, malformed and oversize datagrams, reordering and a DAQ restart."""
+    sim = AstroPix4Simulator(seed=5, faults={"split": 0.05})
+    records = sim.generate(400).records
+    records = records[:100] + records[103:]  # 3 lost
+    records.insert(50, b"\xfe\xdc\xba" + bytes(5))  # short
+    records.insert(60, b"\x00" * 40)  # header
+    records.insert(70, make_record(bytes(10), 2**31)[:-2])  # length
+    records.insert(80, make_record(b"\xbc" * 5000, 80))  # oversize (id in sequence? no: far ahead, see below)
+    records.insert(150, records[149])  # a duplicate: out of order
+    restart = AstroPix4Simulator(seed=6, start_id=0).generate(100).records  # the DAQ restarts at id 0
+    return records + restart
+
+
+def test_replay_counts_exactly_as_a_live_stream(engine):
+    records = _stream_with_faults()
+    engine.start()
+    send_paced(engine.port, records, burst=20)
+    wait_for(lambda: engine.status()["lost"] >= 3 and engine.listener.stats().datagrams == len(records), what="all datagrams")
+    wait_for(lambda: engine.listener.stats().buffered == 0, what="the backlog")
+    engine.stop()
+    live = engine.status().as_dict()
+    replayed_engine = MonitorEngine(port=0)
+    try:
+        replayed_engine.replay(records)
+        replayed = replayed_engine.status().as_dict()
+    finally:
+        replayed_engine.close()
+    for name in ("uptime", "last_datagram", "readout_rate", "hit_rate", "missed_while_stopped"):
+        live.pop(name)
+        replayed.pop(name)
+    assert live == replayed
+    assert replayed["daq_restarts"] == 1
+    assert replayed["malformed"] == 3 and replayed["oversize"] == 1
+    assert replayed["out_of_order"] >= 1
+
+
+def test_stop_returns_within_a_second_whatever_the_backlog():
+    seen = []
+
+    def slow(records):
+        for record in records:
+            time.sleep(0.01)
+            seen.append(threading.current_thread().name)
+        eng.count_processed(len(records), 0)
+
+    eng = MonitorEngine(port=0, refresh_interval=0.1, process=slow)
+    try:
+        eng.start()
+        records = AstroPix4Simulator(seed=1).generate(3000).records
+        send_paced(eng.port, records)
+        wait_for(lambda: eng.listener.stats().accepted == len(records), what="every datagram received")
+        began = time.monotonic()
+        eng.stop()
+        took = time.monotonic() - began
+        st = eng.status()
+        # Everything received is either processed or dropped and counted.
+        assert st["readouts"] + st["dropped"] == len(records)
+        assert st["dropped"] > 0
+        assert set(seen) == {"astropix-monitor-processing"}  # never on the caller's thread
+        # Processing the whole backlog would take 30 s: stop() did not wait for it.
+        assert took < 10.0, f"stop() took {took:.1f} s"
+    finally:
+        eng.close()
+
+
+def test_refreshes_happen_with_a_slow_per_readout_step():
+    refreshes = []
+
+    def slow(records):
+        time.sleep(0.01 * len(records))
+        eng.count_processed(len(records), 0)
+
+    eng = MonitorEngine(port=0, refresh_interval=0.1, process=slow)
+    eng.add_refresh_callback(lambda e: refreshes.append(time.monotonic()))
+    try:
+        eng.start()
+        send_paced(eng.port, AstroPix4Simulator(seed=1).generate(2000).records)
+        wait_for(lambda: len(refreshes) >= 10, what="ten refreshes")
+        # The batches shrank to what a refresh interval allows (a 500-readout
+        # batch would hold the thread for 5 s).
+        assert eng.num_readouts < 2000
+    finally:
+        eng.close()
+
+
+def test_readouts_sent_while_stopped_are_counted_as_missed(engine):
+    sim = AstroPix4Simulator(seed=4)
+    engine.start()
+    first = sim.generate(300).records
+    send_paced(engine.port, first)
+    wait_for(lambda: engine.num_readouts == 300, what="the first part")
+    engine.stop()
+    sim.generate(250)  # sent while the monitor is stopped: nobody hears them
+    engine.start()
+    send_paced(engine.port, sim.generate(200).records)
+    wait_for(lambda: engine.num_readouts == 500, what="the second part")
+    st = engine.status()
+    assert st["missed_while_stopped"] == 250
+    assert st["lost"] == 0
+
+
+def test_a_generic_readout_class_is_decoded_one_readout_at_a_time():
+    class OtherChip(AstroPix4Readout):
+        """Same bytes, another class: the engine must not assume the batch decoder."""
+
+    eng = MonitorEngine(OtherChip, port=0)
+    try:
+        run = AstroPix4Simulator(seed=9, faults={"split": 0.1}).generate(500)
+        eng.replay(run.records)
+        st = eng.status()
+        assert st["readouts"] == 500 and st["hits"] == len(run.truth)
+        assert st["recovered_hits"] == run.num_split
+        assert np.array_equal(eng.state().hit_map.values(), _expected_map(run.truth))
+    finally:
+        eng.close()
+
+
+def test_reset_clears_every_counter_and_histogram(engine):
+    engine.replay(AstroPix4Simulator(seed=3).generate(100).records + [b"junk"])
+    engine.reset()
+    st = engine.status()
+    assert all(st[c.name] in (0, 0.0, None) for c in STATUS_TABLE), st.as_dict()
+    assert engine.state().hit_map.sum() == 0
+
+
+def test_start_and_stop_are_safe_twice(engine):
+    engine.start()
+    engine.start()
+    assert sorted(_engine_threads()) == sorted(_ENGINE_THREADS)
+    engine.stop()
+    engine.stop()
+    assert _engine_threads() == []
+    assert not engine.running
