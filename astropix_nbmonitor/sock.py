@@ -1,7 +1,7 @@
 """UDP transport of readout records: a receiver and a sender.
 
 Each readout travels as one UDP datagram holding one readout record
-(FORMAT.md section 1). Two kinds of address are understood:
+(docs/format.md section 1). Two kinds of address are understood:
 
 * a unicast address, by default ``127.0.0.1`` (the DAQ host and the monitor
   on the same machine): the receiver binds to that address and port, and a
@@ -162,15 +162,14 @@ def _bind_error(exc: OSError, address: str, port: int, multicast: bool) -> OSErr
     """Turn a failed bind into an error that says what to do."""
     where = f"{address}:{port}"
     if exc.errno == errno.EADDRINUSE:
+        another_port = "choose another port (port=... in Python, --port on the command line)"
         if multicast:
-            hint = (
-                "another program holds the port without sharing it; stop it, or choose another port with --port"
-            )
+            hint = f"another program holds the port without sharing it; stop it, or {another_port}"
         else:
             hint = (
                 "another receiver (a monitor, a recorder, another notebook kernel?) is already listening there; "
-                "stop it, choose another port with --port, or use a multicast group (e.g. "
-                f"{DEFAULT_GROUP}) so that several receivers can listen at once"
+                f"stop it, {another_port}, or use a multicast group (e.g. {DEFAULT_GROUP}) so that several "
+                "receivers can listen at once"
             )
         return AddressInUseError(f"cannot listen on {where}: address already in use; {hint}", address=address, port=port)
     if exc.errno == errno.EADDRNOTAVAIL:

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from astropix_nbmonitor import sock as sock_module
 from astropix_nbmonitor.fmt import AstroPix4Readout, MalformedReadoutError
 from astropix_nbmonitor.sock import (
     DEFAULT_GROUP,
@@ -151,9 +152,22 @@ def test_unicast_port_in_use_is_a_clear_error():
         message = str(exc)
         assert f"{LOCAL_HOST}:{port}" in message
         assert "already in use" in message and "--port" in message
+        # Python callers are told the argument to change, not only the command-line option.
+        assert "port=" in message
     # Once closed, the port is free again at once (UDP has no TIME_WAIT).
     with MulticastReceiver(port=port) as again:
         assert again.port == port
+
+
+@pytest.mark.parametrize("multicast", [False, True], ids=["unicast", "multicast"])
+def test_port_in_use_message_names_the_python_argument_and_the_option(multicast):
+    group = DEFAULT_GROUP if multicast else LOCAL_HOST
+    exc = sock_module._bind_error(OSError(errno.EADDRINUSE, "Address already in use"), group, 5007, multicast)
+    assert isinstance(exc, AddressInUseError)
+    assert (exc.address, exc.port) == (group, 5007)
+    message = str(exc)
+    assert f"{group}:5007" in message and "already in use" in message
+    assert "port=... in Python" in message and "--port on the command line" in message
 
 
 def test_sender_to_nobody_does_not_fail():
