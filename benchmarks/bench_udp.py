@@ -47,15 +47,15 @@ import os
 import select
 import socket
 import statistics
-import struct
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from astropix_nbmonitor.fmt import RECORD_HEADER, AstroPix4Readout, BatchDecoder
+from astropix_nbmonitor.fmt import AstroPix4Readout, BatchDecoder
 from astropix_nbmonitor.listener import _IOVec, _MMsgHdr, Listener  # the kernel's structs, as the listener declares them
+from astropix_nbmonitor.record import RECORD_HEADER_SIZE, RECORD_MAGIC, RECORD_STRUCT
 from astropix_nbmonitor.sock import LOCAL_HOST, MAX_DATAGRAM_SIZE, MulticastReceiver, MulticastSender
 
 RATES = (25_000, 50_000, 100_000, 150_000, 200_000, 300_000)
@@ -63,7 +63,6 @@ QUICK_RATES = (25_000, 100_000, 200_000)
 #: Offered rate of the overload test with a consumer limited to half of it.
 OVERLOAD_RATE = 100_000
 REAL_APX = Path(__file__).resolve().parents[2] / "shared" / "astropix-data" / "20250723_092534_data.apx"
-_RECORD = struct.Struct("<3sIQI")
 _QUIET = 0.3  # s without a datagram after the sender ended: the run is over
 
 
@@ -73,7 +72,7 @@ def payloads() -> list[bytes]:
         from astropix_nbmonitor.fileio import apx_open
 
         with apx_open(REAL_APX) as reader:
-            return [r[19:] for r in reader.records()]
+            return [r[RECORD_HEADER_SIZE:] for r in reader.records()]
     return [b"\xbc\xbc\xe0\x50\x42\x03\x06\x20\xd7\x01\xbc\xbc\xbc\xbc\xbc\xbc"]
 
 
@@ -175,11 +174,11 @@ def sender_main(port: int, rate: float, seconds: float, data: list[bytes], count
     """
     if cpus is not None:
         os.sched_setaffinity(0, cpus)
-    pack = _RECORD.pack
+    pack = RECORD_STRUCT.pack
     n_data = len(data)
     ts = time.time_ns()
     block = 256 if rate <= 0 else max(1, min(256, round(rate * 0.001)))
-    slot = max(64, max(len(d) for d in data) + 19)
+    slot = max(64, max(len(d) for d in data) + RECORD_HEADER_SIZE)
     tx = _BlockSender(port, block, slot)
     next_id = 0
     try:
@@ -202,7 +201,7 @@ def sender_main(port: int, rate: float, seconds: float, data: list[bytes], count
             else:
                 first = next_id
                 next_id += block
-            tx.send([pack(RECORD_HEADER, i, ts, len(d)) + d for i in range(first, first + block) for d in (data[i % n_data],)])
+            tx.send([pack(RECORD_MAGIC, i, ts, len(d)) + d for i in range(first, first + block) for d in (data[i % n_data],)])
             sent += block
         elapsed = time.monotonic() - t0
     finally:
@@ -267,11 +266,11 @@ class Sender:
     def send_tail(self, first_id: int, n: int) -> int:
         """After a pause, ``n`` more records slowly, so that a gap at the end shows in the ids."""
         time.sleep(0.5)
-        pack = _RECORD.pack
+        pack = RECORD_STRUCT.pack
         with MulticastSender(LOCAL_HOST, self.port) as tx:
             for i in range(first_id, first_id + n):
                 d = self.data[i % len(self.data)]
-                tx.send_data(pack(RECORD_HEADER, i, 0, len(d)) + d)
+                tx.send_data(pack(RECORD_MAGIC, i, 0, len(d)) + d)
                 time.sleep(0.002)
         return n
 
@@ -445,11 +444,11 @@ _FILL_RCVBUF = 512 * 1024 * 1024
 
 def fill(port: int, n: int, data: list[bytes]) -> None:
     """Put ``n`` records in the receiver's socket (nobody reading)."""
-    pack = _RECORD.pack
-    tx = _BlockSender(port, 256, max(64, max(len(d) for d in data) + 19))
+    pack = RECORD_STRUCT.pack
+    tx = _BlockSender(port, 256, max(64, max(len(d) for d in data) + RECORD_HEADER_SIZE))
     try:
         for first in range(0, n, 256):
-            tx.send([pack(RECORD_HEADER, i, 0, len(d)) + d for i in range(first, min(n, first + 256)) for d in (data[i % len(data)],)])
+            tx.send([pack(RECORD_MAGIC, i, 0, len(d)) + d for i in range(first, min(n, first + 256)) for d in (data[i % len(data)],)])
     finally:
         tx.close()
 
@@ -579,11 +578,12 @@ def overload(
         f"  consumer decoded {consumer.readouts} readouts ({consumer.hits} hits) in {total:.1f} s "
         f"(until the buffer was empty): {fmt_rate(consumer.readouts / total).strip()}"
     )
-    accounted = stats.accepted + stats.lost == sent
+    counted = stats.accepted + stats.oversize + stats.lost + stats.missed_while_stopped
+    accounted = counted == sent
     balanced = stats.accepted == stats.processed + stats.dropped + stats.buffered
     print(
-        f"  every readout sent counted as received or lost: accepted + lost = {stats.accepted + stats.lost}, "
-        f"sent = {sent}: {'OK' if accounted else 'MISMATCH'}; accepted = processed + dropped + buffered: "
+        f"  every readout sent counted as received or lost: accepted + oversize + lost + missed while stopped "
+        f"= {counted}, sent = {sent}: {'OK' if accounted else 'MISMATCH'}; accepted = processed + dropped + buffered: "
         f"{'OK' if balanced else 'MISMATCH'}"
     )
     growth_mb = (peak[0] - rss0) * 1024 / 1e6
@@ -607,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     overload_seconds = args.overload_seconds if args.overload_seconds is not None else (5.0 if args.quick else 30.0)
     rates = QUICK_RATES if args.quick else RATES
     data = payloads()
-    size = statistics.mean(len(d) for d in data) + 19
+    size = statistics.mean(len(d) for d in data) + RECORD_HEADER_SIZE
     t_start = time.monotonic()
     print(
         f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, records of {size:.1f} bytes on average "

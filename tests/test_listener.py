@@ -12,6 +12,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -19,8 +20,10 @@ from hypothesis import strategies as st
 
 from conftest import send_paced as send
 from conftest import socket_inodes
-from astropix_nbmonitor.fmt import RECORD_HEADER, AstroPix4Readout, MalformedReadoutError, parse_record
 from astropix_nbmonitor import listener as listener_module
+from astropix_nbmonitor import record as record_module
+from astropix_nbmonitor.fmt import AstroPix4Readout
+from astropix_nbmonitor.record import RECORD_HEADER, MalformedReadoutError, pack_record, parse_record
 from astropix_nbmonitor.listener import (
     IdTracker,
     MALFORMED_REASONS,
@@ -100,7 +103,7 @@ def wait_datagrams(listener: Listener, n: int) -> ListenerStats:
 
 
 def check_invariants(stats: ListenerStats) -> None:
-    assert stats.datagrams == stats.accepted + stats.malformed
+    assert stats.datagrams == stats.accepted + stats.malformed + stats.oversize
     assert stats.accepted == stats.processed + stats.dropped + stats.buffered
     assert stats.malformed == sum(stats.malformed_by_reason.values())
     assert set(stats.malformed_by_reason) == set(MALFORMED_REASONS)
@@ -632,3 +635,332 @@ def test_recvmmsg_errors_are_survived(make_listener):
     assert stats.accepted == 1000 and stats.lost == stats.malformed == 0
     check_invariants(stats)
     assert ids_of(listener.drain()) == list(range(1000))
+
+
+# --------------------------------------------------------------------------
+# The framing, in one place
+
+
+def test_the_framing_names_are_those_of_record():
+    assert listener_module.MALFORMED_REASONS is record_module.MALFORMED_REASONS  # re-exported
+    assert listener_module.DEFAULT_MAX_DATA_BYTES == record_module.DEFAULT_MAX_DATA_BYTES == 4096
+    assert not hasattr(listener_module, "_RECORD_STRUCT")
+    for name in ("RECORD_STRUCT", "RECORD_MAGIC", "RECORD_HEADER_SIZE"):
+        assert getattr(listener_module, name) is getattr(record_module, name)
+    source = Path(listener_module.__file__).read_text(encoding="utf-8")
+    assert "struct.Struct(" not in source and "\\xfe\\xdc\\xba" not in source
+
+
+# --------------------------------------------------------------------------
+# Oversize records
+
+
+def big_record(rid: int, size: int) -> bytes:
+    """A well-formed record with ``size`` bytes of data."""
+    return pack_record(rid, 0, b"\xbc" * size)
+
+
+def test_oversize_records_are_counted_not_kept(make_listener_both):
+    listener = make_listener_both().start()
+    limit = record_module.DEFAULT_MAX_DATA_BYTES
+    assert listener.max_data_bytes == limit
+    sizes = [10, limit, limit + 1, 20, 60_000, 30, limit + 1]
+    sent = [big_record(i, size) for i, size in enumerate(sizes)]
+    send(listener.address()[1], sent)
+    stats = wait_datagrams(listener, len(sent))
+    check_invariants(stats)
+    assert (stats.accepted, stats.oversize, stats.malformed) == (4, 3, 0)
+    assert stats.bytes == sum(map(len, sent))
+    # their ids count: no gap where an oversize record was
+    assert stats.lost == stats.out_of_order == stats.restarts == 0
+    assert ids_of(listener.drain()) == [0, 1, 3, 5]
+    assert listener.stats().as_dict()["oversize"] == 3
+
+
+@pytest.mark.parametrize("bound", [0, None])
+def test_no_data_bound(make_listener_both, bound):
+    listener = make_listener_both(max_data_bytes=bound).start()
+    assert listener.max_data_bytes is None
+    send(listener.address()[1], [big_record(0, 60_000), big_record(1, 5000)])
+    stats = wait_datagrams(listener, 2)
+    assert (stats.accepted, stats.oversize) == (2, 0)
+    assert ids_of(listener.drain()) == [0, 1]
+
+
+def test_a_chosen_data_bound():
+    listener = Listener(port=0, max_data_bytes=100)
+    kept = listener.ingest([big_record(0, 100), big_record(1, 101), big_record(2, 99)])
+    assert ids_of(kept) == [0, 2]
+    assert listener.stats().oversize == 1
+    for bad in (-1, 1.5, True, "4096"):
+        with pytest.raises(ValueError, match="max_data_bytes"):
+            Listener(port=0, max_data_bytes=bad)
+
+
+def test_oversize_records_are_logged_now_and_then(caplog):
+    listener = Listener(port=0)
+    with caplog.at_level("WARNING", logger="astropix_nbmonitor.listener"):
+        for i in range(20):
+            listener.ingest([big_record(i, 5000)])
+    messages = [r.getMessage() for r in caplog.records if "oversize" in r.getMessage()]
+    assert len(messages) == 1 and "4096" in messages[0]
+    assert listener.stats().oversize == 20
+
+
+# --------------------------------------------------------------------------
+# Readouts missed while stopped
+
+
+def test_the_gap_across_a_stop_is_missed_while_stopped_not_lost(make_listener_both):
+    listener = make_listener_both(timeout=0.02).start()
+    port = listener.address()[1]
+    send(port, (record(i) for i in range(100)))
+    wait_datagrams(listener, 100)
+    assert listener.stop()
+    listener.start()  # open() again on the same port
+    send(port, (record(i) for i in [*range(150, 200), *range(205, 210)]))
+    stats = wait_datagrams(listener, 155)
+    assert stats.missed_while_stopped == 50
+    assert stats.lost == 5  # a gap while receiving is still a loss
+    assert stats.restarts == stats.out_of_order == 0
+    assert stats.as_dict()["missed_while_stopped"] == 50
+    check_invariants(stats)
+
+
+def test_a_restart_at_the_first_readout_after_a_stop_is_a_restart(make_listener):
+    listener = make_listener(timeout=0.02).start()
+    port = listener.address()[1]
+    send(port, (record(i) for i in range(1000, 1100)))
+    wait_datagrams(listener, 100)
+    listener.stop()
+    listener.start()
+    send(port, (record(i) for i in range(10)))  # the DAQ restarted meanwhile: ids from 0
+    wait_datagrams(listener, 110)
+    listener.stop()
+    listener.start()
+    send(port, (record(i) for i in range(10 + RESTART_FORWARD_JUMP, 20 + RESTART_FORWARD_JUMP)))  # far ahead
+    wait_datagrams(listener, 120)
+    listener.stop()
+    listener.start()
+    send(port, [record(RESTART_FORWARD_JUMP + 15), record(RESTART_FORWARD_JUMP + 20)])  # back a little: a repeat
+    stats = wait_datagrams(listener, 122)
+    assert stats.restarts == 2
+    assert stats.out_of_order == 1
+    assert stats.missed_while_stopped == stats.lost == 0
+    check_invariants(stats)
+
+
+def test_reset_counters_forgets_the_id_across_a_stop(make_listener):
+    listener = make_listener(timeout=0.02).start()
+    port = listener.address()[1]
+    send(port, (record(i) for i in range(100)))
+    wait_datagrams(listener, 100)
+    listener.stop()
+    listener.reset_counters()
+    listener.start()
+    send(port, (record(i) for i in range(500, 510)))
+    stats = wait_datagrams(listener, 10)
+    assert stats.missed_while_stopped == stats.lost == stats.restarts == stats.out_of_order == 0
+
+
+class _Sender(threading.Thread):
+    """Send records with consecutive ids, paced, until stopped; ``sent`` counts the ids used."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(name="test-sender")
+        self.port = port
+        self.sent = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        with MulticastSender(LOCAL_HOST, self.port) as tx:
+            while not self.halt.is_set():
+                for _ in range(20):
+                    tx.send_data(record(self.sent))
+                    self.sent += 1
+                time.sleep(0.002)
+
+
+def test_every_readout_sent_across_a_stop_and_start_is_counted(make_listener_both):
+    listener = make_listener_both(timeout=0.02).start()
+    sender = _Sender(listener.address()[1])
+    sender.start()
+    try:
+        wait_for(lambda: listener.stats().accepted > 500, "data before the stop")
+        assert listener.stop()
+        time.sleep(1.0)  # stopped for a second while the sender goes on (not a timing assertion)
+        listener.start()
+        accepted = listener.stats().accepted
+        wait_for(lambda: listener.stats().accepted > accepted + 500, "data after the start")
+    finally:
+        sender.halt.set()
+        sender.join()
+    sent = sender.sent
+
+    def counted(stats: ListenerStats) -> int:
+        return stats.accepted + stats.oversize + stats.lost + stats.missed_while_stopped
+
+    wait_for(lambda: counted(listener.stats()) == sent, "every readout sent to be counted")
+    listener.drain()
+    stats = listener.stats()
+    check_invariants(stats)
+    assert stats.missed_while_stopped > 0
+    assert stats.processed + stats.lost + stats.missed_while_stopped + stats.dropped == sent
+
+
+def test_id_tracker_pause_and_resume():
+    tracker = IdTracker()
+    assert tracker.pause(-1) == -1  # nothing to hold before any readout
+    expect = tracker.follow(range(100, 200))
+    expect = tracker.pause(expect)
+    assert expect == IdTracker.RESUMING
+    expect = tracker.follow([230, 231, 240], expect)
+    assert expect == 241
+    assert tracker.take_missed() == 30 and tracker.take_missed() == 0
+    assert tracker.take() == (8, 0, 0)
+    # a step back after a pause follows the rules: a repeat
+    expect = tracker.follow([195, 241], tracker.pause(expect))
+    assert (expect, tracker.take(), tracker.take_missed()) == (242, (0, 1, 0), 0)
+    # reset forgets the held expectation
+    tracker.pause(expect)
+    tracker.reset()
+    assert tracker.follow([5000], IdTracker.RESUMING) == 5001
+    assert tracker.take_missed() == 0
+
+
+# --------------------------------------------------------------------------
+# Ingest (replay) and discard
+
+
+def mixed_stream() -> list[bytes]:
+    """Malformed datagrams, oversize records, gaps, a late readout, a repeat and a restart."""
+    junk = junk_datagrams(11)[:40]
+    out: list[bytes] = []
+    out += [record(i) for i in range(0, 50)]
+    out += junk[:20]
+    out += [record(i) for i in range(55, 60)]  # gap 50..54
+    out += [record(52)]  # late: fills one of the gap
+    out += [big_record(60, 5000), record(61), record(61), big_record(62, 4097)]  # oversize, a repeat
+    out += [record(i) for i in range(63, 80)]
+    out += junk[20:]
+    out += [record(i) for i in range(3, 30)]  # a restart (far back... by less than 1024, but to an id < 16)
+    out += [record(i) for i in range(35, 40)]  # gap 30..34
+    return out
+
+
+def comparable(stats: ListenerStats) -> dict:
+    out = stats.as_dict()
+    del out["last_datagram_time"], out["rcvbuf"]
+    return out
+
+
+def test_ingest_counts_as_datagrams_arriving(make_listener_both):
+    stream = mixed_stream()
+    replayed = Listener(port=0)  # never opened
+    kept = replayed.ingest(stream)
+    ingested = replayed.stats()
+    check_invariants(ingested)
+    assert ingested.rcvbuf is None and ingested.last_datagram_time is None
+    assert (ingested.processed, ingested.buffered, ingested.dropped) == (len(kept), 0, 0)
+    assert ingested.oversize == 2 and ingested.restarts == 1 and ingested.out_of_order == 2
+    assert ingested.lost == 4 + 5 and ingested.malformed == 40 and ingested.missed_while_stopped == 0
+    expected_ids = [*range(50), *range(55, 60), 52, 61, 61, *range(63, 80), *range(3, 30), *range(35, 40)]
+    assert ids_of(kept) == expected_ids
+
+    live = make_listener_both().start()
+    send(live.address()[1], stream, burst=20)
+    wait_datagrams(live, len(stream))
+    received = live.drain()
+    assert received == kept  # the same records, in the same order
+    assert comparable(live.stats()) == comparable(ingested)
+
+
+def test_ingest_returns_bytes_and_sets_the_time_only_when_given():
+    listener = Listener(port=0)
+    kept = listener.ingest(iter([bytearray(record(0)), memoryview(record(1)), b"junk"]))
+    assert kept == [record(0), record(1)] and all(type(r) is bytes for r in kept)
+    assert listener.stats().last_datagram_time is None
+    listener.ingest([record(2)], received_at=1234.5)
+    stats = listener.stats()
+    assert stats.last_datagram_time == 1234.5
+    assert (stats.datagrams, stats.accepted, stats.processed, stats.malformed) == (4, 3, 3, 1)
+    assert listener.ingest([]) == []
+    assert not listener.running
+
+
+def test_ingest_on_a_running_listener_follows_the_same_ids(make_listener_both):
+    listener = make_listener_both(buffer_size=500).start()
+    port = listener.address()[1]
+    junk = junk_datagrams(5)[:60]
+    done = threading.Event()
+    snapshots: list[ListenerStats] = []
+
+    def consumer() -> None:
+        while not done.is_set():
+            listener.drain(41)
+            snapshots.append(listener.stats())
+            time.sleep(0.001)
+
+    def junk_sender() -> None:
+        for _ in range(5):
+            send(port, junk, burst=20)
+
+    threads = [
+        threading.Thread(target=consumer, name="test-consumer"),
+        threading.Thread(target=junk_sender, name="test-junk"),
+    ]
+    send(port, (record(i) for i in range(1000)))
+    wait_datagrams(listener, 1000)
+    for thread in threads:
+        thread.start()
+    try:
+        ingested = 0
+        for first in range(1000, 3000, 100):  # the live stream's next ids, while junk arrives
+            chunk = [record(i) for i in range(first, first + 100)] + [b"\xfe\xdc\xba short"]
+            ingested += len(listener.ingest(chunk))
+        threads[1].join()
+        send(port, (record(i) for i in range(3000, 4000)))
+        wait_datagrams(listener, 4000 + 20 + 5 * len(junk))
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join()
+    assert ingested == 2000
+    assert snapshots
+    for stats in snapshots:
+        check_invariants(stats)
+    listener.drain()
+    stats = listener.stats()
+    check_invariants(stats)
+    assert stats.accepted == 4000 and stats.malformed == 20 + 5 * len(junk)
+    # one expected id for the loop and ingest: no gap, restart or reordering seen
+    assert stats.lost == stats.restarts == stats.out_of_order == stats.missed_while_stopped == 0
+    assert stats.processed + stats.dropped == 4000
+
+
+def test_ingest_after_a_stop_counts_the_gap_as_missed(make_listener):
+    listener = make_listener(timeout=0.02).start()
+    send(listener.address()[1], (record(i) for i in range(10)))
+    wait_datagrams(listener, 10)
+    listener.stop()
+    assert ids_of(listener.ingest([record(15), record(16)])) == [15, 16]
+    stats = listener.stats()
+    assert (stats.missed_while_stopped, stats.lost) == (5, 0)
+
+
+def test_discard_buffer_counts_what_it_held_as_dropped(make_listener_both):
+    listener = make_listener_both().start()
+    send(listener.address()[1], (record(i) for i in range(300)))
+    wait_datagrams(listener, 300)
+    listener.drain(100)
+    assert listener.discard_buffer() == 200
+    stats = listener.stats()
+    assert (stats.buffered, stats.buffered_bytes, stats.dropped, stats.processed) == (0, 0, 200, 100)
+    check_invariants(stats)
+    assert listener.discard_buffer() == 0
+    assert listener.drain() == []
+
+
+def test_new_counters_in_a_fresh_snapshot():
+    stats = Listener(port=0).stats().as_dict()
+    assert stats["oversize"] == stats["missed_while_stopped"] == 0
