@@ -9,6 +9,11 @@ Sub-commands (each has ``--help``, ``--group`` and ``--port``):
     Stream synthetic AstroPix 4 readouts (:mod:`astropix_nbmonitor.sim`).
 ``record OUT.apx``
     Receive readouts and write them to an .apx file.
+``watch``
+    Show the monitor's counters live in a terminal (over SSH, no browser):
+    one line per update, or the whole table redrawn in place on a terminal.
+    Uses the headless :class:`~astropix_nbmonitor.engine.MonitorEngine`
+    (no widget library is imported).
 ``demo``, ``serve``
     JupyterLab and Voila launchers, from :mod:`astropix_nbmonitor.app`
     (registered when that module is present).
@@ -21,8 +26,8 @@ line is parsed; an entry whose module does not exist is left out.
 
 Errors the user can fix (a missing file, a port in use, a bad option) are
 reported as one line on stderr with a non-zero exit code: 1 for a failure,
-2 for bad usage. Ctrl-C and SIGTERM end ``send``, ``simulate`` and
-``record`` cleanly, with their summary, and exit code 0.
+2 for bad usage. Ctrl-C and SIGTERM end ``send``, ``simulate``, ``record``
+and ``watch`` cleanly, with their summary, and exit code 0.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import datetime
 import importlib
 import itertools
 import logging
+import shutil
 import signal
 import sys
 import threading
@@ -285,7 +291,7 @@ def _stop_on_signals() -> Iterator[threading.Event]:
     def on_signal(signum: int, frame: Any) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
-        logger.debug("signal %d: stopping after the current burst", signum)
+        logger.debug("signal %d: stopping", signum)
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -619,6 +625,116 @@ def _run_record(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------
+# watch
+# --------------------------------------------------------------------------
+
+#: Default time between two updates of ``watch`` (s).
+DEFAULT_WATCH_REFRESH = 1.0
+#: ANSI: move the cursor to the start of the line ``n`` lines up / clear to the end of the screen.
+_CURSOR_UP = "\x1b[{n}F"
+_CLEAR_BELOW = "\x1b[J"
+
+
+def _add_watch_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--refresh",
+        type=_positive_float,
+        default=DEFAULT_WATCH_REFRESH,
+        metavar="S",
+        help=f"seconds between two updates (default {DEFAULT_WATCH_REFRESH:g})",
+    )
+    parser.add_argument(
+        "--lines",
+        action="store_true",
+        help="print one line per update even on a terminal (the default when stdout is not a terminal); "
+        "on a terminal the default is the whole table, redrawn in place",
+    )
+
+
+class _LineView:
+    """``watch`` output as one line per update (a log, a pipe, ``--lines``)."""
+
+    def show(self, status: Any) -> None:
+        """Print one line for ``status``."""
+        emit(f"{time.strftime('%H:%M:%S')} {status.one_line()}")
+
+
+class _BlockView:
+    """``watch`` output as the status table, redrawn in place on a terminal.
+
+    Parameters
+    ----------
+    title : str
+        The first line of the block (the address watched).
+    """
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self._height = 0
+
+    @staticmethod
+    def _fit(status: Any, room: int) -> list[str]:
+        """The table's lines, at most ``room`` of them: a block taller than the screen cannot be redrawn.
+
+        Rows at zero are left out first, from the bottom up (a bad counter is
+        never zero); then the block is cut.
+        """
+        lines = list(status.text_block())
+        if len(lines) <= room:
+            return lines
+        rows = list(status.rows)
+        hidden = 0
+        if len(rows) == len(lines):  # one line per row, in order
+            for k in reversed(range(len(rows))):
+                if len(lines) - hidden < room:
+                    break
+                if rows[k].value == 0:
+                    lines[k] = ""
+                    hidden += 1
+            lines = [line for line in lines if line]
+            lines.append(f"({hidden} counters at zero not shown)")
+        if len(lines) > room:
+            lines = [*lines[: room - 1], f"... {len(lines) - room + 1} more rows (a taller terminal shows them)"]
+        return lines
+
+    def show(self, status: Any) -> None:
+        """Draw the table of ``status`` over the previous one."""
+        room = max(3, shutil.get_terminal_size().lines - 2)  # the title, and the line the cursor ends on
+        lines = [f"{self.title}  {time.strftime('%H:%M:%S')}", *self._fit(status, room)]
+        up = _CURSOR_UP.format(n=self._height) if self._height else ""
+        emit(up + "\n".join(line + "\x1b[K" for line in lines) + _CLEAR_BELOW)
+        self._height = len(lines)
+
+
+def _watch_view(args: argparse.Namespace, title: str) -> _LineView | _BlockView:
+    """Lines for a pipe, a file or ``--lines``; a redrawn block for a terminal."""
+    if args.lines or not sys.stdout.isatty():
+        return _LineView()
+    return _BlockView(title)
+
+
+def _run_watch(args: argparse.Namespace) -> int:
+    # Imported here: the other commands do not need the engine's decoding and histogram stack.
+    from .engine import MonitorEngine
+
+    engine = MonitorEngine(group=args.group, port=args.port, refresh_interval=args.refresh)
+    engine.start()  # a port in use fails here, as one line (main)
+    try:
+        group, port = engine.address()
+        emit(f"watching UDP {group}:{port} (Ctrl-C to stop)", file=sys.stderr)
+        view = _watch_view(args, f"UDP {group}:{port}")
+        with _stop_on_signals() as stop:
+            while True:
+                view.show(engine.status())
+                if stop.wait(args.refresh):
+                    break
+    finally:
+        engine.stop()
+    emit(f"stopped: {engine.status().one_line()}")
+    return 0
+
+
+# --------------------------------------------------------------------------
 # The command table and main()
 # --------------------------------------------------------------------------
 
@@ -627,6 +743,7 @@ COMMANDS: list[Command] = [
     Command("send", "replay an .apx file over UDP", _add_send_arguments, _run_send),
     Command("simulate", "stream synthetic AstroPix 4 readouts over UDP", _add_simulate_arguments, _run_simulate),
     Command("record", "receive readouts and write them to an .apx file", _add_record_arguments, _run_record),
+    Command("watch", "show the monitor's counters live in the terminal (no browser)", _add_watch_arguments, _run_watch),
     Command(
         "demo",
         "start JupyterLab on the example notebooks (needs jupyterlab)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import socket
 import struct
@@ -390,3 +391,110 @@ def test_interrupted_sender_reports_the_readouts_it_sent(request, command, signu
         listener.stop()
     assert sent > 0
     assert received == sent, stdout
+
+
+# --------------------------------------------------------------------------
+# watch
+
+#: Runs the command line, then says on stderr which widget libraries were imported.
+_IMPORT_CHECK = (
+    "import sys; from astropix_nbmonitor.cli import main; rc = main(); "
+    "print('widget modules:', sorted(m for m in ('ipywidgets', 'bqplot') if m in sys.modules), file=sys.stderr); "
+    "sys.exit(rc)"
+)
+
+
+def _readouts_in(line: str) -> int:
+    match = re.search(r"(\d[\d,]*) readouts\b", line)
+    assert match, line
+    return int(match.group(1).replace(",", ""))
+
+
+def test_watch_prints_rising_counts_and_stops_cleanly_on_ctrl_c():
+    port = free_udp_port()
+    watch = subprocess.Popen(
+        [sys.executable, "-c", _IMPORT_CHECK, "watch", "--port", str(port), "--refresh", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    feeder = None
+    try:
+        assert "watching UDP 127.0.0.1:" in watch.stderr.readline()  # bound: a sender may start
+        feeder = _start("simulate", "--port", str(port), "--rate", "2000")
+        counts: list[int] = []
+        while len(counts) < 3:  # three lines with data, each with more readouts than the one before
+            line = watch.stdout.readline()
+            assert line, "watch ended early"
+            n = _readouts_in(line)
+            if n > 0 and (not counts or n > counts[-1]):
+                counts.append(n)
+        watch.send_signal(signal.SIGINT)
+        stdout, stderr = watch.communicate(timeout=DEADLINE)
+    finally:
+        for proc in (watch, feeder):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.communicate(timeout=DEADLINE)
+    assert watch.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "widget modules: []" in stderr  # no ipywidgets, no bqplot
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith("stopped: ") and _readouts_in(last) >= counts[-1]
+
+
+def _read_pty(fd: int, until, proc: subprocess.Popen) -> bytes:
+    """Read the terminal's output until ``until(output)`` holds (or the child ends)."""
+    out = b""
+    deadline = time.monotonic() + DEADLINE
+    while not until(out) and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                out += os.read(fd, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+        elif proc.poll() is not None:
+            break
+    return out
+
+
+@pytest.mark.parametrize("lines", [False, True], ids=["table", "--lines"])
+def test_watch_on_a_terminal_redraws_the_table_in_place(lines):
+    port = free_udp_port()
+    master, slave = os.openpty()
+    extra = ["--lines"] if lines else []
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "astropix_nbmonitor.cli", "watch", "--port", str(port), "--refresh", "0.1", *extra],
+            stdout=slave,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.close(slave)
+        slave = -1
+        try:
+            out = _read_pty(master, lambda o: o.count(b"hits/s") >= 3, proc)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=DEADLINE)
+        out += _read_pty(master, lambda o: b"stopped:" in o, proc)
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert proc.returncode == 0, stderr
+    text = out.decode()
+    if lines:
+        assert "\x1b[" not in text
+        assert len([line for line in text.splitlines() if " readouts, " in line]) >= 3
+    else:
+        assert "readouts processed" in text and "lost readouts" in text  # the table, labelled
+        redraws = re.findall(r"\x1b\[(\d+)F", text)
+        assert len(redraws) >= 2 and len(set(redraws)) == 1  # moved up over the same block each time
+
+
+def test_watch_on_a_port_in_use_is_one_line():
+    with MulticastReceiver(port=0) as holder:
+        proc = run_cli("watch", "--port", str(holder.port))
+    assert_one_line_error(proc, f"127.0.0.1:{holder.port}", "already in use", code=1)
