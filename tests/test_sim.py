@@ -7,11 +7,11 @@ import struct
 
 import numpy as np
 import pytest
-from conftest import assert_hits_equal, decode_chained
+from conftest import assert_hits_equal, decode_chained, flag_counts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from astropix_nbmonitor.fmt import HIT_DTYPE, AstroPix4Hit, AstroPix4Readout, BatchDecoder, DecodingFlag
+from astropix_nbmonitor.fmt import HIT_DTYPE, AstroPix4Hit, AstroPix4Readout, BatchDecoder, ChainedDecoder, DecodingFlag
 from astropix_nbmonitor.sim import VALID_CHIP_IDS, AstroPix4Simulator, Faults, SimulatedRun, encode_hits
 
 F = DecodingFlag
@@ -37,6 +37,7 @@ ALL_FAULTS = {
     "garbled": 0.05,
     "skip_ids": 0.05,
     "out_of_matrix": 0.1,
+    "empty": 0.1,
 }
 
 
@@ -46,13 +47,16 @@ def parse(record: bytes) -> tuple[int, int, bytes]:
     return rid, ts, record[19:]
 
 
-def run_chunks(sim: AstroPix4Simulator, sizes: list[int]) -> tuple[list[bytes], np.ndarray, frozenset[int]]:
-    """Several generate() calls as one stream: records, truth, unreliable ids."""
+def run_chunks(
+    sim: AstroPix4Simulator, sizes: list[int]
+) -> tuple[list[bytes], np.ndarray, frozenset[int], frozenset[int]]:
+    """Several generate() calls as one stream: records, truth, unreliable ids, empty ids."""
     runs = [sim.generate(n) for n in sizes]
     records = [r for run in runs for r in run.records]
     truth = np.concatenate([np.zeros(0, dtype=HIT_DTYPE), *[run.truth for run in runs]])
     unreliable = frozenset().union(*[run.unreliable for run in runs])
-    return records, truth, unreliable
+    empty = frozenset().union(*[run.empty for run in runs])
+    return records, truth, unreliable, empty
 
 
 def reliable(hits: np.ndarray, unreliable: frozenset[int]) -> np.ndarray:
@@ -73,6 +77,7 @@ fault_mixes = st.fixed_dictionaries(
         "garbled": st.sampled_from([0.0, 0.1, 0.5]),
         "skip_ids": st.sampled_from([0.0, 0.1, 0.5]),
         "out_of_matrix": st.sampled_from([0.0, 0.2]),
+        "empty": st.sampled_from([0.0, 0.3, 1.0]),
     },
 )
 
@@ -81,7 +86,7 @@ fault_mixes = st.fixed_dictionaries(
 @given(
     seed=st.integers(0, 2**32 - 1),
     faults=fault_mixes,
-    hits=st.sampled_from([0.2, 1.0, 3.0, 12.0]),
+    hits=st.sampled_from([1.0, 1.2, 3.0, 12.0]),
     sizes=st.lists(st.integers(0, 40), min_size=1, max_size=4),
     chip_ids=st.sampled_from([(0,), (0, 1, 2, 3), (5, 17, 30)]),
 )
@@ -91,13 +96,17 @@ def test_simulated_streams_decode_to_their_truth(
     sim = AstroPix4Simulator(
         seed=seed, hits_per_readout=hits, faults=faults, chip_ids=chip_ids, noisy_pixels=[(3, 4)], noisy_rate=0.2
     )
-    records, truth, unreliable = run_chunks(sim, sizes)
+    records, truth, unreliable, empty = run_chunks(sim, sizes)
     per_readout, flags = decode_chained(records)
     assert len(flags) == len(records)
     assert_hits_equal(reliable(per_readout, unreliable), truth, f"per-readout path, {faults}")
     decoder = BatchDecoder()
     batch = np.concatenate([np.zeros(0, dtype=HIT_DTYPE), decoder.decode(records)])
     assert_hits_equal(reliable(batch, unreliable), truth, f"decode_batch, {faults}")
+    # Empty readouts: the truth counts what both decoders count.
+    chained = ChainedDecoder(AstroPix4Readout)
+    chained.decode(records)
+    assert decoder.num_empty == chained.num_empty == len(empty)
 
 
 @settings(max_examples=30, deadline=None)
@@ -221,6 +230,73 @@ def test_ff_padding_between_hits_and_at_the_end() -> None:
     hits, flags = decode_chained(run.records)
     assert set(flags) == {F.NONE}
     assert_hits_equal(hits, run.truth)
+
+
+# --------------------------------------------------------------------------
+# Empty readouts only when asked (docs/format.md section 9)
+# --------------------------------------------------------------------------
+
+
+def test_default_stream_has_no_empty_readout() -> None:
+    run = AstroPix4Simulator(seed=18).generate(5000)
+    per_readout = np.bincount(run.truth["readout_id"].astype(np.int64), minlength=5000)
+    assert per_readout.tolist() == [1] * 5000  # the default: exactly one hit in every readout
+    assert run.num_empty == 0 and run.empty == frozenset()
+    decoder = BatchDecoder()
+    decoder.decode(run.records)
+    assert decoder.num_empty == 0
+    assert all(r.data().strip(b"\xbc\xff") for r in run.readouts)
+
+
+@pytest.mark.parametrize("mean", [1.5, 3.0])
+def test_hits_per_readout_is_one_plus_poisson(mean: float) -> None:
+    n = 20000
+    run = AstroPix4Simulator(seed=19, hits_per_readout=mean).generate(n)
+    per_readout = np.bincount(run.truth["readout_id"].astype(np.int64), minlength=n)
+    assert per_readout.min() == 1
+    assert abs(per_readout.mean() - mean) < 0.03 * mean
+    # 1 + Poisson(mean - 1): P(one hit) = exp(-(mean - 1)).
+    assert abs((per_readout == 1).mean() - np.exp(-(mean - 1))) < 0.015
+
+
+def test_empty_fault_makes_idle_only_readouts() -> None:
+    sim = AstroPix4Simulator(seed=20, hits_per_readout=2.0, faults={"empty": 0.3, "trailing_ff": 0.2})
+    run = sim.generate(3000)
+    assert 800 < run.num_empty < 1000
+    for readout in run.readouts:
+        is_empty = readout.readout_id in run.empty
+        assert is_empty == (readout.data().strip(b"\xbc\xff") == b"")
+    lengths = {len(r.data()) for r in run.readouts if r.readout_id in run.empty}
+    assert 0 in lengths and len(lengths) > 3  # no data at all, or a few bc bytes
+    assert not np.isin(run.truth["readout_id"], list(run.empty)).any()
+    hits, flags = decode_chained(run.records)
+    assert_hits_equal(hits, run.truth)
+    assert set(flags) == {F.NONE}
+    for decoder in (BatchDecoder(), ChainedDecoder(AstroPix4Readout)):
+        decoder.decode(run.records)
+        assert decoder.num_empty == run.num_empty
+        assert decoder.flag_counts.tolist() == [0] * 8
+
+
+def test_readout_after_a_split_is_never_empty() -> None:
+    sim = AstroPix4Simulator(seed=21, hits_per_readout=1.0, faults={"split": 0.5, "empty": 0.5})
+    runs = [sim.generate(n) for n in (300, 1, 1, 200)]
+    records = [r for run in runs for r in run.records]
+    truth = np.concatenate([run.truth for run in runs])
+    hits, flags = decode_chained(records)
+    assert_hits_equal(hits, truth)
+    matched = sum(bool(f & F.ORPHAN_BYTES_MATCHED) for f in flags)
+    assert matched == sum(run.num_split for run in runs) > 50
+    assert sum(run.num_empty for run in runs) > 100
+    decoder = BatchDecoder()
+    decoder.decode(records)
+    assert decoder.num_empty == sum(run.num_empty for run in runs)
+    assert decoder.flag_counts.tolist() == flag_counts(flags).tolist()
+
+
+def test_hits_per_readout_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        AstroPix4Simulator(hits_per_readout=0.5)
 
 
 # --------------------------------------------------------------------------
