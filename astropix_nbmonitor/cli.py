@@ -577,7 +577,7 @@ def _run_record(args: argparse.Namespace) -> int:
     left_over = 0
     interrupted = False
     t0 = time.monotonic()
-    print(f"recording {group}:{port} to {path} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    emit(f"recording {group}:{port} to {path} (Ctrl-C to stop)", file=sys.stderr)
     try:
         with fileio.apx_open(path, "w", header=header) as writer:
 
@@ -615,11 +615,10 @@ def _run_record(args: argparse.Namespace) -> int:
     reasons = ", ".join(f"{k} {v}" for k, v in stats.malformed_by_reason.items() if v)
     note = " (interrupted)" if interrupted else ""
     extra = f", {left_over} received after --count not written" if left_over else ""
-    print(
+    emit(
         f"recorded {_summary_rate(recorded, seconds)}, {nbytes} bytes, from {group}:{port} to {path}{note}; "
         f"lost {stats.lost}, out of order {stats.out_of_order}, restarts {stats.restarts}, "
-        f"dropped {stats.dropped}, malformed {stats.malformed}{f' ({reasons})' if reasons else ''}{extra}",
-        flush=True,
+        f"dropped {stats.dropped}, malformed {stats.malformed}{f' ({reasons})' if reasons else ''}{extra}"
     )
     return 0
 
@@ -858,15 +857,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         if args.debug:
             raise
-        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        emit(f"{prog}: error: {exc}", file=sys.stderr)
         return exc.code
     except (InvalidAddressError, AddressInUseError, OSError, ValueError) as exc:
         if args.debug:
             raise
-        print(f"{prog}: error: {_error_line(exc)}", file=sys.stderr, flush=True)
+        emit(f"{prog}: error: {_error_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        emit(f"{prog}: interrupted", file=sys.stderr)
         return 130
     finally:
         if handler_set:

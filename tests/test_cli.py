@@ -459,8 +459,10 @@ def _read_pty(fd: int, until, proc: subprocess.Popen) -> bytes:
     return out
 
 
-@pytest.mark.parametrize("lines", [False, True], ids=["table", "--lines"])
-def test_watch_on_a_terminal_redraws_the_table_in_place(lines):
+@pytest.mark.parametrize(
+    ("lines", "signum"), [(False, signal.SIGINT), (True, signal.SIGTERM)], ids=["table-SIGINT", "--lines-SIGTERM"]
+)
+def test_watch_on_a_terminal_redraws_the_table_in_place(lines, signum):
     port = free_udp_port()
     master, slave = os.openpty()
     extra = ["--lines"] if lines else []
@@ -476,7 +478,7 @@ def test_watch_on_a_terminal_redraws_the_table_in_place(lines):
         try:
             out = _read_pty(master, lambda o: o.count(b"hits/s") >= 3, proc)
         finally:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signum)
             _, stderr = proc.communicate(timeout=DEADLINE)
         out += _read_pty(master, lambda o: b"stopped:" in o, proc)
     finally:
