@@ -47,12 +47,15 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__, fileio
 from .fmt import RECORD_HEADER_SIZE, AstroPix4Readout
 from .sim import AstroPix4Simulator
 from .sock import DEFAULT_PORT, LOCAL_HOST, AddressInUseError, InvalidAddressError, MulticastSender, resolve_address
+
+if TYPE_CHECKING:
+    from .status import Status
 
 __all__ = [
     "COMMANDS",
@@ -653,7 +656,7 @@ def _add_watch_arguments(parser: argparse.ArgumentParser) -> None:
 class _LineView:
     """``watch`` output as one line per update (a log, a pipe, ``--lines``)."""
 
-    def show(self, status: Any) -> None:
+    def show(self, status: Status) -> None:
         """Print one line for ``status``."""
         emit(f"{time.strftime('%H:%M:%S')} {status.one_line()}")
 
@@ -672,7 +675,7 @@ class _BlockView:
         self._height = 0
 
     @staticmethod
-    def _fit(status: Any, room: int) -> list[str]:
+    def _fit(status: Status, room: int) -> list[str]:
         """The table's lines, at most ``room`` of them: a block taller than the screen cannot be redrawn.
 
         Rows at zero are left out first, from the bottom up (a bad counter is
@@ -696,7 +699,7 @@ class _BlockView:
             lines = [*lines[: room - 1], f"... {len(lines) - room + 1} more rows (a taller terminal shows them)"]
         return lines
 
-    def show(self, status: Any) -> None:
+    def show(self, status: Status) -> None:
         """Draw the table of ``status`` over the previous one."""
         room = max(3, shutil.get_terminal_size().lines - 2)  # the title, and the line the cursor ends on
         lines = [f"{self.title}  {time.strftime('%H:%M:%S')}", *self._fit(status, room)]
