@@ -63,6 +63,8 @@ QUICK_RATES = (25_000, 100_000, 200_000)
 #: Offered rate of the overload test with a consumer limited to half of it.
 OVERLOAD_RATE = 100_000
 REAL_APX = Path(__file__).resolve().parents[2] / "shared" / "astropix-data" / "20250723_092534_data.apx"
+#: The record struct under its earlier name here (benchmarks/soak.py uses it).
+_RECORD = RECORD_STRUCT
 _QUIET = 0.3  # s without a datagram after the sender ended: the run is over
 
 
