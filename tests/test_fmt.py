@@ -1,4 +1,4 @@
-"""Tests of astropix_nbmonitor.fmt: records, hits, the offline rules, decode_batch."""
+"""Tests of astropix_nbmonitor.fmt and astropix4: records, hits, the offline rules, the decoders."""
 
 from __future__ import annotations
 
@@ -7,20 +7,25 @@ import struct
 
 import numpy as np
 import pytest
-from conftest import assert_hits_equal, decode_chained, flag_counts, make_record, split_apx
+from conftest import assert_hits_equal, decode_chained, flag_counts, iter_chained, make_record, split_apx
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from astropix_nbmonitor import fmt
+from astropix_nbmonitor.astropix4 import layout
 from astropix_nbmonitor.fmt import (
+    FLAG_NAMES,
     HIT_DTYPE,
     HIT_FIELDS,
     AstroPix4Hit,
     AstroPix4Readout,
     BatchDecoder,
+    ChainedDecoder,
     DecodingFlag,
     MalformedReadoutError,
     binary_to_gray,
     decode_batch,
+    decoder_for,
     gray_to_binary,
     hits_to_array,
     parse_record,
@@ -30,7 +35,7 @@ from astropix_nbmonitor.sim import AstroPix4Simulator
 
 F = DecodingFlag
 START_BYTES = range(0xE0, 0xFF)
-#: The worked example of FORMAT.md section 4 (from the real data).
+#: The worked example of docs/format.md section 4 (from the real data).
 EXAMPLE_WIRE = bytes.fromhex("e05042030620d701")
 
 FIELD_WIDTHS = {
@@ -120,7 +125,7 @@ def test_worked_example_encodes_back() -> None:
 
 
 def test_worked_example_by_hand() -> None:
-    # Steps 1-3 of FORMAT.md section 4 written out, independently of fmt.
+    # Steps 1-3 of docs/format.md section 4 written out, independently of fmt.
     flipped = bytes(int(f"{b:08b}"[::-1], 2) for b in EXAMPLE_WIRE)
     assert reverse_bit_order(EXAMPLE_WIRE) == flipped
     bits = f"{int.from_bytes(flipped, 'big'):064b}"
@@ -264,7 +269,7 @@ def test_real_file_header(real_apx_path) -> None:
 
 
 # --------------------------------------------------------------------------
-# The offline rules: the hand-made difficult cases (FORMAT.md section 7)
+# The offline rules: the hand-made difficult cases (docs/format.md section 7)
 # --------------------------------------------------------------------------
 
 TEST_LOG_TABLE = [
@@ -402,6 +407,33 @@ def check_batch_equals_chained(records: list[bytes], what: str) -> None:
     assert decoder.num_malformed_records == len(records) - len(flags)
     assert decoder.flag_counts.tolist() == flag_counts(flags).tolist()
     assert decoder.num_recovered == sum(bool(f & F.ORPHAN_BYTES_MATCHED) for f in flags)
+    assert decoder.num_empty == count_empty(records)
+    check_decoders_agree(records, what)
+
+
+def count_empty(records: list[bytes]) -> int:
+    """Readouts whose data holds only bc/ff bytes (docs/format.md section 9), from the bytes."""
+    return sum(not readout.data().strip(b"\xbc\xff") for readout, _, _ in iter_chained(records))
+
+
+COUNTERS = ("num_readouts", "num_hits", "num_recovered", "num_empty", "num_malformed", "last_id", "last_extra")
+
+
+def counters(decoder: ChainedDecoder) -> dict:
+    out = {name: getattr(decoder, name) for name in COUNTERS}
+    out["flag_counts"] = list(decoder.flag_counts)
+    return out
+
+
+def check_decoders_agree(records: list[bytes], what: str) -> None:
+    """ChainedDecoder gives the hits and the counters of BatchDecoder."""
+    batch = BatchDecoder()
+    expected = batch.decode(records)
+    chained = ChainedDecoder(AstroPix4Readout)
+    got = chained.decode(records)
+    assert all(isinstance(h, AstroPix4Hit) for h in got)
+    assert_hits_equal(hits_to_array(got), expected, f"ChainedDecoder, {what}")
+    assert counters(chained) == counters(batch), what
 
 
 def test_decode_batch_equals_chained_on_real_stream(real_records: list[bytes]) -> None:
@@ -445,7 +477,7 @@ def test_decode_batch_equals_chained_on_random_streams(records: list[bytes]) -> 
 @settings(max_examples=40, deadline=None)
 @given(
     seed=st.integers(0, 2**16),
-    hits=st.sampled_from([0.3, 1.0, 4.0]),
+    hits=st.sampled_from([1.0, 1.3, 4.0]),
     faults=st.fixed_dictionaries(
         {},
         optional={
@@ -456,6 +488,7 @@ def test_decode_batch_equals_chained_on_random_streams(records: list[bytes]) -> 
             "garbled": st.floats(0, 0.3),
             "skip_ids": st.floats(0, 0.3),
             "out_of_matrix": st.floats(0, 0.3),
+            "empty": st.floats(0, 0.5),
         },
     ),
 )
@@ -493,3 +526,216 @@ def test_batch_decoder_chains_split_hit_across_calls(test_log_data: list[bytes])
     assert_hits_equal(np.concatenate([first, second]), decode_chained(records)[0])
     decoder.reset()
     assert decoder.decode(records[3:4])["column"].tolist() == [10]  # no chaining after reset
+
+
+# --------------------------------------------------------------------------
+# The decoders' common interface: decoder_for, ChainedDecoder, BatchDecoder
+# --------------------------------------------------------------------------
+
+
+class ForeignReadout:
+    """A readout class that shares nothing with fmt's bases but the duck-typed methods.
+
+    Stands for the collaboration's own ``astropix_analysis`` readout classes.
+    """
+
+    def __init__(self, readout: AstroPix4Readout) -> None:
+        self._inner = readout
+        self.readout_id = readout.readout_id
+
+    @classmethod
+    def from_bytes(cls, record: bytes) -> ForeignReadout:
+        return cls(AstroPix4Readout.from_bytes(record))
+
+    def decode(self, extra_bytes: bytes | None = None) -> list[AstroPix4Hit]:
+        return self._inner.decode(extra_bytes)
+
+    def extra_bytes(self) -> bytes | None:
+        return self._inner.extra_bytes()
+
+    def decoding_status(self) -> DecodingFlag:
+        return self._inner.decoding_status()
+
+
+class SubReadout(AstroPix4Readout):
+    """A subclass of AstroPix4Readout (the batch decoder applies to it too)."""
+
+
+def test_decoder_for_picks_the_batch_decoder_for_astropix4_only() -> None:
+    for cls in (AstroPix4Readout, SubReadout):
+        decoder = decoder_for(cls)
+        assert type(decoder) is BatchDecoder
+        assert decoder.readout_class is cls
+    other = decoder_for(ForeignReadout)
+    assert type(other) is ChainedDecoder
+    assert other.readout_class is ForeignReadout
+    assert decoder_for(AstroPix4Readout) is not decoder_for(AstroPix4Readout)  # a new one each time
+
+
+def test_decoders_agree_on_the_real_file(real_records: list[bytes]) -> None:
+    check_decoders_agree(real_records, "real file")
+    chained = ChainedDecoder(AstroPix4Readout)
+    chained.decode(real_records)
+    assert (chained.num_readouts, chained.num_hits, chained.num_empty, chained.num_malformed) == (775, 776, 0, 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), hits=st.sampled_from([1.0, 2.5]), split=st.floats(0.2, 1.0))
+def test_decoders_agree_on_simulated_split_hits(seed: int, hits: float, split: float) -> None:
+    sim = AstroPix4Simulator(
+        seed=seed, hits_per_readout=hits, faults={"split": split, "skip_ids": 0.05, "ff_padding": 0.2, "empty": 0.1}
+    )
+    records = sim.generate(80).records
+    check_decoders_agree(records, f"simulated, split={split}")
+    decoder = BatchDecoder()
+    decoder.decode(records)
+    assert decoder.num_recovered > 0
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=random_streams())
+def test_decoders_agree_on_random_streams(records: list[bytes]) -> None:
+    check_decoders_agree(records, "random stream")
+
+
+def test_chained_decoder_takes_any_readout_class(test_log_data: list[bytes]) -> None:
+    records = [make_record(d, 100 + i) for i, d in enumerate(test_log_data)] + [b"junk"]
+    decoder = ChainedDecoder(ForeignReadout)
+    hits = decoder.decode(records)
+    assert_hits_equal(hits_to_array(hits), decode_chained(records)[0])
+    assert (decoder.num_readouts, decoder.num_recovered, decoder.num_malformed) == (7, 1, 1)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=random_streams(), data=st.data(), batch=st.booleans())
+def test_decode_readout_interleaved_with_decode(records: list[bytes], data: st.DataObject, batch: bool) -> None:
+    # Segments of the stream decoded alternately by decode() (records) and
+    # decode_readout() (readout objects, as a user's process_readout does):
+    # the chaining and the counters are those of one decode() of it all.
+    whole = BatchDecoder() if batch else ChainedDecoder(AstroPix4Readout)
+    expected = whole.decode(records)
+    mixed = BatchDecoder() if batch else ChainedDecoder(AstroPix4Readout)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(records)), max_size=6)))
+    bounds = [0, *cuts, len(records)]
+    got = []
+    skipped = 0
+    for k, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        if k % 2:
+            for record in records[a:b]:
+                try:
+                    readout = AstroPix4Readout.from_bytes(record)
+                except MalformedReadoutError:
+                    skipped += 1  # decode() would have counted it
+                    continue
+                got.extend(mixed.decode_readout(readout))
+        else:
+            hits = mixed.decode(records[a:b])
+            got.extend(hits.tolist() if batch else hits)
+    if batch:
+        expected_rows = expected.tolist()
+        got_rows = [tuple(h.attribute_values(HIT_FIELDS)) if isinstance(h, AstroPix4Hit) else h for h in got]
+        assert got_rows == expected_rows
+    else:
+        assert got == expected
+    assert mixed.num_malformed + skipped == whole.num_malformed
+    assert {**counters(mixed), "num_malformed": 0} == {**counters(whole), "num_malformed": 0}
+
+
+def test_decode_readout_chains_a_split_hit_after_a_batch(test_log_data: list[bytes]) -> None:
+    records = [make_record(d, 100 + i) for i, d in enumerate(test_log_data)]
+    decoder = BatchDecoder()
+    decoder.decode(records[:3])  # readout 102 ends with the first part of a hit
+    assert decoder.last_id == 102 and decoder.last_extra is not None
+    hits = decoder.decode_readout(AstroPix4Readout.from_bytes(records[3]))
+    assert [(h.decoding_order, h.column, h.tot_us) for h in hits] == [(0, 9, 31.05), (1, 10, 43.4)]
+    assert decoder.num_recovered == 1
+    # ... and a batch after decode_readout chains on its last readout.
+    again = BatchDecoder()
+    again.decode(records[:2])
+    again.decode_readout(AstroPix4Readout.from_bytes(records[2]))
+    assert again.decode(records[3:4])["column"].tolist() == [9, 10]
+    assert again.num_recovered == 1
+
+
+def test_flag_dict_and_reset() -> None:
+    records = [make_record(b"\x12\x34\xbc", 0), make_record(b"\xbc\xbc", 1), make_record(b"", 2), b"junk"]
+    for decoder in (BatchDecoder(), ChainedDecoder(AstroPix4Readout)):
+        decoder.decode(records)
+        flags = decoder.flag_dict()
+        assert list(flags) == list(FLAG_NAMES)
+        assert flags == {**dict.fromkeys(FLAG_NAMES, 0), "ORPHAN_BYTES_NOT_USED": 1, "UNKNOWN_FATAL_ERROR": 1}
+        assert (decoder.num_readouts, decoder.num_empty, decoder.num_malformed, decoder.last_id) == (3, 2, 1, 2)
+        assert decoder.num_malformed_records == 1
+        decoder.reset()
+        assert counters(decoder) == counters(ChainedDecoder(AstroPix4Readout))
+        assert decoder.last_id is None and decoder.flag_dict() == dict.fromkeys(FLAG_NAMES, 0)
+
+
+# --------------------------------------------------------------------------
+# Empty readouts (docs/format.md section 9)
+# --------------------------------------------------------------------------
+
+EMPTY_DATAS = [b"", b"\xbc", b"\xbc" * 9, b"\xff", b"\xbc\xff\xbc", b"\xff\xbc" * 6, b"\xbc\xbc\xff\xff"]
+
+
+@pytest.mark.parametrize("data", EMPTY_DATAS)
+@pytest.mark.parametrize("extra", [None, EXAMPLE_WIRE[:3]])
+def test_empty_readout_gives_no_hit_and_no_flag(data: bytes, extra: bytes | None) -> None:
+    readout = AstroPix4Readout(data, 5, 6)
+    assert readout.decode(extra) == []
+    assert readout.decoding_status() == F.NONE
+    assert readout.extra_bytes() is None
+
+
+def test_empty_readouts_are_counted_by_both_decoders() -> None:
+    hit = b"\xbc\xbc" + EXAMPLE_WIRE + b"\xbc\xbc"
+    datas = [hit, *EMPTY_DATAS, hit, b"\x12\xbc", hit[:5]]  # the last two: flagged, not empty
+    records = [make_record(d, 10 + i) for i, d in enumerate(datas)]
+    for decoder in (BatchDecoder(), ChainedDecoder(AstroPix4Readout)):
+        decoder.decode(records)
+        assert decoder.num_empty == len(EMPTY_DATAS), type(decoder).__name__
+        assert decoder.num_hits == 2
+    one_by_one = BatchDecoder()
+    for record in records:
+        one_by_one.decode_readout(AstroPix4Readout.from_bytes(record))
+    assert one_by_one.num_empty == len(EMPTY_DATAS)
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.one_of(board_bytes(), st.lists(st.sampled_from([0xBC, 0xFF]), max_size=20).map(bytes)), extra=extra_bytes)
+def test_no_hit_and_no_flag_means_only_idle_bytes(data: bytes, extra: bytes | None) -> None:
+    # What the decoders count as empty (no hit, no flag) is exactly a readout
+    # whose data is empty or only bc/ff bytes, with or without extra bytes.
+    readout = AstroPix4Readout(data, 1, 2)
+    hits = readout.decode(extra)
+    counted_empty = not hits and readout.decoding_status() == F.NONE
+    assert counted_empty == (data.strip(b"\xbc\xff") == b"")
+
+
+# --------------------------------------------------------------------------
+# The layout and fmt's re-exports
+# --------------------------------------------------------------------------
+
+
+def test_layout_constants() -> None:
+    assert (layout.NUM_ROWS, layout.NUM_COLS, layout.NUM_CHIPS) == (35, 16, 32)
+    assert [name for name, _, _ in layout.HIT_LAYOUT] == list(HIT_FIELDS[:12])
+    assert sum(width for _, _, width in layout.HIT_LAYOUT) == 64
+    starts = [start for _, start, _ in layout.HIT_LAYOUT]
+    widths = [width for _, _, width in layout.HIT_LAYOUT]
+    assert starts == [sum(widths[:k]) for k in range(12)]  # contiguous, in order
+    assert dict((name, width) for name, _, width in layout.HIT_LAYOUT) == FIELD_WIDTHS
+    assert [b for b in range(256) if layout.IS_START[b]] == list(START_BYTES)
+    assert [b for b in range(256) if layout.IS_IDLE[b]] == [0xBC, 0xFF]
+    assert layout.NS_PER_CLOCK_CYCLE * layout.CLOCK_CYCLES_PER_US == 1000
+
+
+def test_fmt_still_exports_every_name() -> None:
+    for name in fmt.__all__:
+        assert getattr(fmt, name) is not None, name
+    # Names other modules, tests and benchmarks import from fmt.
+    for name in ("FLAG_NAMES", "RECORD_HEADER", "RECORD_HEADER_SIZE", "_RECORD_STRUCT", "hits_to_array"):
+        assert hasattr(fmt, name), name
+    assert fmt.AstroPix4Readout.__module__ == "astropix_nbmonitor.astropix4.readout"
+    assert fmt.BatchDecoder.__module__ == "astropix_nbmonitor.astropix4.batch"
+    assert fmt.HIT_DTYPE is layout.HIT_DTYPE
