@@ -168,19 +168,19 @@ def test_update_display_sends_a_javascript_safe_color_array(monitor):
     assert monitor.heatmap.scales["row"].reverse
     overflow = int(monitor.tot_hist.values(flow=True)[-1])
     assert monitor.figures[1].title.endswith(f"overflow > 500 us: {overflow})")
-    # Log scale: a log colour scale over the counts themselves (the tooltip
-    # shows counts); pixels with no hit sit below the first decade and their
-    # tooltip (".0f") says 0. Linear again restores the counts.
+    # Log scale: colours log10(1 + counts); the tooltip still shows the counts
+    # (from the transparent count layer on top). Linear again restores the counts.
     counts = monitor.hit_map.values().T
+    panel = monitor.panel(HitMapPanel)
     monitor.scale_toggle.value = "log"
-    assert monitor.panel(HitMapPanel).color_scale.scale_type == "log"
-    assert np.array_equal(monitor.heatmap.color[counts > 0], counts[counts > 0])
-    assert np.all(monitor.heatmap.color[counts == 0] < 0.5)
-    assert monitor.heatmap.tooltip.labels == ["row", "column", "hits"]
-    assert monitor.figures[0].title == "Hit map (log scale)"
+    assert np.allclose(monitor.heatmap.color, np.log10(1 + counts))
+    assert monitor.heatmap.tooltip is None
+    assert panel.count_layer.visible and panel.count_layer.tooltip is panel.tooltip
+    assert np.array_equal(panel.count_layer.color, counts) and panel.tooltip.labels == ["row", "column", "hits"]
+    assert panel.color_axis.label == "log10(1+hits)" and monitor.figures[0].title == "Hit map (log scale)"
     monitor.scale_toggle.value = "linear"
     assert np.array_equal(monitor.heatmap.color, counts)
-    assert monitor.panel(HitMapPanel).color_scale.scale_type == "linear"
+    assert monitor.heatmap.tooltip is panel.tooltip and not panel.count_layer.visible
 
 
 def test_the_tot_title_takes_the_overflow_edge_from_the_real_edges():
@@ -207,7 +207,7 @@ def test_colour_bar_ticks_are_whole_numbers_even_on_an_empty_map(monitor):
     assert np.all(ticks == np.round(ticks)) and len(ticks) >= 2
     for top in (0, 1, 3, 7, 12, 99, 1234, 5e6):
         t = integer_ticks(top)
-        assert np.all(t == np.round(t)) and t[0] == 0 and t[-1] >= top and 2 <= len(t) <= 7, (top, t)
+        assert np.all(t == np.round(t)) and t[0] == 0 and t[-1] >= min(top, 1) and 2 <= len(t) <= 7, (top, t)
 
 
 def test_a_monitor_that_failed_to_bind_shows_an_empty_map():
@@ -534,8 +534,8 @@ def test_closed_monitor_leaves_no_open_widget_even_after_a_second_canvas():
     first = list(mon.figures)
     mon.create_canvas(nrows=1, ncols=2, figsize=(8, 3))  # replaces the first canvas
     assert all(fig.comm is None for fig in first), "the replaced figures were left open"
-    assert (mon.canvas.layout.grid_template_columns, mon.canvas.layout.grid_template_rows) == ("1fr 1fr", "1fr")
-    assert mon.canvas.layout.width == "800px"
+    assert (mon.canvas.layout.grid_template_columns, mon.canvas.layout.grid_template_rows) == ("minmax(0, 1fr) minmax(0, 1fr)", "minmax(0, 1fr)")
+    assert mon.canvas.layout.max_width == "800px"
     mon.close()
     assert set(_instances) - before == set()
 

@@ -35,10 +35,12 @@ import numpy as np
 if TYPE_CHECKING:
     from ..engine import EngineState
 
-__all__ = ["HitMapPanel", "Panel", "RatePanel", "TotPanel", "integer_ticks", "log_ticks"]
+__all__ = ["HitMapPanel", "Panel", "RatePanel", "TotPanel", "integer_ticks"]
 
 _BLUE = "#3b6ea8"
 _ORANGE = "#d9822b"
+#: A fill that is painted (it catches the mouse) but shows nothing.
+_CLEAR = "rgba(0, 0, 0, 0)"
 
 
 def integer_ticks(top: float, n: int = 5) -> np.ndarray:
@@ -52,12 +54,6 @@ def integer_ticks(top: float, n: int = 5) -> np.ndarray:
     step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
     step = max(1.0, step)
     return np.arange(0.0, top + 0.5 * step, step)
-
-
-def log_ticks(top: float) -> np.ndarray:
-    """Decades 1, 10, 100... up to at least ``top``."""
-    top = max(float(top), 10.0)
-    return 10.0 ** np.arange(0, math.ceil(math.log10(top)) + 1)
 
 
 class Panel:
@@ -144,13 +140,25 @@ class HitMapPanel(Panel):
         self.color_axis = bqplot.ColorAxis(
             scale=self.color_scale, side="right", label="hits", tick_format="~s", tick_values=integer_ticks(1.0)
         )
+        # In log mode the colours are log10(1 + hits); a transparent layer of
+        # the same cells on top holds the counts, so that the tooltip still
+        # shows hits (a GridHeatMap's tooltip shows the value it is coloured by).
+        self.count_layer = bqplot.GridHeatMap(
+            row=np.arange(num_rows, dtype=np.float64),
+            column=np.arange(num_cols, dtype=np.float64),
+            color=np.zeros((num_rows, num_cols)),
+            scales={"row": row_scale, "column": col_scale, "color": bqplot.ColorScale(min=0.0, max=1.0, colors=[_CLEAR, _CLEAR])},
+            null_color=_CLEAR,
+            stroke=None,
+            visible=False,
+        )
         self.figure.axes = [
             bqplot.Axis(scale=col_scale, label="column", tick_values=np.arange(0, num_cols, 3)),
             bqplot.Axis(scale=row_scale, side="left", label="row", tick_values=np.arange(0, num_rows, 5)),
             self.color_axis,
         ]
-        self.figure.marks = [self.heatmap]
-        self.figure.fig_margin = {"top": 30, "bottom": 45, "left": 45, "right": 75}
+        self.figure.marks = [self.heatmap, self.count_layer]
+        self.figure.fig_margin = {"top": 30, "bottom": 45, "left": 45, "right": 80}
         self.scale_label = widgets.Label("hit map scale")
         self.scale_toggle = widgets.ToggleButtons(options=["linear", "log"], value="linear")
         self.scale_toggle.style.button_width = "60px"
@@ -169,35 +177,28 @@ class HitMapPanel(Panel):
         self._last = None
 
     def colors(self, counts: np.ndarray) -> np.ndarray:
-        """The colour values sent for hit ``counts``.
-
-        Linear: the counts. Log: the counts too (so the tooltip shows counts)
-        on a log colour scale starting at 0.4: pixels with no hit get 0.4,
-        drawn in the lowest colour, and their tooltip (``.0f``) says 0.
-        """
-        if not self.log:
-            return counts
-        return np.where(counts > 0, counts, 0.4)
+        """The colour values sent for hit ``counts``: the counts, or log10(1 + counts) in log mode."""
+        return np.log10(1.0 + counts) if self.log else counts
 
     def update(self, state: EngineState) -> None:
         counts = state.hit_counts(self.chip)
         log = self.log
         if self._last is not None and self._last[1] == log and np.array_equal(counts, self._last[0]):
             return
-        top = float(counts.max()) if counts.size else 0.0
+        colors = self.colors(counts)
+        top = float(colors.max()) if colors.size else 0.0
         with self.heatmap.hold_sync(), self.color_scale.hold_sync(), self.color_axis.hold_sync():
-            if log:
-                ticks = log_ticks(top)
-                self.color_scale.scale_type = "log"
-                self.color_scale.min = 0.4
-                self.color_scale.max = float(ticks[-1])
-            else:
-                ticks = integer_ticks(top)
-                self.color_scale.scale_type = "linear"
-                self.color_scale.min = 0.0
-                self.color_scale.max = float(max(top, 1.0))
+            self.color_scale.max = float(max(top, 1.0))
+            ticks = integer_ticks(top)
             self.color_axis.tick_values = ticks[ticks <= self.color_scale.max]
-            self.heatmap.color = self.colors(counts)
+            self.color_axis.label = "log10(1+hits)" if log else "hits"
+            self.heatmap.color = colors
+            self.heatmap.tooltip = None if log else self.tooltip
+        with self.count_layer.hold_sync():
+            if log:
+                self.count_layer.color = counts
+            self.count_layer.tooltip = self.tooltip if log else None
+            self.count_layer.visible = log
         self.figure.title = "Hit map (log scale)" if log else "Hit map"
         self._last = (counts, log)
 
