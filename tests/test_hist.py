@@ -89,3 +89,19 @@ def test_rate_history_keeps_the_last_span():
     assert r[-1] == 129.0 and h[-1] == 229.0
     hist.clear()
     assert len(hist.arrays()[0]) == 0
+
+
+@pytest.mark.parametrize("edges", [TOT_EDGES, [0.0, 10.0, 100.0, 500.0]], ids=["regular", "variable"])
+def test_a_tot_on_the_last_edge_is_in_the_last_bin_as_offline(edges):
+    """docs/format.md section 8: numpy's rule, the last bin holds its right edge."""
+    edges = np.asarray(edges, dtype=float)
+    tots = np.array([edges[0], edges[-1], edges[-1], np.nextafter(edges[-1], np.inf), edges[-1] + 1.0, -1.0, 0.5 * (edges[1] + edges[2])])
+    hits = np.zeros(len(tots), dtype=HIT_DTYPE)
+    hits["tot_us"] = tots
+    acc = HitAccumulator(35, 16, tot_edges=edges)
+    acc.fill(hits)
+    counts, under, over = acc.tot_counts()
+    expected, _ = np.histogram(tots, bins=edges)
+    assert counts.tolist() == expected.tolist()
+    assert counts[-1] >= 2  # both values on the last edge
+    assert under == 1 and over == 2
