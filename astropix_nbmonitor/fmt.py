@@ -425,8 +425,10 @@ def decoder_for(readout_class: type) -> ChainedDecoder:
 # The AstroPix 4 names (imported last: those modules build on the bases above)
 # --------------------------------------------------------------------------
 
+# The layout names below were module attributes of fmt before the move and
+# stay importable from here (the private ones included) for older callers.
 from .astropix4.batch import BatchDecoder, decode_batch  # noqa: E402
-from .astropix4.layout import (  # noqa: E402
+from .astropix4.layout import (  # noqa: E402, F401
     BIT_REVERSE as _BIT_REVERSE,
     BIT_REVERSE_NP as _BIT_REVERSE_NP,
     CLOCK_CYCLES_PER_US,
