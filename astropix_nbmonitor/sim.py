@@ -398,8 +398,8 @@ class AstroPix4Simulator:
     ) -> None:
         if not hits_per_readout >= 1:
             msg = (
-                f"hits_per_readout must be >= 1 (every readout holds a hit; ask for empty readouts "
-                f"with faults={{'empty': p}}), got {hits_per_readout!r}"
+                f"hits_per_readout must be >= 1 (every readout holds a hit; empty readouts come "
+                f"from the 'empty' fault), got {hits_per_readout!r}"
             )
             raise ValueError(msg)
         if not 0.0 <= beam_fraction <= 1.0:
