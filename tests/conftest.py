@@ -209,6 +209,20 @@ def flag_counts(flags: Sequence[DecodingFlag]) -> np.ndarray:
     return counts
 
 
+def offline_tot_counts(tots: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """TOT counts by the offline binning rule (docs/format.md section 8), underflow first, overflow last.
+
+    Bins are half-open ``[e_i, e_i+1)`` except the last, which also holds its
+    right edge (numpy's ``histogram`` rule); only values strictly above the
+    last edge are overflow. Random hit words do give a TOT of exactly 500 us.
+    """
+    edges = np.asarray(edges, dtype=np.float64)
+    tots = np.asarray(tots, dtype=np.float64)
+    index = np.searchsorted(edges, tots, side="right")
+    index[tots == edges[-1]] = len(edges) - 1
+    return np.bincount(index, minlength=len(edges) + 1).astype(np.int64)
+
+
 def wait_for(predicate, timeout: float = 20.0, what: str = "condition", poll: float = 0.005) -> None:
     """Wait until ``predicate()`` is true; fail the test after ``timeout`` s (a limit, never a measure)."""
     deadline = time.monotonic() + timeout

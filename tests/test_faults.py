@@ -24,7 +24,7 @@ import time
 import boost_histogram as bh
 import numpy as np
 import pytest
-from conftest import assert_hits_equal, decode_chained, flag_counts, make_record
+from conftest import assert_hits_equal, decode_chained, flag_counts, make_record, offline_tot_counts
 from conftest import send_paced as _send
 from conftest import wait_for as _wait_for
 from astropix_nbmonitor.monitor import board, registry
@@ -53,10 +53,8 @@ def _expected_hit_map(hits: np.ndarray) -> np.ndarray:
 
 
 def _expected_tot(hits: np.ndarray) -> np.ndarray:
-    """The TOT spectrum of the hits with under/overflow, binned independently of the monitor."""
-    h = bh.Histogram(bh.axis.Regular(len(TOT_EDGES) - 1, float(TOT_EDGES[0]), float(TOT_EDGES[-1])), storage=bh.storage.Int64())
-    h.fill(hits["tot_us"])
-    return h.values(flow=True)
+    """The TOT spectrum of the hits with under/overflow, binned by the offline rule independently of the monitor."""
+    return offline_tot_counts(hits["tot_us"], TOT_EDGES)
 
 
 class _RecordingDecoder(BatchDecoder):

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import assert_hits_equal, decode_chained, flag_counts, iter_chained, make_record
+from conftest import assert_hits_equal, decode_chained, flag_counts, iter_chained, make_record, offline_tot_counts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -68,19 +68,23 @@ from astropix_nbmonitor.sim import AstroPix4Simulator
 FUZZ_COUNT = int(os.environ.get("ASTROPIX_FUZZ_COUNT", "1000000"))
 FUZZ_SEED = 1
 
-#: Expected fates of a datagram: accepted, or one of the listener's malformed reasons.
-FATES = ("accepted", "short", "header", "length")
-ACCEPTED, SHORT, HEADER, LENGTH = range(4)
+#: Expected fates of a datagram: accepted, one of the listener's malformed reasons, or oversize.
+FATES = ("accepted", "short", "header", "length", "oversize")
+ACCEPTED, SHORT, HEADER, LENGTH, OVERSIZE = range(5)
+#: The listener's default bound on a record's data (no board buffer is larger).
+MAX_DATA_BYTES = 4096
 HEADER_SIZE = 19
 MAGIC = b"\xfe\xdc\xba"
 
 
-def classify(datagrams: list[bytes]) -> np.ndarray:
+def classify(datagrams: list[bytes], max_data_bytes: int | None = None) -> np.ndarray:
     """The fate of each datagram (index in :data:`FATES`), from its bytes alone.
 
-    Written from FORMAT.md section 1, independently of the library: shorter
-    than 19 bytes: short; first three bytes not ``fe dc ba``: header; length
-    field (uint32 LE at offset 15) not ``size - 19``: length; else accepted.
+    Written from docs/format.md section 1, independently of the library:
+    shorter than 19 bytes: short; first three bytes not ``fe dc ba``: header;
+    length field (uint32 LE at offset 15) not ``size - 19``: length; more
+    data than ``max_data_bytes`` (the listener's bound; None: no bound, as
+    for ``parse_record``): oversize; else accepted.
     """
     n = len(datagrams)
     sizes = np.fromiter(map(len, datagrams), dtype=np.int64, count=n)
@@ -91,7 +95,8 @@ def classify(datagrams: list[bytes]) -> np.ndarray:
         heads = heads.reshape(-1, HEADER_SIZE)
         magic = (heads[:, 0] == 0xFE) & (heads[:, 1] == 0xDC) & (heads[:, 2] == 0xBA)
         length = heads[:, 15:19].astype(np.int64) @ np.array([1, 1 << 8, 1 << 16, 1 << 24], dtype=np.int64)
-        fate[long] = np.where(~magic, HEADER, np.where(length != sizes[long] - HEADER_SIZE, LENGTH, ACCEPTED))
+        framed = ACCEPTED if max_data_bytes is None else np.where(length > max_data_bytes, OVERSIZE, ACCEPTED)
+        fate[long] = np.where(~magic, HEADER, np.where(length != sizes[long] - HEADER_SIZE, LENGTH, framed))
     return fate
 
 
@@ -104,14 +109,8 @@ def hit_map_of(hits: np.ndarray, num_cols: int = 16, num_rows: int = 35) -> np.n
 
 
 def tot_counts(hits: np.ndarray, edges: np.ndarray = TOT_EDGES) -> np.ndarray:
-    """TOT counts in half-open bins ``[e_i, e_i+1)``, underflow first and overflow last.
-
-    Not ``np.histogram``: its last bin also takes a value equal to the last
-    edge, which a histogram with an overflow bin (the monitor's) counts as
-    overflow; random hit words do give a TOT of exactly 500 us.
-    """
-    index = np.searchsorted(np.asarray(edges, dtype=np.float64), hits["tot_us"], side="right")
-    return np.bincount(index, minlength=len(edges) + 1).astype(np.int64)
+    """TOT counts of the hits by the offline rule, underflow first and overflow last."""
+    return offline_tot_counts(hits["tot_us"], edges)
 
 
 # ==========================================================================
@@ -673,9 +672,9 @@ def _counts(mon: AstroPix4SimpleMonitor) -> dict[str, Any]:
 
 
 def _dashboard_malformed(html: str) -> int:
-    found = re.search(r'class="apx-malformed">(?:<b[^>]*>)?(\d+)', html)
+    found = re.search(r'class="apx-malformed">(?:<b[^>]*>)?([\d,]+)', html)
     assert found, html
-    return int(found.group(1))
+    return int(found.group(1).replace(",", ""))
 
 
 @pytest.fixture
@@ -760,7 +759,7 @@ def _fuzz_run(mon: AstroPix4SimpleMonitor, count: int, seed: int) -> None:
     with paced_sender(mon) as sender:
         for first in range(0, count, 50_000):
             datagrams, kinds = generate_chunk(rng, min(50_000, count - first), pool)
-            fates = classify(datagrams)
+            fates = classify(datagrams, MAX_DATA_BYTES)
             by_kind += np.bincount(kinds, minlength=len(KINDS))
             expected += np.bincount(fates, minlength=len(FATES))
             expected_bytes += sum(map(len, datagrams))
@@ -785,8 +784,9 @@ def _fuzz_run(mon: AstroPix4SimpleMonitor, count: int, seed: int) -> None:
     # Every datagram counted, each as predicted from its bytes.
     assert stats.datagrams == count
     assert stats.bytes == expected_bytes
-    assert stats.malformed + stats.accepted == count
-    assert stats.accepted == exp["accepted"]
+    assert stats.malformed + stats.accepted + stats.oversize == count
+    assert stats.accepted == exp["accepted"] and stats.oversize == exp["oversize"]
+    assert mon.oversize_records == stats.oversize
     assert stats.malformed_by_reason == {"short": exp["short"], "header": exp["header"], "length": exp["length"], "other": 0}
     assert stats.accepted == stats.processed + stats.dropped
     assert stats.dropped == 0  # the sender waits for room in the buffer
