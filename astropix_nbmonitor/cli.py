@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__, fileio
 from .fmt import RECORD_HEADER_SIZE, AstroPix4Readout
-from .sim import AstroPix4Simulator
+from .sim import AstroPix4Simulator, Faults
 from .sock import DEFAULT_PORT, LOCAL_HOST, AddressInUseError, InvalidAddressError, MulticastSender, resolve_address
 
 if TYPE_CHECKING:
@@ -491,8 +491,9 @@ def _add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
         type=_faults_arg,
         default={},
         metavar="NAME=P,...",
-        help="per-readout fault probabilities, e.g. split=0.01,skip_ids=0.001 (names: split, ff_padding, "
-        "trailing_ff, truncated, garbled, skip_ids, out_of_matrix)",
+        help="per-readout fault probabilities, e.g. split=0.01,skip_ids=0.001 (names: "
+        + ", ".join(f.name for f in dataclasses.fields(Faults))
+        + ")",
     )
 
 

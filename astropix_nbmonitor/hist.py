@@ -18,14 +18,13 @@ from collections.abc import Sequence
 import boost_histogram as bh
 import numpy as np
 
+from .astropix4.layout import NUM_CHIPS
 from .fmt import AbstractAstroPixHit
 
 __all__ = ["HitAccumulator", "RateHistory", "TOT_EDGES", "NUM_CHIPS"]
 
 #: The collaboration's TOT binning: edges ``linspace(0, 500, 100)`` in us.
 TOT_EDGES = np.linspace(0.0, 500.0, 100)
-#: chip_id is a 5-bit field.
-NUM_CHIPS = 32
 
 
 class HitAccumulator:

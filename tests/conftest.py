@@ -1,6 +1,6 @@
 """Shared test helpers: the real AstroPix data, and a reference decoding path.
 
-The real data (FORMAT.md section 7) lives outside the repository, in
+The real data (docs/format.md section 7) lives outside the repository, in
 ``../shared/astropix-data/`` relative to the repository root. Tests that need
 it skip, with the reason, where it is absent (a clone elsewhere).
 """
@@ -137,7 +137,7 @@ def read_test_log(path: Path) -> list[bytes]:
 
 
 def make_record(data: bytes, readout_id: int, timestamp: int = 0) -> bytes:
-    """A readout record (FORMAT.md section 1) built by hand."""
+    """A readout record (docs/format.md section 1) built by hand."""
     return struct.pack("<3sIQI", b"\xfe\xdc\xba", readout_id, timestamp, len(data)) + data
 
 

@@ -16,7 +16,7 @@ Three parts:
    the monitor still shows a fresh valid stream exactly afterwards.
 3. Datagrams of another protocol version or readout class.
 
-About other readout classes. A readout record (FORMAT.md section 1) carries
+About other readout classes. A readout record (docs/format.md section 1) carries
 no class tag: the class (``readout_uid``, 4000 for AstroPix 4) is stored only
 in the header of an .apx file, never in a datagram. So the monitor can tell
 only the *framing* apart: a record with another header (another version
