@@ -175,12 +175,13 @@ def test_update_display_sends_a_javascript_safe_color_array(monitor):
     monitor.scale_toggle.value = "log"
     assert np.allclose(monitor.heatmap.color, np.log10(1 + counts))
     assert monitor.heatmap.tooltip is None
-    assert panel.count_layer.visible and panel.count_layer.tooltip is panel.tooltip
+    assert list(monitor.figures[0].marks) == [monitor.heatmap, panel.count_layer]
+    assert panel.count_layer.tooltip is panel.tooltip
     assert np.array_equal(panel.count_layer.color, counts) and panel.tooltip.labels == ["row", "column", "hits"]
     assert panel.color_axis.label == "log10(1+hits)" and monitor.figures[0].title == "Hit map (log scale)"
     monitor.scale_toggle.value = "linear"
     assert np.array_equal(monitor.heatmap.color, counts)
-    assert monitor.heatmap.tooltip is panel.tooltip and not panel.count_layer.visible
+    assert monitor.heatmap.tooltip is panel.tooltip and list(monitor.figures[0].marks) == [monitor.heatmap]
 
 
 def test_the_tot_title_takes_the_overflow_edge_from_the_real_edges():

@@ -391,6 +391,9 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
         self.stop()
         self.engine.close()
         registry.release(self, self.group, self.port)
+        for panel in self.panels:
+            for widget in panel.own_widgets():
+                _close_widget_tree(widget)
         # Close every widget this monitor holds (figures, marks, scales,
         # buttons, layouts, styles...): ipywidgets keeps each open widget in
         # its registry, and their observers would keep the monitor alive.

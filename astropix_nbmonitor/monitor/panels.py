@@ -104,6 +104,10 @@ class Panel:
     def invalidate(self) -> None:
         """Forget what was sent, so that the next :meth:`update` resends everything."""
 
+    def own_widgets(self) -> list[widgets.Widget]:
+        """Widgets of the panel that its figure and controls may not hold (closed with the monitor)."""
+        return []
+
     def redraw(self) -> None:
         """Ask the monitor for a refresh now (after a control changed)."""
         self.invalidate()
@@ -150,14 +154,13 @@ class HitMapPanel(Panel):
             scales={"row": row_scale, "column": col_scale, "color": bqplot.ColorScale(min=0.0, max=1.0, colors=[_CLEAR, _CLEAR])},
             null_color=_CLEAR,
             stroke=None,
-            visible=False,
         )
         self.figure.axes = [
             bqplot.Axis(scale=col_scale, label="column", tick_values=np.arange(0, num_cols, 3)),
             bqplot.Axis(scale=row_scale, side="left", label="row", tick_values=np.arange(0, num_rows, 5)),
             self.color_axis,
         ]
-        self.figure.marks = [self.heatmap, self.count_layer]
+        self.figure.marks = [self.heatmap]  # the count layer joins in log mode only
         self.figure.fig_margin = {"top": 30, "bottom": 45, "left": 45, "right": 80}
         self.scale_label = widgets.Label("hit map scale")
         self.scale_toggle = widgets.ToggleButtons(options=["linear", "log"], value="linear")
@@ -167,6 +170,9 @@ class HitMapPanel(Panel):
         box.add_class("apx-scale")
         self.controls = [box]
         self._last: tuple[np.ndarray, bool] | None = None
+
+    def own_widgets(self) -> list[widgets.Widget]:
+        return [self.count_layer]
 
     @property
     def log(self) -> bool:
@@ -194,11 +200,13 @@ class HitMapPanel(Panel):
             self.color_axis.label = "log10(1+hits)" if log else "hits"
             self.heatmap.color = colors
             self.heatmap.tooltip = None if log else self.tooltip
-        with self.count_layer.hold_sync():
-            if log:
+        if log:
+            with self.count_layer.hold_sync():
                 self.count_layer.color = counts
-            self.count_layer.tooltip = self.tooltip if log else None
-            self.count_layer.visible = log
+                self.count_layer.tooltip = self.tooltip
+        marks = [self.heatmap, self.count_layer] if log else [self.heatmap]
+        if list(self.figure.marks) != marks:
+            self.figure.marks = marks
         self.figure.title = "Hit map (log scale)" if log else "Hit map"
         self._last = (counts, log)
 
