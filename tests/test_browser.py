@@ -240,6 +240,43 @@ def run_all_cells(page, attempts: int = 3) -> None:
     pytest.fail(f"Run All Cells ran nothing, {attempts} times")
 
 
+def fits_a_narrow_page(page) -> None:
+    """At 1280 px with the file browser open, every plot is whole and nothing scrolls sideways."""
+    page.set_viewport_size({"width": 1280, "height": 960})
+    if not page.locator("#filebrowser").is_visible():
+        page.locator('.jp-SideBar [data-id="filebrowser"]').first.click()
+    poll("the file browser", lambda: page.locator("#filebrowser").is_visible())
+    page.evaluate("() => document.querySelector('.apx-toolbar').scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(1500)  # let the figures follow the new width
+    geometry = page.evaluate(
+        """() => {
+            const canvas = document.querySelector('.apx-canvas');
+            const area = canvas.closest('.jp-OutputArea-output') || canvas.parentElement;
+            const figures = Array.from(canvas.querySelectorAll(':scope > .bqplot')).map(f => f.getBoundingClientRect());
+            const notebook = document.querySelector('.jp-NotebookPanel .jp-WindowedPanel-outer') || document.querySelector('.jp-Notebook');
+            return {
+                areaRight: area.getBoundingClientRect().right,
+                figureRights: figures.map(r => r.right),
+                figureWidths: figures.map(r => r.width),
+                scrollWidth: notebook.scrollWidth,
+                clientWidth: notebook.clientWidth,
+                areaScroll: area.scrollWidth - area.clientWidth,
+            };
+        }"""
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "jupyterlab-1280.png"))
+    assert len(geometry["figureRights"]) == 3, geometry
+    assert all(right <= geometry["areaRight"] + 1 for right in geometry["figureRights"]), geometry
+    assert all(width > 150 for width in geometry["figureWidths"]), geometry
+    assert geometry["scrollWidth"] <= geometry["clientWidth"] + 1, geometry
+    assert geometry["areaScroll"] <= 1, geometry
+    page.locator(".apx-scale button:text-is('log')").click()  # the log colour bar's title must fit too
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(ARTIFACTS / "jupyterlab-1280-log.png"))
+    page.locator(".apx-scale button:text-is('linear')").click()
+
+
 def assert_no_js_errors(page) -> None:
     assert page.errors.errors == [], "\n".join(page.errors.errors)
 
@@ -269,6 +306,7 @@ def test_jupyterlab_demo_quickstart_is_live(launch, page, tmp_path):
 
     exercise_monitor(page, "jupyterlab-quickstart")
     count_rises_while_a_cell_sleeps(page)
+    fits_a_narrow_page(page)
     assert_no_js_errors(page)
 
     assert cmd.stop(signal.SIGTERM) == 0, cmd.log()

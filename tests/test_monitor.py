@@ -178,7 +178,7 @@ def test_update_display_sends_a_javascript_safe_color_array(monitor):
     assert list(monitor.figures[0].marks) == [monitor.heatmap, panel.count_layer]
     assert panel.count_layer.tooltip is panel.tooltip
     assert np.array_equal(panel.count_layer.color, counts) and panel.tooltip.labels == ["row", "column", "hits"]
-    assert panel.color_axis.label == "log10(1+hits)" and monitor.figures[0].title == "Hit map (log scale)"
+    assert panel.color_axis.label == "" and monitor.figures[0].title == "Hit map: log10(1 + hits)"
     monitor.scale_toggle.value = "linear"
     assert np.array_equal(monitor.heatmap.color, counts)
     assert monitor.heatmap.tooltip is panel.tooltip and list(monitor.figures[0].marks) == [monitor.heatmap]
@@ -190,7 +190,7 @@ def test_the_tot_title_takes_the_overflow_edge_from_the_real_edges():
         mon.replay(AstroPix4Simulator(seed=4, tot_tail=0.3, tot_tail_us=700.0).generate(300).records)
         overflow = int(mon.tot_hist.values(flow=True)[-1])
         assert overflow > 0
-        assert mon.figures[1].title == f"TOT spectrum (overflow > 500 us: {overflow:,})"
+        assert mon.figures[1].title == f"TOT (overflow > 500 us: {overflow:,})"
     finally:
         mon.close()
 

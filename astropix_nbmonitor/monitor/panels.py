@@ -84,6 +84,8 @@ class Panel:
         self.controls: list[widgets.Widget] = []
         if self.title:
             figure.title = self.title
+        # Titles must fit a narrow panel (a 1280 px page with a side bar open).
+        figure.title_style = {"font-size": "14px"}
         if self.css_class:
             figure.add_class(self.css_class)
         self.build()
@@ -156,8 +158,8 @@ class HitMapPanel(Panel):
             stroke=None,
         )
         self.figure.axes = [
-            bqplot.Axis(scale=col_scale, label="column", tick_values=np.arange(0, num_cols, 3)),
-            bqplot.Axis(scale=row_scale, side="left", label="row", tick_values=np.arange(0, num_rows, 5)),
+            bqplot.Axis(scale=col_scale, label="column", tick_values=np.arange(0, num_cols, 3, dtype=np.float64)),
+            bqplot.Axis(scale=row_scale, side="left", label="row", tick_values=np.arange(0, num_rows, 5, dtype=np.float64)),
             self.color_axis,
         ]
         self.figure.marks = [self.heatmap]  # the count layer joins in log mode only
@@ -197,7 +199,7 @@ class HitMapPanel(Panel):
             self.color_scale.max = float(max(top, 1.0))
             ticks = integer_ticks(top)
             self.color_axis.tick_values = ticks[ticks <= self.color_scale.max]
-            self.color_axis.label = "log10(1+hits)" if log else "hits"
+            self.color_axis.label = "" if log else "hits"  # the title says what log colours are
             self.heatmap.color = colors
             self.heatmap.tooltip = None if log else self.tooltip
         if log:
@@ -207,7 +209,7 @@ class HitMapPanel(Panel):
         marks = [self.heatmap, self.count_layer] if log else [self.heatmap]
         if list(self.figure.marks) != marks:
             self.figure.marks = marks
-        self.figure.title = "Hit map (log scale)" if log else "Hit map"
+        self.figure.title = "Hit map: log10(1 + hits)" if log else "Hit map"
         self._last = (counts, log)
 
 
@@ -236,6 +238,7 @@ class TotPanel(Panel):
             bqplot.Axis(scale=y_scale, side="left", label="hits", tick_format="~s"),
         ]
         self.figure.marks = [self.bars]
+        self.figure.fig_margin = {"top": 30, "bottom": 45, "left": 65, "right": 20}
         self._last: tuple[np.ndarray, int] | None = None
 
     def invalidate(self) -> None:
@@ -243,7 +246,7 @@ class TotPanel(Panel):
 
     def title_for(self, overflow: int) -> str:
         """The title: the overflow edge is the last real bin edge."""
-        return f"TOT spectrum (overflow > {self.edges[-1]:g} us: {overflow:,})"
+        return f"TOT (overflow > {self.edges[-1]:g} us: {overflow:,})"
 
     def update(self, state: EngineState) -> None:
         counts, _, overflow = state.tot_counts(self.chip)
@@ -279,6 +282,7 @@ class RatePanel(Panel):
             bqplot.Axis(scale=self.y_scale, side="left", label="rate [1/s]", tick_format="~s"),
         ]
         self.figure.marks = [self.lines]
+        self.figure.fig_margin = {"top": 30, "bottom": 45, "left": 65, "right": 20}
         self.figure.legend_location = "top-right"
 
     def update(self, state: EngineState) -> None:
