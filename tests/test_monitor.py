@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -12,6 +13,7 @@ import pytest
 
 from astropix_nbmonitor.engine import MonitorEngine
 from astropix_nbmonitor.monitor import board
+from conftest import make_record
 from conftest import send_paced as _send
 from conftest import wait_for as _wait_for
 from astropix_nbmonitor.fmt import AstroPix4Readout, decode_batch
@@ -595,3 +597,76 @@ def test_listener_options_reach_the_listener():
         mon.close()
     with pytest.raises(ValueError, match="buffer_bytes"):
         AstroPix4SimpleMonitor(port=0, buffer_bytes=0)
+
+
+# --------------------------------------------------------------------------
+# Issue 10: one source for every figure, and the defects a new user hit.
+
+
+def test_after_a_replay_with_a_restart_trait_dashboard_and_status_agree(monitor):
+    """Once, a replayed DAQ restart showed 1 in the traitlet and 0 on the dashboard."""
+    sim = AstroPix4Simulator(seed=41)
+    records = sim.generate(300).records + AstroPix4Simulator(seed=42, start_id=0).generate(100).records
+    monitor.replay(records)
+    assert monitor.daq_restarts == monitor.status()["daq_restarts"] == 1
+    assert "DAQ restarts 1," in monitor.dashboard.value
+    assert monitor.num_readouts == monitor.status()["readouts"] == 400
+
+
+def test_a_user_subclass_shows_the_standard_status_lines():
+    mon = ColumnOccupancyMonitor()
+    try:
+        mon.replay(AstroPix4Simulator(seed=3).generate(120).records + [b"\xfe\xdc\xba\x00"])
+        shown = mon.dashboard.value
+        # Its own message, and above it the standard lines of every monitor.
+        assert "120 readouts" in shown
+        assert 'class="apx-num-readouts">120<' in shown
+        assert 'class="apx-malformed"' in shown and "lost " in shown and "decoding flags:" in shown
+        assert shown.index("apx-status") < shown.index("apx-messages")
+    finally:
+        mon.close()
+
+
+def test_empty_and_oversize_readouts_are_counted_and_shown(monitor):
+    records = AstroPix4Simulator(seed=5).generate(50).records
+    empty = [make_record(b"\xbc\xbc\xff", 50), make_record(b"", 51)]
+    huge = make_record(bytes([0xE0, 0x50, 0x42, 0x03, 0x06, 0x20, 0xD7, 0x01, 0xBC]) * 800, 52)  # 7,200 bytes
+    monitor.replay(records + empty + [huge])
+    assert monitor.empty_readouts == 2 and monitor.oversize_records == 1
+    assert monitor.num_readouts == 52  # the oversize record is kept out
+    assert monitor.hit_map.sum() == 50  # one hit per simulated readout; none of the 800 in the huge one
+    shown = monitor.dashboard.value
+    assert re.search(r'empty readouts <span class="apx-empty">2<', shown)
+    assert re.search(r'oversize <span class="apx-oversize"><b[^>]*>1<', shown)
+
+
+class _SlowReadoutMonitor(ColumnOccupancyMonitor):
+    """A user's process_readout taking 10 ms a readout."""
+
+    def process_readout(self, readout):
+        time.sleep(0.01)
+        self.threads = getattr(self, "threads", set()) | {threading.current_thread().name}
+        return super().process_readout(readout)
+
+
+def test_stop_is_immediate_with_a_slow_process_readout_and_refreshes_stay_on_time():
+    """Once, 26,768 waiting readouts at 10 ms each blocked the kernel for 275 s on Stop."""
+    mon = _SlowReadoutMonitor()
+    refreshes = []
+    mon.observe(lambda change: refreshes.append(change["new"]), names="num_readouts")
+    try:
+        mon.start(refresh_interval=0.1)
+        records = AstroPix4Simulator(seed=6).generate(2000).records  # 20 s of work
+        _send(mon.port, records)
+        _wait_for(lambda: mon.listener_stats().accepted == 2000, what="every datagram received")
+        _wait_for(lambda: len(refreshes) >= 5, what="refreshes while the backlog is processed")
+        began = time.monotonic()
+        mon.stop_button.click()
+        took = time.monotonic() - began
+        assert not mon.running
+        assert mon.num_readouts + mon.dropped_readouts == 2000  # processed, or dropped and counted
+        assert mon.dropped_readouts > 0
+        assert mon.threads == {"astropix-monitor-processing"}  # never on the kernel's thread
+        assert took < 10.0, f"Stop took {took:.1f} s"  # the whole backlog would take 20 s
+    finally:
+        mon.close()
