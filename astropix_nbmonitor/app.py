@@ -182,15 +182,7 @@ def _require_module(module: str, package: str) -> None:
 
 def _http_port_arg(text: str) -> int:
     """``argparse`` type of ``--http-port``: an integer in 0..65535 (0 picks a free port)."""
-    try:
-        value = int(text)
-    except ValueError:
-        msg = f"port {text!r} is not an integer"
-        raise argparse.ArgumentTypeError(msg) from None
-    if not 0 <= value <= 65535:
-        msg = f"port {value} is not in 0..65535 (0 picks a free one)"
-        raise argparse.ArgumentTypeError(msg)
-    return value
+    return port_arg(text, allow_zero=True)
 
 
 def _ip_arg(text: str) -> str:

@@ -175,15 +175,16 @@ def _count(text: str) -> int:
     return value
 
 
-def port_arg(text: str) -> int:
-    """``argparse`` type of a UDP port option: an integer in 1..65535."""
+def port_arg(text: str, *, allow_zero: bool = False) -> int:
+    """``argparse`` type of a port option: an integer in 1..65535 (0..65535 with ``allow_zero``: 0 picks a free one)."""
     try:
         value = int(text)
     except ValueError:
         msg = f"port {text!r} is not an integer"
         raise argparse.ArgumentTypeError(msg) from None
-    if not 1 <= value <= 65535:
-        msg = f"port {value} is not in 1..65535"
+    low = 0 if allow_zero else 1
+    if not low <= value <= 65535:
+        msg = f"port {value} is not in {low}..65535" + (" (0 picks a free one)" if allow_zero else "")
         raise argparse.ArgumentTypeError(msg)
     return value
 
