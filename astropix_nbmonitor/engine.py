@@ -196,6 +196,7 @@ class MonitorEngine:
         self.update_pause = max(0.0, float(update_pause))
         self._process_hook = process
         self._refresh_callbacks: list[Callable[[MonitorEngine], None]] = []
+        self._records_callbacks: list[Callable[[list[bytes]], None]] = []
         self._lifecycle_lock = threading.RLock()
         self._processing_lock = threading.RLock()
         self._stop_event = threading.Event()
@@ -243,6 +244,15 @@ class MonitorEngine:
     def add_refresh_callback(self, callback: Callable[[MonitorEngine], None]) -> None:
         """Call ``callback(engine)`` at every refresh, on the processing thread."""
         self._refresh_callbacks.append(callback)
+
+    def add_records_callback(self, callback: Callable[[list[bytes]], None]) -> None:
+        """Call ``callback(records)`` with every batch of accepted records, on the processing thread.
+
+        The records are those processed (live or replayed), in order, after
+        the listener's checks; a hub relays them this way. The callback must
+        be quick (hand the batch on, do not process it there).
+        """
+        self._records_callbacks.append(callback)
 
     def start(self, refresh_interval: float | None = None, update_pause: float | None = None) -> MonitorEngine:
         """Bind the socket, start both threads and return at once (the engine itself).
@@ -323,9 +333,10 @@ class MonitorEngine:
             self._rates = (0.0, 0.0)
 
     def close(self) -> None:
-        """Stop and forget the refresh callbacks."""
+        """Stop and forget the callbacks."""
         self.stop()
         self._refresh_callbacks.clear()
+        self._records_callbacks.clear()
 
     # ------------------------------------------------------------------ data in
     def reset(self, also: Callable[[], None] | None = None) -> None:
@@ -432,6 +443,24 @@ class MonitorEngine:
         """The last of them, as ``"Type: message"`` (``""`` if none)."""
         return self._last_error
 
+    def hit_map(self, chip: int | None = None) -> bh.Histogram:
+        """A copy of the hit map (axes column, row) of all chips, or of one chip_id."""
+        return self.accumulator.hit_map(chip)
+
+    def tot_hist(self, chip: int | None = None) -> bh.Histogram:
+        """A copy of the TOT spectrum (us, with under/overflow) of all chips, or of one chip_id."""
+        return self.accumulator.tot_hist(chip)
+
+    @property
+    def chips_seen(self) -> list[int]:
+        """The chip_ids seen so far."""
+        return sorted(self.accumulator.chips_seen)
+
+    @property
+    def out_of_matrix(self) -> int:
+        """Decoded hits outside the matrix."""
+        return int(self.accumulator.out_of_matrix)
+
     def status(self) -> Status:
         """Every counter, read now (see :data:`~astropix_nbmonitor.status.STATUS_TABLE`)."""
         readout_rate, hit_rate = self._rates
@@ -505,6 +534,11 @@ class MonitorEngine:
     def _process(self, records: list[bytes]) -> None:
         if not records:
             return
+        for callback in self._records_callbacks:
+            try:
+                callback(records)
+            except Exception as exc:
+                self.note_error(exc)
         try:
             if self._process_hook is not None:
                 self._process_hook(records)

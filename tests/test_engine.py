@@ -256,3 +256,16 @@ def test_start_and_stop_are_safe_twice(engine):
     engine.stop()
     assert _engine_threads() == []
     assert not engine.running
+
+
+def test_records_callbacks_see_every_processed_record_in_order(engine):
+    seen: list[bytes] = []
+    engine.add_records_callback(seen.extend)
+    records = AstroPix4Simulator(seed=12).generate(500).records
+    engine.replay(records[:200] + [b"junk"] + records[200:])
+    assert seen == records
+    engine.start()
+    more = AstroPix4Simulator(seed=13, start_id=500).generate(300).records
+    send_paced(engine.port, more)
+    wait_for(lambda: len(seen) == 800, what="the live records")
+    assert seen[500:] == more

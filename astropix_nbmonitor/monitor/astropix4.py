@@ -66,30 +66,30 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
     @property
     def hit_map(self):
         """Hit counts per pixel of all chips (boost-histogram; axes: column, then row), a copy."""
-        return self.engine.accumulator.hit_map()
+        return self.engine.hit_map()
 
     @property
     def tot_hist(self):
         """The TOT spectrum in us of all chips (boost-histogram with under/overflow), a copy."""
-        return self.engine.accumulator.tot_hist()
+        return self.engine.tot_hist()
 
     def chip_hit_map(self, chip: int):
         """The hit map of one chip_id."""
-        return self.engine.accumulator.hit_map(chip)
+        return self.engine.hit_map(chip)
 
     def chip_tot_hist(self, chip: int):
         """The TOT spectrum of one chip_id."""
-        return self.engine.accumulator.tot_hist(chip)
+        return self.engine.tot_hist(chip)
 
     @property
     def out_of_matrix_hits(self) -> int:
         """Decoded hits whose column (or row) lies outside the 35 x 16 matrix."""
-        return self.engine.accumulator.out_of_matrix
+        return self.engine.out_of_matrix
 
     @property
     def chips_seen(self) -> list[int]:
         """The chip_ids seen so far."""
-        return sorted(self.engine.accumulator.chips_seen)
+        return self.engine.chips_seen
 
     def process_readout(self, readout: AbstractAstroPixReadout) -> int:
         """Decode one readout (chaining split hits) and fill the histograms."""
