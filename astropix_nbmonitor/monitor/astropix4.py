@@ -41,6 +41,8 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
 
     NUM_COLS = NUM_COLS
     NUM_ROWS = NUM_ROWS
+    #: It draws the engine's (or the hub's) histograms: no records relayed.
+    RELAY_RECORDS = False
     #: The panels, left to right.
     PANELS: ClassVar[Sequence[type[Panel]]] = (HitMapPanel, TotPanel, RatePanel)
     #: Height of the plots (px); their width follows the page, up to 1350 px.

@@ -143,6 +143,16 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
         TOT bin edges in us of the engine's TOT spectrum.
     history_seconds : float
         Span of the rate history.
+    hub : str or list of str, optional
+        Attach to a monitor hub (``astropix-nbmonitor hub``, or another
+        notebook's ``mon.publish()``) instead of receiving UDP: the widget
+        shows the hub's histograms and counters (several hubs: their sum,
+        each hub's counters listed apart), and a subclass's
+        ``process_readout`` gets the hub's relayed records. Nothing is bound
+        here, so any number of viewers can show one stream.
+    token : str, optional
+        The hub's command token: with it, Start, Stop and Reset act on the
+        hub; without it they are disabled (a read-only viewer).
 
     Notes
     -----
@@ -167,8 +177,15 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
 
     #: True while the threads run.
     running = Bool(False, read_only=True)
+    #: A viewer of a hub: False before its first update and after two of the
+    #: hub's refresh intervals without one (always True for a local monitor).
+    hub_connected = Bool(True, read_only=True)
     #: Seconds between two display refreshes.
     refresh_interval = Float(0.5)
+    #: A viewer of a hub subscribes to the hub's relayed records and hands
+    #: them to ``process_readout`` (a view drawing only the hub's histograms
+    #: sets this False).
+    RELAY_RECORDS = True
     # The counters' traitlets, one per row of the status table that names one.
     locals().update(_status_traits())
 
@@ -185,23 +202,34 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
         max_data_bytes: int = DEFAULT_MAX_DATA_BYTES,
         tot_edges: Sequence[float] = TOT_EDGES,
         history_seconds: float = 180.0,
+        hub: str | Sequence[str] | None = None,
+        token: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.readout_class = readout_class
-        self.engine = MonitorEngine(
-            readout_class,
-            str(group),
-            int(port),
-            tot_edges=tot_edges,
-            history_seconds=history_seconds,
-            process=self._process_records,
-            buffer_size=buffer_size,
-            buffer_bytes=buffer_bytes,
-            rcvbuf=rcvbuf,
-            interface=interface,
-            max_data_bytes=max_data_bytes,
-        )
+        self.hub = hub
+        self.publisher: Any = None
+        if hub is not None:
+            from ..hub import HubEngine  # pyzmq is needed by viewers and hubs only
+
+            self.engine = HubEngine(
+                hub, token=token, readout_class=readout_class, records=self.RELAY_RECORDS, process=self._process_records
+            )
+        else:
+            self.engine = MonitorEngine(
+                readout_class,
+                str(group),
+                int(port),
+                tot_edges=tot_edges,
+                history_seconds=history_seconds,
+                process=self._process_records,
+                buffer_size=buffer_size,
+                buffer_bytes=buffer_bytes,
+                rcvbuf=rcvbuf,
+                interface=interface,
+                max_data_bytes=max_data_bytes,
+            )
         self.engine.add_refresh_callback(self._on_refresh)
         self.group = self.engine.group
         self._lifecycle_lock = threading.RLock()
@@ -219,7 +247,10 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
         self.observe(self._on_refresh_interval, names="refresh_interval")
         self._sync_buttons()
         self._render_dashboard()
-        registry.claim(self, self.group, self.port)
+        if self.hub is None:
+            registry.claim(self, self.group, self.port)
+        else:
+            self.set_trait("hub_connected", False)
 
     # ------------------------------------------------------------------ API kept from the collaboration
     def create_canvas(
@@ -339,7 +370,8 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
             if not refresh_interval > 0:
                 msg = f"refresh_interval must be > 0 s, got {refresh_interval}"
                 raise ValueError(msg)
-            registry.claim(self, self.group, self.port)
+            if self.hub is None:
+                registry.claim(self, self.group, self.port)
             self.refresh_interval = float(refresh_interval)
             self.engine.update_pause = max(0.0, float(update_pause))
             self.setup()
@@ -387,10 +419,13 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
             self._render_dashboard()
 
     def close(self) -> None:
-        """Stop the monitor and close the widget and its figures."""
+        """Stop the monitor (and its publisher) and close the widget and its figures."""
         self.stop()
+        if self.publisher is not None:
+            self.publisher.stop()
         self.engine.close()
-        registry.release(self, self.group, self.port)
+        if self.hub is None:
+            registry.release(self, self.group, self.port)
         for panel in self.panels:
             for widget in panel.own_widgets():
                 _close_widget_tree(widget)
@@ -400,7 +435,10 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
         _close_widget_tree(self)
 
     def reset(self) -> None:
-        """Clear every counter and histogram (also a subclass's, by :meth:`reset_histograms`)."""
+        """Clear every counter and histogram (also a subclass's, by :meth:`reset_histograms`).
+
+        A viewer of a hub resets the hub (it needs the hub's token).
+        """
         self.engine.reset(also=self.reset_histograms)
         for panel in self.panels:
             panel.invalidate()
@@ -455,8 +493,27 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
         return self.engine.state()
 
     def listener_stats(self):
-        """A snapshot of the listener's counters (see :class:`ListenerStats`)."""
-        return self.engine.listener.stats()
+        """A snapshot of the listener's counters (see :class:`ListenerStats`); None for a viewer of a hub."""
+        listener = getattr(self.engine, "listener", None)
+        return None if listener is None else listener.stats()
+
+    def publish(self, url: str = "tcp://127.0.0.1:5557", **options: Any):
+        """Make this monitor a hub: other notebooks, Voila screens and scripts can attach to ``url``.
+
+        Returns the :class:`~astropix_nbmonitor.hub.HubPublisher` (its
+        ``token`` lets a viewer control this monitor). Binding another
+        interface than loopback is stated on the dashboard. ``close()`` stops it.
+        """
+        if self.hub is not None:
+            msg = "a viewer of a hub cannot publish; publish from the hub's own monitor"
+            raise RuntimeError(msg)
+        from ..hub import HubPublisher
+
+        if self.publisher is not None:
+            self.publisher.stop()
+        self.publisher = HubPublisher(self.engine, url, **options).start()
+        self._render_dashboard()
+        return self.publisher
 
     @property
     def error_count(self) -> int:
@@ -534,9 +591,9 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
         for button, name in ((self.start_button, "start"), (self.stop_button, "stop"), (self.reset_button, "reset")):
             button.add_class(f"apx-{name}")
             button.layout.width = "90px"
-        self.start_button.on_click(lambda _: self._start_from_button())
-        self.stop_button.on_click(lambda _: self.stop())
-        self.reset_button.on_click(lambda _: self.reset())
+        self.start_button.on_click(lambda _: self._on_button("start"))
+        self.stop_button.on_click(lambda _: self._on_button("stop"))
+        self.reset_button.on_click(lambda _: self._on_button("reset"))
         self.toolbar = widgets.HBox(
             [self.start_button, self.stop_button, self.reset_button],
             layout=widgets.Layout(align_items="center", flex_flow="row wrap"),
@@ -549,18 +606,46 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
     def _on_refresh_interval(self, change: dict[str, Any]) -> None:
         self.engine.refresh_interval = float(change["new"])
 
-    def _start_from_button(self) -> None:
+    def _on_button(self, name: str) -> None:
+        """A click: on a local monitor, start/stop/reset it; on a viewer, send the command to the hub."""
         try:
-            self.start(self.refresh_interval, self.engine.update_pause)
+            if self.hub is not None:
+                {"start": self.engine.start_hub, "stop": self.engine.stop_hub, "reset": self.reset}[name]()
+            elif name == "start":
+                self.start(self.refresh_interval, self.engine.update_pause)
+            elif name == "stop":
+                self.stop()
+            else:
+                self.reset()
         except Exception as exc:  # shown on the dashboard: a click has no caller to raise to
             self.engine.note_error(exc)
-            logger.error("cannot start %r: %s", self, exc)
+            logger.error("%s on %r failed: %s", name, self, exc)
             self.refresh()
 
+    def _hub_running(self) -> bool:
+        """Whether the monitored engine receives: a viewer shows its hub's."""
+        if self.hub is None:
+            return self.engine.running
+        state = self.engine.state()
+        return bool(state is not None and state.running)
+
     def _sync_buttons(self) -> None:
-        running = self.engine.running
+        if self.hub is None:
+            running = self.engine.running
+            self.start_button.disabled = running
+            self.stop_button.disabled = not running
+            return
+        if not self.engine.has_token:
+            why = f"read-only viewer of {self.hub}: give token= (printed by the hub) to control it"
+            for button in (self.start_button, self.stop_button, self.reset_button):
+                button.disabled = True
+                button.tooltip = why
+            return
+        running = self._hub_running()
         self.start_button.disabled = running
         self.stop_button.disabled = not running
+        for button, what in ((self.start_button, "Start"), (self.stop_button, "Stop"), (self.reset_button, "Reset")):
+            button.tooltip = f"{what} the hub {self.hub}"
 
     def _sync_traits(self, status: Status) -> None:
         with self.hold_trait_notifications():
@@ -576,6 +661,9 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
         if self.running != engine.running:
             self.set_trait("running", engine.running)
             self._sync_buttons()
+        if self.hub is not None:
+            self.set_trait("hub_connected", bool(engine.connected))
+            self._sync_buttons()
         try:
             self.update_display()
         except Exception as exc:
@@ -585,14 +673,19 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
         self._render_dashboard(status)
 
     def _dashboard_html(self, status: Status | None = None) -> str:
+        """The dashboard: (for a viewer, the hub lines), the standard status lines, the messages."""
         status = self.engine.status() if status is None else status
         lines = board.status_html(
             status,
-            running=self.engine.running,
+            running=self._hub_running(),
             address=self.address(),
             exposure=self.engine.exposure(),
             last_error=self.engine.last_error,
         )
+        if self.hub is not None:
+            lines = board.viewer_html(self.engine) + lines
+        if self.publisher is not None:
+            lines += board.publisher_html(self.publisher)
         return lines + board.messages_html(self._messages)
 
     def _render_dashboard(self, status: Status | None = None) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..status import Status, format_value
 
-__all__ = ["NO_DATA_WARNING_S", "messages_html", "no_data_warning", "status_html"]
+__all__ = ["NO_DATA_WARNING_S", "messages_html", "no_data_warning", "publisher_html", "status_html", "viewer_html"]
 
 #: Seconds without a datagram after which the dashboard warns.
 NO_DATA_WARNING_S = 5.0
@@ -92,6 +92,47 @@ def status_html(
     if warning:
         lines.append(f'<span class="apx-warning" style="color:{_RED};font-weight:bold">&#9888; {html.escape(warning)}</span>')
     return f'<div class="apx-status" style="line-height:1.4">{"<br>".join(lines)}</div>'
+
+
+def viewer_html(engine: Any, *, now: float | None = None) -> str:
+    """The lines of a viewer of one or several hubs: which hub, liveness, delay, missed updates, events.
+
+    ``engine`` is a :class:`~astropix_nbmonitor.hub.HubEngine`.
+    """
+    now = time.time() if now is None else now
+    hubs = engine.hubs
+    since = engine.seconds_since_update
+    delay = engine.plot_delay
+    parts = [
+        f"Viewer of hub {html.escape(', '.join(hubs))}",
+        "last update " + ("never" if since is None else f"{since:,.1f} s ago"),
+        "plot delay " + ("-" if delay is None else f"{1000 * delay:,.0f} ms"),
+        f"missed updates {format_value(engine.missed_updates)}",
+    ]
+    lines = [_span("apx-hub", ", ".join(parts))]
+    if not engine.connected:
+        waited = "no update yet" if since is None else f"no update for {since:,.0f} s"
+        lines.append(
+            f'<span class="apx-hub-warning" style="color:{_RED};font-weight:bold">&#9888; '
+            f"not connected to the hub: {html.escape(waited)}</span>"
+        )
+    for when, text in list(engine.events)[-3:]:
+        stamp = time.strftime("%H:%M:%S", time.localtime(when))
+        lines.append(_span("apx-hub-event", html.escape(f"{stamp} {text}")))
+    statuses = engine.hub_statuses()
+    if len(statuses) > 1:
+        for url, status in statuses.items():
+            lines.append(_span("apx-hub-status", html.escape(f"{url}: {status.one_line()}")))
+    return f'<div class="apx-viewer" style="line-height:1.4">{"<br>".join(lines)}</div>'
+
+
+def publisher_html(publisher: Any) -> str:
+    """The line of a monitor that publishes as a hub: endpoints and who can attach (never the token)."""
+    text = (
+        f"publishing as a hub on {publisher.publish_url} (commands {publisher.command_url}, "
+        f"token in mon.publisher.token): {publisher.exposure()}"
+    )
+    return f'<div class="apx-publisher" style="line-height:1.4">{html.escape(text)}</div>'
 
 
 def messages_html(messages: Mapping[tuple[float, float], tuple[str, dict[str, Any]]]) -> str:
