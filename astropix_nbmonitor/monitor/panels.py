@@ -32,6 +32,9 @@ import bqplot
 import ipywidgets as widgets
 import numpy as np
 
+from ..astropix4.layout import NUM_COLS, NUM_ROWS
+from ..hist import TOT_EDGES
+
 if TYPE_CHECKING:
     from ..engine import EngineState
 
@@ -126,8 +129,8 @@ class HitMapPanel(Panel):
 
     def build(self) -> None:
         monitor = self.monitor
-        num_rows = int(getattr(monitor, "NUM_ROWS", 35))
-        num_cols = int(getattr(monitor, "NUM_COLS", 16))
+        num_rows = int(getattr(monitor, "NUM_ROWS", NUM_ROWS))
+        num_cols = int(getattr(monitor, "NUM_COLS", NUM_COLS))
         col_scale = bqplot.OrdinalScale()
         row_scale = bqplot.OrdinalScale(reverse=True)
         # min/max set from the start: an empty (or never started) map is
@@ -221,7 +224,7 @@ class TotPanel(Panel):
     css_class = "apx-tot"
 
     def build(self) -> None:
-        edges = np.asarray(getattr(self.monitor, "tot_edges", np.linspace(0.0, 500.0, 100)), dtype=float)
+        edges = np.asarray(getattr(self.monitor, "tot_edges", TOT_EDGES), dtype=float)
         self.edges = edges
         x_scale = bqplot.LinearScale(min=float(edges[0]), max=float(edges[-1]))
         y_scale = bqplot.LinearScale(min=0.0)
