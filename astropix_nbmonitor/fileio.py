@@ -11,6 +11,18 @@ until the end of the file::
     with apx_open("copy.apx", "w", header={"run": 7}) as writer:
         writer.write(readout)
 
+The collaboration's call forms work too (``astropix_analysis.fileio``)::
+
+    with apx_open("copy.apx", "wb", FileHeader(AstroPix4Readout, {"run": 7})) as output_file:
+        readout.write(output_file)
+    with apx_open("run.apx", "rb") as input_file:
+        for readout in input_file: ...
+
+A legacy DAQ log (``.log``, docs/format.md section 10) opens the same way for
+reading: ``apx_open("run.log")`` returns a
+:class:`~astropix_nbmonitor.legacy.LogReader`, with the same iteration,
+``records()`` and ``header``.
+
 A file that ends in the middle of a record (a run that was killed) is read up
 to its last complete record; :class:`ApxTruncatedWarning` then reports the
 tail, and :attr:`ApxReader.truncated_bytes` says how long it was.
@@ -37,7 +49,9 @@ __all__ = [
     "ApxReader",
     "ApxTruncatedWarning",
     "ApxWriter",
+    "FileHeader",
     "apx_open",
+    "run_path_arg",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,6 +85,90 @@ class ApxFormatError(ValueError):
 
 class ApxTruncatedWarning(UserWarning):
     """An .apx file ends in the middle of a record (a run that was killed)."""
+
+
+class FileHeader(dict):
+    """The header of an .apx file: ``readout_uid`` first, then any JSON-serialisable keys.
+
+    The collaboration's ``FileHeader(readout_class, content)``, here a plain
+    ``dict`` as well (so ``header["configuration"]``, ``header == {...}`` and
+    ``json.dumps(header)`` work as before). Readers give their header as one.
+
+    Parameters
+    ----------
+    readout_class : type
+        The readout class of the file's records (its ``uid()`` is stored).
+    content : mapping, optional
+        The other keys. A ``readout_uid`` in it must be that of ``readout_class``.
+
+    Raises
+    ------
+    ValueError
+        If ``content`` holds another ``readout_uid``.
+    """
+
+    def __init__(self, readout_class: type[AbstractAstroPixReadout], content: Mapping[str, Any] | None = None) -> None:
+        given = dict(content or {})
+        uid = readout_class.uid()
+        if "readout_uid" in given and given["readout_uid"] != uid:
+            msg = f"header readout_uid {given['readout_uid']!r} does not match {readout_class.__name__} (uid {uid})"
+            raise ValueError(msg)
+        given.pop("readout_uid", None)
+        super().__init__({"readout_uid": uid, **given})
+        self._readout_class = readout_class
+
+    @classmethod
+    def _of(cls, content: dict[str, Any], readout_class: type[AbstractAstroPixReadout]) -> FileHeader:
+        """A header holding ``content`` exactly as read (its own ``readout_uid`` kept)."""
+        header = cls.__new__(cls)
+        dict.__init__(header, content)
+        header._readout_class = readout_class
+        return header
+
+    def readout_uid(self) -> int:
+        """The ``readout_uid`` of the file."""
+        return self["readout_uid"]
+
+    def readout_class(self) -> type[AbstractAstroPixReadout]:
+        """The readout class of the file's records."""
+        return self._readout_class
+
+    def serialize(self) -> str:
+        """The header as JSON text."""
+        return json.dumps(self)
+
+    @classmethod
+    def deserialize(cls, text: str) -> FileHeader:
+        """A header from JSON text (the readout class from its ``readout_uid``).
+
+        Raises
+        ------
+        ValueError
+            If the text is not a JSON object with a known ``readout_uid``.
+        """
+        content = json.loads(text)
+        if not isinstance(content, dict) or "readout_uid" not in content:
+            msg = f"an .apx header is a JSON object with a readout_uid, got {text[:80]!r}"
+            raise ValueError(msg)
+        return cls._of(content, uid_to_readout_class(content["readout_uid"]))
+
+    def write(self, output_file: BinaryIO) -> None:
+        """Write the header length and the JSON text to a binary file (after the magic)."""
+        data = self.serialize().encode("utf-8")
+        output_file.write(_HEADER_LENGTH.pack(len(data)) + data)
+
+    @classmethod
+    def read(cls, input_file: BinaryIO) -> FileHeader:
+        """Read the header length and the JSON text from a binary file (after the magic)."""
+        (length,) = _HEADER_LENGTH.unpack(input_file.read(_HEADER_LENGTH.size))
+        return cls.deserialize(input_file.read(length).decode("utf-8"))
+
+    def __str__(self) -> str:
+        fields = ", ".join(f"{key} = {value}" for key, value in self.items())
+        return f"Header({fields})"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({getattr(self._readout_class, '__name__', '?')}, {dict(self)!r})"
 
 
 class _ApxFile:
@@ -126,8 +224,8 @@ class ApxReader(_ApxFile):
     ----------
     path : pathlib.Path
         The file.
-    header : dict
-        The parsed JSON header.
+    header : FileHeader
+        The parsed JSON header (a dict).
     readout_class : type
         The :class:`~astropix_nbmonitor.fmt.AbstractAstroPixReadout` subclass
         the records are parsed with.
@@ -164,8 +262,9 @@ class ApxReader(_ApxFile):
         self.truncated_bytes = 0
         self._file: BinaryIO | None = open(self.path, "rb")  # noqa: SIM115 - closed by close()
         try:
-            self.header, self.data_offset = self._read_header()
-            self.readout_class = self._resolve_class(readout_class)
+            content, self.data_offset = self._read_header()
+            self.header = FileHeader._of(content, self._resolve_class(content, readout_class))
+            self.readout_class = self.header.readout_class()
         except BaseException:
             self.close()
             raise
@@ -199,13 +298,15 @@ class ApxReader(_ApxFile):
             raise self._error(f"header is a JSON {type(header).__name__}, not an object", _HEADER_OFFSET)
         return header, _HEADER_OFFSET + length
 
-    def _resolve_class(self, readout_class: type[AbstractAstroPixReadout] | None) -> type[AbstractAstroPixReadout]:
+    def _resolve_class(
+        self, header: dict[str, Any], readout_class: type[AbstractAstroPixReadout] | None
+    ) -> type[AbstractAstroPixReadout]:
         if readout_class is not None:
             return readout_class
-        if "readout_uid" not in self.header:
+        if "readout_uid" not in header:
             raise self._error("header has no readout_uid", _HEADER_OFFSET)
         try:
-            return uid_to_readout_class(self.header["readout_uid"])
+            return uid_to_readout_class(header["readout_uid"])
         except ValueError as exc:
             raise self._error(str(exc), _HEADER_OFFSET) from None
 
@@ -313,17 +414,18 @@ class ApxWriter(_ApxFile):
     ----------
     path : str or os.PathLike
         The file (created or overwritten).
-    header : mapping, optional
+    header : mapping or FileHeader, optional
         Any JSON-serialisable keys to store (chip configuration, run
         arguments...). A ``readout_uid`` in it must match ``readout_class``.
     readout_class : type, optional
-        The readout class; by default the one of ``header["readout_uid"]`` if
-        given, else :class:`~astropix_nbmonitor.fmt.AstroPix4Readout`.
+        The readout class; by default that of a :class:`FileHeader`, else the
+        one of ``header["readout_uid"]`` if given, else
+        :class:`~astropix_nbmonitor.fmt.AstroPix4Readout`.
 
     Attributes
     ----------
     path : pathlib.Path
-    header : dict
+    header : FileHeader
         The header as written.
     readout_class : type
     num_readouts : int
@@ -345,14 +447,11 @@ class ApxWriter(_ApxFile):
         readout_class: type[AbstractAstroPixReadout] | None = None,
     ) -> None:
         given = dict(header or {})
+        if readout_class is None and isinstance(header, FileHeader):
+            readout_class = header.readout_class()
         if readout_class is None:
             readout_class = uid_to_readout_class(given["readout_uid"]) if "readout_uid" in given else AstroPix4Readout
-        uid = readout_class.uid()
-        if "readout_uid" in given and given["readout_uid"] != uid:
-            msg = f"header readout_uid {given['readout_uid']!r} does not match {readout_class.__name__} (uid {uid})"
-            raise ValueError(msg)
-        given.pop("readout_uid", None)
-        self.header: dict[str, Any] = {"readout_uid": uid, **given}
+        self.header = FileHeader(readout_class, given)
         try:
             text = json.dumps(self.header).encode("utf-8")
         except (TypeError, ValueError) as exc:
@@ -368,6 +467,9 @@ class ApxWriter(_ApxFile):
 
     def write(self, readout: AbstractAstroPixReadout) -> None:
         """Append one readout (as its record, :meth:`to_bytes`).
+
+        ``readout.write(writer)`` (the collaboration's call form) does the
+        same; raw record bytes go through :meth:`write_record`.
 
         Raises
         ------
@@ -402,12 +504,18 @@ class ApxWriter(_ApxFile):
         return f"{type(self).__name__}({str(self.path)!r}, {self.readout_class.__name__}, {self.num_readouts} readouts)"
 
 
+#: The extensions :func:`apx_open` reads.
+READABLE_EXTENSIONS = (".apx", ".log")
+_READ_MODES = ("r", "rb")
+_WRITE_MODES = ("w", "wb")
+
+
 @overload
 def apx_open(
     path: PathLike,
-    mode: Literal["r"] = "r",
-    *,
+    mode: Literal["r", "rb"] = "r",
     header: None = None,
+    *,
     readout_class: type[AbstractAstroPixReadout] | None = None,
 ) -> ApxReader: ...
 
@@ -415,9 +523,9 @@ def apx_open(
 @overload
 def apx_open(
     path: PathLike,
-    mode: Literal["w"],
+    mode: Literal["w", "wb"],
+    header: Mapping[str, Any] | FileHeader | None = None,
     *,
-    header: Mapping[str, Any] | None = None,
     readout_class: type[AbstractAstroPixReadout] | None = None,
 ) -> ApxWriter: ...
 
@@ -425,36 +533,57 @@ def apx_open(
 def apx_open(
     path: PathLike,
     mode: str = "r",
+    header: Mapping[str, Any] | FileHeader | None = None,
     *,
-    header: Mapping[str, Any] | None = None,
     readout_class: type[AbstractAstroPixReadout] | None = None,
-) -> ApxReader | ApxWriter:
-    """Open an .apx file for reading (``"r"``) or writing (``"w"``).
+) -> Any:
+    """Open an .apx file for reading (``"r"``/``"rb"``) or writing (``"w"``/``"wb"``).
+
+    ``apx_open(path, "wb", header)`` and ``apx_open(path, "rb")``, the
+    collaboration's call forms, work as well as the keyword form. A path
+    ending in ``.log`` is read as a legacy DAQ log
+    (:class:`~astropix_nbmonitor.legacy.LogReader`: the same iteration,
+    ``records()`` and ``header``).
 
     Parameters
     ----------
     path : str or os.PathLike
         The file.
-    mode : {"r", "w"}
+    mode : {"r", "rb", "w", "wb"}
         Read an existing file, or create (overwrite) one.
-    header : mapping, optional
+    header : mapping or FileHeader, optional
         Writing only: the keys to store in the JSON header (``readout_uid`` is
-        added).
+        added); a :class:`FileHeader` also gives the readout class.
     readout_class : type, optional
         Reading: overrides the header's ``readout_uid``. Writing: the class of
         the readouts (default :class:`~astropix_nbmonitor.fmt.AstroPix4Readout`).
 
     Returns
     -------
-    ApxReader or ApxWriter
-        Both are context managers.
+    ApxReader, LogReader or ApxWriter
+        All are context managers.
     """
-    if mode == "r":
+    if mode in _READ_MODES:
         if header is not None:
-            msg = f"header is for writing only; got header={header!r} with mode 'r'"
+            msg = f"header is for writing only; got header={header!r} with mode {mode!r}"
             raise ValueError(msg)
+        if Path(path).suffix.lower() == ".log":
+            from .legacy import LogReader
+
+            return LogReader(path, **({"readout_class": readout_class} if readout_class is not None else {}))
         return ApxReader(path, readout_class=readout_class)
-    if mode == "w":
+    if mode in _WRITE_MODES:
         return ApxWriter(path, header=header, readout_class=readout_class)
-    msg = f"mode must be 'r' or 'w', got {mode!r}"
+    msg = f"mode must be 'r', 'rb', 'w' or 'wb', got {mode!r}"
     raise ValueError(msg)
+
+
+def run_path_arg(text: str) -> Path:
+    """An ``argparse`` type: a path ending in one of :data:`READABLE_EXTENSIONS` (.apx or .log)."""
+    import argparse
+
+    path = Path(text)
+    if path.suffix.lower() not in READABLE_EXTENSIONS:
+        msg = f"{text!r} does not end in .apx or .log"
+        raise argparse.ArgumentTypeError(msg)
+    return path

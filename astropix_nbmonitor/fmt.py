@@ -44,6 +44,7 @@ from .record import (
 )
 
 __all__ = [
+    "COLLABORATION_HIT_ORDER",
     "FLAG_NAMES",
     "HIT_DTYPE",
     "HIT_FIELDS",
@@ -134,14 +135,32 @@ _MATCHED = int(DecodingFlag.ORPHAN_BYTES_MATCHED)
 
 
 class AbstractAstroPixHit(ABC):
-    """Base class of a hit: a fixed-size group of bits sliced into fields."""
+    """Base class of a hit: a fixed-size group of bits sliced into fields.
+
+    As in the collaboration's ``astropix_analysis.fmt``: ``ATTRIBUTE_NAMES``
+    in the collaboration's order, :meth:`attribute_values`, :meth:`dict`
+    (with ``raw_data``), and two hits are equal when their bytes are equal
+    (:attr:`raw_data`; the readout id, timestamp and decoding order, which are
+    not in the bytes, do not count).
+
+    A subclass sets ``SIZE``, ``ATTRIBUTE_NAMES`` and ``BIT_FIELDS``, the
+    ``(name, right shift, mask)`` of every field cut from the hit's bits, from
+    which :attr:`raw_data` is rebuilt. A subclass without ``BIT_FIELDS`` is
+    compared on all its attribute values.
+    """
 
     SIZE: ClassVar[int] = 0
     ATTRIBUTE_NAMES: ClassVar[tuple[str, ...]] = ()
+    BIT_FIELDS: ClassVar[tuple[tuple[str, int, int], ...]] = ()
 
     @abstractmethod
     def __init__(self, data: bytes, readout_id: int, timestamp: int, decoding_order: int = 0) -> None:
         ...
+
+    @staticmethod
+    def gray_to_decimal(gray: int) -> int:
+        """Convert a Gray-coded integer to plain binary (the collaboration's name)."""
+        return gray_to_binary(gray)
 
     def attribute_values(self, attribute_names: Sequence[str] | None = None) -> list[Any]:
         """The values of the named attributes (all of them by default)."""
@@ -149,16 +168,44 @@ class AbstractAstroPixHit(ABC):
         return [getattr(self, name) for name in names]
 
     def as_dict(self) -> dict[str, Any]:
-        """The hit as a ``{field: value}`` dictionary."""
+        """The hit as a ``{field: value}`` dictionary, in ``ATTRIBUTE_NAMES`` order."""
         return dict(zip(self.ATTRIBUTE_NAMES, self.attribute_values()))
+
+    def dict(self) -> dict[str, Any]:
+        """The collaboration's ``dict()``: :meth:`as_dict` plus ``raw_data`` (the hit's bytes)."""
+        out = self.as_dict()
+        out["raw_data"] = self.raw_data
+        return out
+
+    @property
+    def raw_data(self) -> bytes:
+        """The hit's ``SIZE`` bytes as its constructor takes them (after the per-byte bit reversal)."""
+        word = 0
+        for name, shift, _mask in self.BIT_FIELDS:
+            word |= int(getattr(self, name)) << shift
+        return word.to_bytes(self.SIZE, "big")
+
+    def hex(self) -> str:
+        """:attr:`raw_data` as hex digits."""
+        return self.raw_data.hex()
+
+    def _identity(self) -> tuple[Any, ...]:
+        """What equality compares: the bytes, or every attribute for a class without ``BIT_FIELDS``."""
+        if self.BIT_FIELDS:
+            return (self.raw_data,)
+        return tuple(self.attribute_values())
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, AbstractAstroPixHit):
             return NotImplemented
-        return type(self) is type(other) and self.attribute_values() == other.attribute_values()
+        return type(self) is type(other) and self._identity() == other._identity()
 
     def __hash__(self) -> int:
-        return hash(tuple(self.attribute_values()))
+        return hash(self._identity())
+
+    def __str__(self) -> str:
+        fields = ", ".join(f"{key} = {value}" for key, value in self.dict().items())
+        return f"{type(self).__name__}({fields})"
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v}" for k, v in self.as_dict().items())
@@ -249,6 +296,68 @@ class AbstractAstroPixReadout(ABC):
     def malformed(self) -> bool:
         """True when the board bytes could not be fully decoded."""
         return bool(self.decoding_status() & DecodingFlag.UNKNOWN_FATAL_ERROR)
+
+    def decoded(self) -> bool:
+        """True once :meth:`decode` was called."""
+        return self._hits is not None
+
+    def hex(self) -> str:
+        """The board bytes as hex digits (two per byte)."""
+        return self._readout_data.hex()
+
+    def pretty_print(self, hits: bool = True) -> str:
+        """The readout, its bytes, its hits (one line each) and its decoding flags, as text."""
+        lines = [str(self), f"Raw: {self._readout_data!r}", f"Hex: {self.hex()}", ""]
+        if hits:
+            lines.extend(str(hit) for hit in self.hits())
+            lines.append("")
+        status = self.decoding_status()
+        lines.append(f"Decoding flags: {status.name if status else 'none'}")
+        return "\n".join(lines)
+
+    def write(self, output_file: Any) -> None:
+        """Write the readout's record to an open .apx writer or binary file.
+
+        An :class:`~astropix_nbmonitor.fileio.ApxWriter` (what ``apx_open(path,
+        "wb", header)`` returns) gets it through ``write_record``; any other
+        object with ``write(bytes)`` gets the record's bytes.
+        """
+        record = self.to_bytes()
+        write_record = getattr(output_file, "write_record", None)
+        if write_record is not None:
+            write_record(record)
+        else:
+            output_file.write(record)
+
+    @classmethod
+    def from_file(cls, input_file: Any) -> AbstractAstroPixReadout | None:
+        """Read the next record from a binary file positioned on one; None at the end.
+
+        A record cut by the end of the file is not a readout: None is
+        returned (and logged).
+
+        Raises
+        ------
+        MalformedReadoutError
+            If the bytes there do not start a record.
+        """
+        head = input_file.read(RECORD_HEADER_SIZE)
+        if len(head) < RECORD_HEADER_SIZE:
+            if head:
+                logger.warning("file ends inside a record header (%d bytes)", len(head))
+            return None
+        length = RECORD_STRUCT.unpack_from(head)[3] if head[:3] == RECORD_HEADER else 0
+        record = head + input_file.read(length)
+        if len(record) < RECORD_HEADER_SIZE + length:
+            logger.warning("file ends inside a record (%d of %d bytes)", len(record), RECORD_HEADER_SIZE + length)
+            return None
+        return cls.from_bytes(record)
+
+    def __str__(self) -> str:
+        return (
+            f"{type(self).__name__}({len(self._readout_data)} bytes, "
+            f"readout_id = {self.readout_id}, timestamp = {self.timestamp} ns)"
+        )
 
     def __len__(self) -> int:
         return len(self._readout_data)
@@ -443,7 +552,23 @@ from .astropix4.layout import (  # noqa: E402, F401
     PADDING_BYTE,
     reverse_bit_order,
 )
+from .astropix4.layout import HIT_SHIFTS as _HIT_SHIFTS  # noqa: E402
 from .astropix4.readout import AstroPix4Hit, AstroPix4Readout, hits_to_array  # noqa: E402
+
+#: The collaboration's order of an AstroPix 4 hit's attributes
+#: (``astropix_analysis.fmt.AstroPix4Hit.ATTRIBUTE_NAMES``): the readout's id
+#: and timestamp and the decoding order come right after chip_id and payload.
+#: (:data:`HIT_FIELDS`, the numpy layout, keeps its own order.)
+COLLABORATION_HIT_ORDER = (
+    "chip_id", "payload", "readout_id", "timestamp", "decoding_order", "row", "column",
+    "ts_neg1", "ts_coarse1", "ts_fine1", "ts_tdc1", "ts_neg2", "ts_coarse2", "ts_fine2", "ts_tdc2",
+    "ts_dec1", "ts_dec2", "tot_us",
+)  # fmt: skip
+# The collaboration's API of the AstroPix 4 hit, set where that API is
+# described (this module): its attribute order, and the bit fields its bytes
+# (hence equality) are rebuilt from.
+AstroPix4Hit.ATTRIBUTE_NAMES = COLLABORATION_HIT_ORDER
+AstroPix4Hit.BIT_FIELDS = _HIT_SHIFTS
 
 _READOUT_CLASSES: dict[int, type[AbstractAstroPixReadout]] = {AstroPix4Readout.uid(): AstroPix4Readout}
 
