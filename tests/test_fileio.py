@@ -299,3 +299,105 @@ def test_simulated_run_through_a_file(tmp_path: Path) -> None:
     with apx_open(path) as reader:
         hits, flags = decode_chained(reader.records())
     assert_hits_equal(hits, np.concatenate(truths))
+
+
+# --------------------------------------------------------------------------
+# The collaboration's call forms (astropix_analysis.fileio and .fmt)
+# --------------------------------------------------------------------------
+
+
+def test_collaboration_write_and_read_forms(tmp_path: Path, sim_records: list[bytes]) -> None:
+    from astropix_nbmonitor.fileio import FileHeader
+
+    readouts = [AstroPix4Readout.from_bytes(r) for r in sim_records]
+    header = FileHeader(AstroPix4Readout, {"version": 1, "stuff": "hits"})
+    assert header == {"readout_uid": 4000, "version": 1, "stuff": "hits"}
+    assert header.readout_uid() == 4000 and header.readout_class() is AstroPix4Readout
+    path = tmp_path / "collab.apx"
+    with apx_open(path, "wb", header) as output_file:
+        for readout in readouts:
+            readout.write(output_file)
+    with apx_open(str(path), "rb") as input_file:
+        assert input_file.header == header
+        assert input_file.header.readout_class() is AstroPix4Readout
+        assert list(input_file) == readouts
+    with apx_open(tmp_path / "dict.apx", "wb", {"version": 2}) as writer:
+        readouts[0].write(writer)
+    with apx_open(tmp_path / "dict.apx") as reader:
+        assert reader.header == {"readout_uid": 4000, "version": 2}
+        assert list(reader) == readouts[:1]
+
+
+def test_file_header_serialises_and_reads_back(tmp_path: Path) -> None:
+    import io
+
+    from astropix_nbmonitor.fileio import FileHeader
+
+    header = FileHeader(AstroPix4Readout, {"a": [1, 2]})
+    assert FileHeader.deserialize(header.serialize()) == header
+    buf = io.BytesIO()
+    header.write(buf)
+    buf.seek(0)
+    again = FileHeader.read(buf)
+    assert again == header and again.readout_class() is AstroPix4Readout
+    assert "a = [1, 2]" in str(header)
+    with pytest.raises(ValueError, match="readout_uid"):
+        FileHeader(AstroPix4Readout, {"readout_uid": 3000})
+    with pytest.raises(ValueError, match="readout_uid"):
+        FileHeader.deserialize("[1, 2]")
+
+
+def test_readout_write_to_a_plain_binary_file_and_from_file(tmp_path: Path, sim_records: list[bytes]) -> None:
+    readouts = [AstroPix4Readout.from_bytes(r) for r in sim_records[:5]]
+    path = tmp_path / "plain.bin"
+    with open(path, "wb") as f:
+        for readout in readouts:
+            readout.write(f)
+    assert path.read_bytes() == b"".join(sim_records[:5])
+    with open(path, "rb") as f:
+        back = []
+        while (readout := AstroPix4Readout.from_file(f)) is not None:
+            back.append(readout)
+    assert back == readouts
+
+
+def test_hits_are_equal_when_their_bytes_are_equal() -> None:
+    from astropix_nbmonitor.fmt import COLLABORATION_HIT_ORDER, AstroPix4Hit
+
+    wire = bytes.fromhex("e05042030620d701")
+    a = AstroPix4Hit.from_wire(wire, readout_id=1, timestamp=10, decoding_order=0)
+    b = AstroPix4Hit.from_wire(wire, readout_id=7, timestamp=99, decoding_order=3)
+    c = AstroPix4Hit.from_wire(bytes.fromhex("e05041130620d701"), 1, 10, 0)
+    assert a == b and hash(a) == hash(b)
+    assert a != c
+    assert a.raw_data == wire.translate(bytes(int(f"{i:08b}"[::-1], 2) for i in range(256)))
+    assert AstroPix4Hit(a.raw_data, 1, 10, 0) == a
+    assert AstroPix4Hit.ATTRIBUTE_NAMES == COLLABORATION_HIT_ORDER
+    assert list(a.dict()) == [*COLLABORATION_HIT_ORDER, "raw_data"]
+    assert a.dict()["raw_data"] == a.raw_data and a.hex() == a.raw_data.hex()
+    assert str(a).startswith("AstroPix4Hit(chip_id = 0, payload = 7, readout_id = 1")
+    assert AstroPix4Hit.gray_to_decimal(0b11) == 2
+
+
+def test_readout_helpers_of_the_collaboration() -> None:
+    data = bytes.fromhex("bcbce05042030620d701bcbce05041130620d701bcbcffff")
+    readout = AstroPix4Readout(data, 3, 5)
+    assert not readout.decoded()
+    assert readout.hex() == data.rstrip(b"\xff").hex()
+    text = readout.pretty_print()
+    assert readout.decoded()
+    assert text.splitlines()[0] == "AstroPix4Readout(22 bytes, readout_id = 3, timestamp = 5 ns)"
+    assert sum(line.startswith("AstroPix4Hit(") for line in text.splitlines()) == 2
+    assert text.splitlines()[-1] == "Decoding flags: none"
+    assert "AstroPix4Hit" not in readout.pretty_print(hits=False)
+
+
+def test_run_path_arg_takes_apx_and_log_only() -> None:
+    import argparse
+
+    from astropix_nbmonitor.fileio import run_path_arg
+
+    assert run_path_arg("a/RUN.log") == Path("a/RUN.log")
+    assert run_path_arg("RUN.APX") == Path("RUN.APX")
+    with pytest.raises(argparse.ArgumentTypeError, match="does not end in .apx or .log"):
+        run_path_arg("run.csv")
