@@ -739,6 +739,72 @@ def _run_watch(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------
+# hub
+# --------------------------------------------------------------------------
+
+#: Where ``hub`` publishes by default (loopback: only this machine can attach).
+DEFAULT_HUB_PUBLISH = "tcp://127.0.0.1:5557"
+
+
+def _add_hub_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--publish",
+        default=DEFAULT_HUB_PUBLISH,
+        metavar="URL",
+        help=f"ZeroMQ endpoint viewers attach to (default {DEFAULT_HUB_PUBLISH}: this machine only; "
+        "tcp://0.0.0.0:5557 lets other hosts attach)",
+    )
+    parser.add_argument(
+        "--command",
+        dest="command_endpoint",
+        metavar="URL",
+        help="endpoint of the command socket (default: the publish port + 1)",
+    )
+    parser.add_argument(
+        "--refresh",
+        type=_positive_float,
+        default=0.5,
+        metavar="S",
+        help="seconds between two published states (default 0.5)",
+    )
+    parser.add_argument("--token", metavar="T", help="the command token (default: a new random one, printed)")
+
+
+def _run_hub(args: argparse.Namespace) -> int:
+    # Imported here: the other commands need neither pyzmq nor the engine.
+    from .engine import MonitorEngine
+    from .hub import HubPublisher
+
+    engine = MonitorEngine(group=args.group, port=args.port, refresh_interval=args.refresh)
+    engine.start()  # a UDP port in use fails here, as one line (main)
+    publisher = None
+    try:
+        publisher = HubPublisher(
+            engine, args.publish, command=args.command_endpoint, token=args.token, refresh_interval=args.refresh
+        ).start()  # a TCP port in use: HubAddressInUseError, one line (main)
+        group, port = engine.address()
+        emit(f"receiving UDP {group}:{port}: {engine.exposure()}")
+        emit(f"publish {publisher.publish_url}")
+        emit(f"command {publisher.command_url}")
+        emit(f"token {publisher.token}")
+        emit(f"attach: {publisher.exposure()} (Ctrl-C to stop)")
+        with _stop_on_signals() as stop:
+            while not stop.wait(0.5):
+                if not publisher.running:
+                    raise CliError("the hub's publisher thread ended (see the log)")
+    finally:
+        if publisher is not None:
+            publisher.stop()
+        engine.stop()
+    emit(
+        f"hub stopped: {publisher.states_published} states and {publisher.record_batches_published} record batches "
+        f"published, commands {publisher.accepted_commands} accepted, {publisher.refused_commands} refused; "
+        f"{engine.status().one_line()}"
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------
 # The command table and main()
 # --------------------------------------------------------------------------
 
@@ -748,6 +814,12 @@ COMMANDS: list[Command] = [
     Command("simulate", "stream synthetic AstroPix 4 readouts over UDP", _add_simulate_arguments, _run_simulate),
     Command("record", "receive readouts and write them to an .apx file", _add_record_arguments, _run_record),
     Command("watch", "show the monitor's counters live in the terminal (no browser)", _add_watch_arguments, _run_watch),
+    Command(
+        "hub",
+        "receive and histogram once, publish the state over ZeroMQ for any number of viewers",
+        _add_hub_arguments,
+        _run_hub,
+    ),
     Command(
         "demo",
         "start JupyterLab on the example notebooks (needs jupyterlab)",
