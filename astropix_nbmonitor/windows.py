@@ -35,6 +35,11 @@ from .hist import TOT_EDGES
 
 __all__ = ["PixelTots", "WindowedAccumulator"]
 
+#: The increment of the int32 ring's np.add.at (same dtype: its fast path).
+_ONE32 = np.ones(1, dtype=np.int32)
+#: The same for the int64 per-pixel spectra.
+_ONE64 = np.ones(1, dtype=np.int64)
+
 
 # ---------------------------------------------------------------------------
 # Axes and binning shared with hist.HitAccumulator (same names, labels, edges)
@@ -250,8 +255,10 @@ class WindowedAccumulator:
             for chip, sel in groups:
                 ring = self._ring(chip)
                 in_chip = inside if sel is None else inside & sel
-                np.add.at(ring.maps[slot], cells[in_chip], 1)
-                np.add.at(ring.tots[slot], tot_bins if sel is None else tot_bins[sel], 1)
+                # An int32 one: with a Python int, np.add.at on int32 takes its slow
+                # casting path (35 ns a hit instead of under 1 ns, numpy 2.4).
+                np.add.at(ring.maps[slot], cells[in_chip], _ONE32)
+                np.add.at(ring.tots[slot], tot_bins if sel is None else tot_bins[sel], _ONE32)
 
     def _cells(self, hits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Flat pixel index ``column * num_rows + row`` of each hit, and which are inside."""
@@ -463,7 +470,7 @@ class PixelTots:
         with self._lock:
             self.ignored += ignored
             for c, sel in _chip_groups(chip):
-                np.add.at(self._chip(c).reshape(-1), flat if sel is None else flat[sel], 1)
+                np.add.at(self._chip(c).reshape(-1), flat if sel is None else flat[sel], _ONE64)
 
     def _chip(self, chip: int) -> np.ndarray:
         """The spectra of ``chip``, allocated at its first hit (lock held)."""
