@@ -393,7 +393,7 @@ def _add_stream_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_send_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", type=_apx_path, metavar="FILE.apx", help="the .apx file to replay")
+    parser.add_argument("file", type=fileio.run_path_arg, metavar="FILE.apx|FILE.log", help="the .apx (or legacy .log) file to replay")
     _add_stream_arguments(parser)
     parser.add_argument(
         "--loop",
@@ -814,6 +814,7 @@ COMMANDS: list[Command] = [
     Command("simulate", "stream synthetic AstroPix 4 readouts over UDP", _add_simulate_arguments, _run_simulate),
     Command("record", "receive readouts and write them to an .apx file", _add_record_arguments, _run_record),
     Command("watch", "show the monitor's counters live in the terminal (no browser)", _add_watch_arguments, _run_watch),
+    Command("convert", "convert a legacy DAQ .log file to an .apx file", "astropix_nbmonitor.legacy:add_convert_arguments", "astropix_nbmonitor.legacy:run_convert", address_options=False),
     Command(
         "hub",
         "receive and histogram once, publish the state over ZeroMQ for any number of viewers",
