@@ -68,6 +68,11 @@ DEFAULT_UDP_PORT = 5007
 #: Environment variables through which ``serve`` tells the dashboard what to monitor.
 GROUP_ENV = "ASTROPIX_GROUP"
 PORT_ENV = "ASTROPIX_PORT"
+#: The hub the dashboard's monitor attaches to, and its command token.
+HUB_ENV = "ASTROPIX_HUB"
+HUB_TOKEN_ENV = "ASTROPIX_HUB_TOKEN"
+#: Longest wait for ``serve``'s own hub to listen (s).
+_HUB_READY_TIMEOUT_S = 30.0
 
 _READY_TIMEOUT_S = 90.0
 _STOP_TIMEOUT_S = 15.0
@@ -575,6 +580,55 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--theme", choices=("light", "dark"), default="light", help="Voila theme (default light)"
     )
+    parser.add_argument(
+        "--hub",
+        metavar="URL",
+        default=None,
+        help="attach every page to this monitor hub (astropix-nbmonitor hub) instead of starting "
+        "serve's own hub on --group/--port",
+    )
+    parser.add_argument(
+        "--hub-token",
+        metavar="TOKEN",
+        default=None,
+        help="the hub's command token: the pages' Start/Stop/Reset then act on the hub (without it they are read-only)",
+    )
+
+
+def _free_tcp_pair(ip: str = "127.0.0.1") -> int:
+    """A TCP port p such that p and p + 1 are free on ``ip`` (a hub's publish and command ports)."""
+    for _ in range(50):
+        first = _check_port_free(ip, 0)
+        try:
+            _check_port_free(ip, first + 1)
+        except LaunchError:
+            continue
+        return first
+    msg = f"found no two consecutive free TCP ports on {ip}"
+    raise LaunchError(msg)
+
+
+def _start_own_hub(group: str, port: int, cwd: Path) -> tuple[_ServerProcess, str, str]:
+    """Start ``astropix-nbmonitor hub`` on ``group:port`` publishing on loopback; return it, its URL and token.
+
+    The pages' kernels attach to it, so none of them binds the UDP port: a
+    page that is reloaded, closed or crashes never leaves the port held.
+    """
+    tcp = _free_tcp_pair()
+    publish = f"tcp://127.0.0.1:{tcp}"
+    token = secrets.token_urlsafe(24)
+    cmd = [
+        sys.executable, "-m", "astropix_nbmonitor.cli", "hub",
+        "--group", group, "--port", str(port), "--publish", publish, "--token", token,
+    ]  # fmt: skip
+    log = _new_log_file("hub")
+    hub = _ServerProcess(cmd, env=_child_env(), cwd=cwd, log=log)
+    if not _wait_for_port("127.0.0.1", tcp, hub.proc, timeout=_HUB_READY_TIMEOUT_S):
+        last = hub.last_log_line()
+        hub.stop()
+        msg = f"the hub did not start{f': {last}' if last else ''} (its log: {log})"
+        raise LaunchError(msg)
+    return hub, publish, token
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -588,38 +642,66 @@ def run_serve(args: argparse.Namespace) -> int:
         if not notebook.is_file():
             msg = f"the dashboard notebook {notebook} is missing from the installation"
             raise LaunchError(msg)
-        _check_udp_address(args.group, args.port)
+        if args.hub is None:
+            _check_udp_address(args.group, args.port)
         port = _check_port_free(args.ip, args.http_port)
     except LaunchError as exc:
         emit(f"{_PROG} serve: error: {exc}", file=sys.stderr)
         return 1
     token = secrets.token_hex(24)
     with tempfile.TemporaryDirectory(prefix="astropix-serve-") as workdir:
-        # Voila renders a copy: nothing is ever written next to the package.
-        shutil.copy2(notebook, Path(workdir) / DASHBOARD_NOTEBOOK)
-        cmd = [
-            sys.executable,
-            "-m",
-            "voila",
-            DASHBOARD_NOTEBOOK,
-            "--no-browser",
-            f"--Voila.ip={args.ip}",
-            f"--port={port}",
-            "--Voila.port_retries=0",
-            f"--token={token}",
-            f"--theme={args.theme}",
-            # Voila shuts down the kernel of a page that is closed or reloaded
-            # through a beacon that its pages send without an XSRF cookie
-            # (Voila 0.5): without this, every reload would leave a kernel
-            # behind, still holding the UDP port.
-            "--Voila.tornado_settings=disable_check_xsrf=True",
-        ]
-        url = f"http://{_host_for_url(args.ip)}:{port}/?token={token}"
-        env = _child_env({GROUP_ENV: args.group, PORT_ENV: str(args.port)})
-        emit(f"monitoring UDP {args.group}:{args.port}")
-        return _run_server(
-            cmd, ip=args.ip, port=port, url=url, cwd=Path(workdir), env=env, what="Voila", prog=f"{_PROG} serve"
-        )
+        own_hub = None
+        try:
+            if args.hub is None:
+                own_hub, hub_url, hub_token = _start_own_hub(args.group, args.port, Path(workdir))
+                emit(f"receiving UDP {args.group}:{args.port} in a hub publishing on {hub_url}")
+            else:
+                hub_url, hub_token = args.hub, args.hub_token or ""
+                emit(f"pages attach to the hub {hub_url}" + ("" if hub_token else " (read-only: no --hub-token)"))
+        except LaunchError as exc:
+            emit(f"{_PROG} serve: error: {exc}", file=sys.stderr)
+            return 1
+        try:
+            return _serve_pages(args, port, token, Path(workdir), notebook, hub_url, hub_token)
+        finally:
+            if own_hub is not None:
+                own_hub.stop()
+
+
+def _serve_pages(
+    args: argparse.Namespace, port: int, token: str, workdir: Path, notebook: Path, hub_url: str, hub_token: str
+) -> int:
+    """Run Voila on the dashboard notebook, its pages attached to ``hub_url``, until stopped."""
+    # Voila renders a copy: nothing is ever written next to the package.
+    shutil.copy2(notebook, Path(workdir) / DASHBOARD_NOTEBOOK)
+    cmd = [
+        sys.executable,
+        "-m",
+        "voila",
+        DASHBOARD_NOTEBOOK,
+        "--no-browser",
+        f"--Voila.ip={args.ip}",
+        f"--port={port}",
+        "--Voila.port_retries=0",
+        f"--token={token}",
+        f"--theme={args.theme}",
+        # Voila shuts down the kernel of a page that is closed or reloaded
+        # through a beacon that its pages send without an XSRF cookie
+        # (Voila 0.5): without this, every reload would leave a kernel
+        # behind (attached to the hub, or holding the UDP port of a page
+        # that monitors it directly).
+        "--Voila.tornado_settings=disable_check_xsrf=True",
+    ]
+    url = f"http://{_host_for_url(args.ip)}:{port}/?token={token}"
+    extra = {HUB_ENV: hub_url, HUB_TOKEN_ENV: hub_token}
+    if args.hub is None:  # serve's own hub: the pages can say what it receives
+        extra.update({GROUP_ENV: args.group, PORT_ENV: str(args.port)})
+    env = _child_env(extra)
+    for name in (GROUP_ENV, PORT_ENV) if args.hub is not None else ():
+        env.pop(name, None)
+    return _run_server(
+        cmd, ip=args.ip, port=port, url=url, cwd=Path(workdir), env=env, what="Voila", prog=f"{_PROG} serve"
+    )
 
 
 # --------------------------------------------------------------------------

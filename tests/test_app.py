@@ -305,8 +305,9 @@ def test_serve_renders_a_live_dashboard_prints_one_url_and_stops_cleanly(launch)
     assert "application/vnd.jupyter.widget-view+json" in page
     assert f"127.0.0.1:{udp_port}" in page
     assert "Traceback" not in page
-    # The monitor of the kernel Voila started listens on the UDP port it was given.
+    # serve's own hub listens on the UDP port it was given (the pages attach to the hub).
     assert _poll(lambda: _udp_port_in_use(udp_port), timeout=30)
+    assert any(line.startswith("receiving UDP") and "in a hub publishing on tcp://127.0.0.1:" in line for line in cmd.lines)
 
     assert cmd.stop(signal.SIGTERM) == 0, cmd.log()
     assert wait_no_marked_processes(env[MARK_VAR]) == []

@@ -339,3 +339,59 @@ def test_voila_dashboard_is_live(launch, page):
         src.stop()
     assert cmd.stop(signal.SIGTERM) == 0, cmd.log()
     assert wait_no_marked_processes(env[MARK_VAR]) == []
+
+
+def _wait_tcp(port: int, proc, timeout: float = 30.0) -> None:
+    """Wait until something listens on 127.0.0.1:port (a hub), failing if ``proc`` died."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the hub exited with status {proc.returncode}")
+        with socket.socket() as probe:
+            probe.settimeout(0.2)
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    pytest.fail(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def test_serve_hub_three_pages_at_once_are_live(launch, browser):
+    """``serve --hub``: three screens on one hub's stream at the same time, all live, none bound to UDP."""
+    from astropix_nbmonitor import SimulatedSource
+
+    udp_port, tcp_port = free_udp_port(), free_tcp_port()
+    hub, _ = launch("hub", "--port", str(udp_port), "--publish", f"tcp://127.0.0.1:{tcp_port}", "--token", "t0k3n")
+    _wait_tcp(tcp_port, hub.proc)
+    cmd, env = launch("serve", "--hub", f"tcp://127.0.0.1:{tcp_port}", "--http-port", str(free_tcp_port()))
+    url = cmd.wait_for_url()
+    src = SimulatedSource(group="127.0.0.1", port=udp_port, rate_hz=2000, seed=6).start()
+    context = browser.new_context(viewport={"width": 1600, "height": 1100})
+    try:
+        pages = []
+        for _ in range(3):
+            page = context.new_page()
+            page.set_default_timeout(60_000)
+            page.errors = PageErrors(page)
+            page.goto(url, timeout=120_000)
+            pages.append(page)
+        for i, page in enumerate(pages):
+            poll(f"{NUM_CELLS} cells on page {i}", lambda p=page: p.locator(".apx-hitmap rect.heatmapcell").count() == NUM_CELLS)
+            first = poll(f"a count on page {i}", lambda p=page: readouts(p) is not None and (readouts(p),))[0]
+            poll(f"the count to rise on page {i}", lambda p=page, f=first: (readouts(p) or 0) > f)
+            poll(f"colours on page {i}", lambda p=page: len(set(cell_fills(p))) > 3)
+            # A page without the hub's token is a read-only viewer: its buttons are disabled.
+            assert page.locator("button.apx-stop").first.is_disabled()
+            assert page.locator("text=Viewer of hub").count() == 1
+            assert page.locator("text=Not monitoring").count() == 0
+            assert_no_js_errors(page)
+        ARTIFACTS.mkdir(exist_ok=True)
+        pages[0].screenshot(path=str(ARTIFACTS / "voila-hub-viewer.png"))
+    finally:
+        context.close()
+        src.stop()
+    assert cmd.stop(signal.SIGTERM) == 0, cmd.log()
+    assert hub.stop(signal.SIGTERM) == 0, hub.log()
+    assert wait_no_marked_processes(env[MARK_VAR]) == []
+

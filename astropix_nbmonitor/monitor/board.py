@@ -110,6 +110,9 @@ def viewer_html(engine: Any, *, now: float | None = None) -> str:
         f"missed updates {format_value(engine.missed_updates)}",
     ]
     lines = [_span("apx-hub", ", ".join(parts))]
+    attach = [link.state.hub.attach for link in engine.links.values() if link.state is not None and link.state.hub.attach]
+    if attach:
+        lines.append(_span("apx-hub-exposure", html.escape("hub: " + "; ".join(attach))))
     if not engine.connected:
         waited = "no update yet" if since is None else f"no update for {since:,.0f} s"
         lines.append(

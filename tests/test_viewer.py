@@ -1,0 +1,169 @@
+"""Widgets attached to a hub (issue 11, points 2, 3, 5 and 6): the same monitor, fed by another's state.
+
+A local monitor publishes (``mon.publish``); viewers in this process attach
+with ``hub=``. Everything a viewer shows must equal the hub's: plots,
+traitlets, ``hit_map`` and ``tot_hist``; Start/Stop/Reset act on the hub only
+with its token; a user's subclass gets every relayed record; a viewer of two
+hubs shows their sum with each hub's counters apart; a silent hub turns
+``hub_connected`` False with a red warning.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from conftest import send_paced, wait_for
+
+from astropix_nbmonitor.fmt import AstroPix4Readout
+from astropix_nbmonitor.monitor import AbstractMonitor, AstroPix4SimpleMonitor
+from astropix_nbmonitor.sim import AstroPix4Simulator
+
+pytest.importorskip("zmq")
+
+_THREADS = ("astropix-monitor-listener", "astropix-monitor-processing")
+
+
+def _publishing_monitor(seed: int = 1, n: int = 1500, **faults):
+    """A local monitor on a free UDP port, fed a simulated run, publishing on a free TCP port."""
+    mon = AstroPix4SimpleMonitor(port=0).start(refresh_interval=0.1)
+    publisher = mon.publish("tcp://127.0.0.1:0", refresh_interval=0.1)
+    run = AstroPix4Simulator(seed=seed, hits_per_readout=2.0, faults=faults or {"split": 0.05, "skip_ids": 0.01}).generate(n)
+    send_paced(mon.port, run.records)
+    wait_for(lambda: mon.num_readouts == run.num_readouts, what="the hub's monitor to process the run")
+    return mon, publisher, run
+
+
+def _same_as_hub(viewer, mon) -> bool:
+    return (
+        viewer.num_readouts == mon.num_readouts
+        and np.array_equal(viewer.hit_map.values(), mon.hit_map.values())
+        and np.array_equal(viewer.tot_hist.values(flow=True), mon.tot_hist.values(flow=True))
+    )
+
+
+@pytest.fixture
+def hub():
+    mon, publisher, run = _publishing_monitor()
+    yield mon, publisher, run
+    mon.close()
+
+
+def test_a_viewer_shows_exactly_the_hubs_state(hub):
+    mon, publisher, run = hub
+    viewer = AstroPix4SimpleMonitor(hub=publisher.publish_url).start(refresh_interval=0.1)
+    try:
+        wait_for(lambda: viewer.hub_connected and _same_as_hub(viewer, mon), what="the viewer to show the hub's state")
+        assert viewer.lost_readouts == mon.lost_readouts == run.lost > 0
+        assert viewer.recovered_hits == mon.recovered_hits
+        assert viewer.num_hits == mon.num_hits == len(run.truth)
+        # The plots are drawn from the hub's histograms.
+        viewer.refresh()
+        assert np.array_equal(viewer.heatmap.color, mon.hit_map.values().T)
+        shown = viewer.dashboard.value
+        assert "Viewer of hub" in shown and publisher.publish_url in shown
+        assert "plot delay" in shown and "missed updates" in shown
+        assert "hub: loopback only (tcp://127.0.0.1:" in shown  # who can attach to the hub
+        assert f'class="apx-num-readouts">{mon.num_readouts:,}<' in shown
+        # No token: Start, Stop and Reset are disabled, and say why.
+        for button in (viewer.start_button, viewer.stop_button, viewer.reset_button):
+            assert button.disabled and "token" in button.tooltip
+        assert viewer.listener_stats() is None
+    finally:
+        viewer.close()
+
+
+def test_with_the_token_the_buttons_act_on_the_hub(hub):
+    mon, publisher, _ = hub
+    viewer = AstroPix4SimpleMonitor(hub=publisher.publish_url, token=publisher.token).start(refresh_interval=0.1)
+    try:
+        wait_for(lambda: viewer.hub_connected and not viewer.stop_button.disabled, what="an enabled Stop")
+        viewer.stop_button.click()
+        wait_for(lambda: not mon.running, what="the hub's monitor to stop")
+        wait_for(lambda: not viewer.start_button.disabled, what="Start enabled on the viewer")
+        viewer.reset_button.click()
+        wait_for(lambda: mon.num_readouts == 0 and viewer.num_readouts == 0, what="the reset on hub and viewer")
+        viewer.start_button.click()
+        wait_for(lambda: mon.running, what="the hub's monitor to start again")
+    finally:
+        viewer.close()
+
+
+def test_a_silent_hub_turns_hub_connected_false_with_a_red_warning(hub):
+    mon, publisher, _ = hub
+    viewer = AstroPix4SimpleMonitor(hub=publisher.publish_url).start(refresh_interval=0.1)
+    try:
+        wait_for(lambda: viewer.hub_connected, what="the first update")
+        publisher.stop()
+        wait_for(lambda: not viewer.hub_connected, what="hub_connected to fall")
+        wait_for(lambda: "apx-hub-warning" in viewer.dashboard.value, what="the red warning")
+    finally:
+        viewer.close()
+
+
+class _RecordCounter(AbstractMonitor):
+    """A user's monitor: counts the readouts and hits it is handed."""
+
+    def __init__(self, **kwargs):
+        super().__init__(AstroPix4Readout, **kwargs)
+        self.ids: list[int] = []
+        self.threads: set[str] = set()
+
+    def process_readout(self, readout):
+        self.ids.append(readout.readout_id)
+        self.threads.add(threading.current_thread().name)
+        return self.decode_readout(readout)
+
+    def update_display(self):
+        pass
+
+
+def test_a_custom_subclass_attached_to_a_hub_sees_every_record():
+    mon = AstroPix4SimpleMonitor(port=0).start(refresh_interval=0.1)
+    try:
+        publisher = mon.publish("tcp://127.0.0.1:0", refresh_interval=0.1)
+        viewer = _RecordCounter(hub=publisher.publish_url).start(refresh_interval=0.1)
+        try:
+            wait_for(lambda: viewer.hub_connected, what="the viewer to attach")
+            run = AstroPix4Simulator(seed=8, faults={"skip_ids": 0.01}).generate(2000)
+            send_paced(mon.port, run.records)
+            expected = [AstroPix4Readout.from_bytes(r).readout_id for r in run.records]
+            wait_for(lambda: len(viewer.ids) >= len(expected), what="every relayed record")
+            assert viewer.ids == expected
+            assert len(viewer.threads) == 1  # one thread, always the same: no locks needed
+        finally:
+            viewer.close()
+    finally:
+        mon.close()
+
+
+def test_a_viewer_of_two_hubs_shows_their_sum_and_each_hubs_counters():
+    first, pub1, run1 = _publishing_monitor(seed=21, n=800)
+    second, pub2, run2 = _publishing_monitor(seed=22, n=500)
+    viewer = AstroPix4SimpleMonitor(hub=[pub1.publish_url, pub2.publish_url]).start(refresh_interval=0.1)
+    try:
+        total = first.hit_map.values() + second.hit_map.values()
+        wait_for(
+            lambda: viewer.num_readouts == first.num_readouts + second.num_readouts
+            and np.array_equal(viewer.hit_map.values(), total),
+            what="the sum of both hubs",
+        )
+        shown = viewer.dashboard.value
+        assert pub1.publish_url in shown and pub2.publish_url in shown
+        assert shown.count("apx-hub-status") == 2
+    finally:
+        viewer.close()
+        first.close()
+        second.close()
+
+
+def test_publishing_is_stated_on_the_dashboard_and_stops_with_close():
+    mon = AstroPix4SimpleMonitor(port=0)
+    publisher = mon.publish("tcp://127.0.0.1:0")
+    try:
+        assert "publishing as a hub on" in mon.dashboard.value and "loopback" in mon.dashboard.value
+        assert publisher.token not in mon.dashboard.value  # never shown
+    finally:
+        mon.close()
+    assert [t.name for t in threading.enumerate() if t.name in _THREADS] == []
