@@ -1,0 +1,294 @@
+"""Benchmark of the monitor hub: its CPU per attached viewer, the state message's size, the latency.
+
+Run: ``python benchmarks/bench_hub.py [--quick]``. Prints, side by side in one run:
+
+1. the hub's CPU (CPU seconds of the hub process, from ``/proc/PID/stat``,
+   per second of wall time, in % of one core) and the size of one state
+   message, with 0, 1, 10 and 50 attached viewers, at the default 0.5 s
+   refresh, while a steady simulated stream of 1,000 readouts/s arrives. The
+   hub is the ``astropix-nbmonitor hub`` command in its own process; the
+   viewers are ``HubEngine`` objects in other processes (10 per process);
+   the stream is sent from this process.
+2. the time from a datagram arriving at the hub to its hit being in a
+   viewer's ``hit_map``, p50 and p99: readouts with one hit of chip 7 (the
+   stream's hits are chip 0) are slipped into the stream, at a random phase
+   of the hub's refresh, and a viewer in this process polls
+   ``hit_map(7)`` every millisecond. Sender, hub and viewer share the
+   machine's clock (loopback), so the time is measured from the send.
+
+Targets (issue 11): 50 viewers cost the hub < 5% of one core more than none;
+one chip's state message < 100 kB; p99 latency < refresh interval + 100 ms.
+Nothing is asserted: the figures go to benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import queue
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import zmq
+
+from astropix_nbmonitor.hub import HubEngine, request_command
+from astropix_nbmonitor.sim import AstroPix4Simulator
+from astropix_nbmonitor.sock import MulticastSender
+
+REFRESH_S = 0.5
+MARK_CHIP = 7
+
+_VIEWERS = textwrap.dedent(
+    """
+    import json, sys, time
+    from astropix_nbmonitor.hub import HubEngine
+    url, count = sys.argv[1], int(sys.argv[2])
+    viewers = [HubEngine(url).start() for _ in range(count)]
+    deadline = time.monotonic() + 60
+    while not all(v.connected for v in viewers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print("ready" if all(v.connected for v in viewers) else "not connected", flush=True)
+    sys.stdin.read()  # until the benchmark closes our stdin
+    states = sum(link.states_received for v in viewers for link in v.links.values())
+    missed = sum(v.missed_updates for v in viewers)
+    for v in viewers:
+        v.close()
+    print(json.dumps({"states": states, "missed": missed}), flush=True)
+    """
+)
+
+
+# --------------------------------------------------------------------------
+# The stream
+# --------------------------------------------------------------------------
+
+
+class _Sender(threading.Thread):
+    """Send a steady simulated stream, and on request one marked readout (chip 7), ids consecutive."""
+
+    def __init__(self, port: int, rate: float) -> None:
+        super().__init__(name="bench-sender", daemon=True)
+        self.port = port
+        self.rate = rate
+        self.stop_event = threading.Event()
+        self.marks: queue.Queue[queue.Queue[float]] = queue.Queue()
+        self._stream = AstroPix4Simulator(seed=1, hits_per_readout=1.0)
+        self._marker = AstroPix4Simulator(seed=2, hits_per_readout=1.0, fixed_hits=True, chip_ids=(MARK_CHIP,))
+        self._next_id = 0
+        self.sent = 0
+
+    def _renumber(self, record: bytes) -> bytes:
+        out = record[:3] + self._next_id.to_bytes(4, "little") + record[7:]
+        self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+        return out
+
+    def mark(self, timeout: float = 5.0) -> float:
+        """Send one marked readout now; return its send time (``time.monotonic()``)."""
+        answer: queue.Queue[float] = queue.Queue()
+        self.marks.put(answer)
+        return answer.get(timeout=timeout)
+
+    def run(self) -> None:
+        period = 0.01
+        per_burst = max(1, int(self.rate * period))
+        pending: list[bytes] = []
+        t0 = time.monotonic()
+        with MulticastSender("127.0.0.1", self.port, ttl=1) as sender:
+            while not self.stop_event.is_set():
+                while not self.marks.empty():
+                    answer = self.marks.get_nowait()
+                    record = self._renumber(self._marker.generate(1).records[0])
+                    sent_at = time.monotonic()
+                    sender.send_data(record)
+                    answer.put(sent_at)
+                if len(pending) < per_burst:
+                    pending.extend(self._stream.generate(1000).records)
+                burst, pending = pending[:per_burst], pending[per_burst:]
+                sender.send_records([self._renumber(r) for r in burst])
+                self.sent += len(burst)
+                delay = t0 + self.sent / self.rate - time.monotonic()
+                if delay > 0:
+                    self.stop_event.wait(min(delay, period))
+
+
+# --------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _free_tcp_pair() -> int:
+    for _ in range(100):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return port
+    raise RuntimeError("no two consecutive free TCP ports")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _state_size(url: str) -> tuple[int, int]:
+    """Bytes of one state message and of its JSON header."""
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    try:
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"state")
+        sub.connect(url)
+        if not sub.poll(10_000):
+            raise RuntimeError("no state message within 10 s")
+        frames = sub.recv_multipart()
+    finally:
+        sub.close(linger=0)
+    return sum(map(len, frames)), len(frames[1])
+
+
+def _start_viewers(url: str, n: int, per_process: int) -> list[subprocess.Popen]:
+    procs = []
+    left = n
+    while left > 0:
+        k = min(per_process, left)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _VIEWERS, url, str(k)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+        )
+        left -= k
+    for proc in procs:
+        line = proc.stdout.readline().strip()
+        if line != "ready":
+            raise RuntimeError(f"a viewer process did not attach: {line!r}")
+    return procs
+
+
+def _stop_viewers(procs: list[subprocess.Popen]) -> tuple[int, int]:
+    states = missed = 0
+    for proc in procs:
+        out, _ = proc.communicate(input="", timeout=60)
+        summary = __import__("json").loads(out.strip().splitlines()[-1])
+        states += summary["states"]
+        missed += summary["missed"]
+    return states, missed
+
+
+def measure_cpu(hub_pid: int, url: str, n: int, window: float, per_process: int) -> dict[str, float]:
+    """The hub's CPU with ``n`` viewers attached, over ``window`` seconds."""
+    procs = _start_viewers(url, n, per_process)
+    try:
+        time.sleep(1.5)  # let the attachments settle
+        wall0, cpu0 = time.monotonic(), _cpu_seconds(hub_pid)
+        time.sleep(window)
+        wall1, cpu1 = time.monotonic(), _cpu_seconds(hub_pid)
+        size, header = _state_size(url)
+    finally:
+        states, missed = _stop_viewers(procs)
+    return {
+        "viewers": n,
+        "cpu_pct": 100.0 * (cpu1 - cpu0) / (wall1 - wall0),
+        "size": size,
+        "header": header,
+        "states": states,
+        "missed": missed,
+    }
+
+
+def measure_latency(url: str, sender: _Sender, samples: int) -> tuple[list[float], float | None]:
+    """Seconds from sending a marked readout to its hit in a viewer's hit_map, ``samples`` times."""
+    viewer = HubEngine(url).start()
+    latencies = []
+    try:
+        deadline = time.monotonic() + 30
+        while not viewer.connected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        rng = random.Random(3)
+        for _ in range(samples):
+            time.sleep(rng.uniform(0.0, REFRESH_S))  # a random phase of the hub's refresh
+            before = viewer.hit_map(MARK_CHIP).sum()
+            sent_at = sender.mark()
+            limit = sent_at + 5.0
+            while viewer.hit_map(MARK_CHIP).sum() <= before and time.monotonic() < limit:
+                time.sleep(0.001)
+            latencies.append(time.monotonic() - sent_at)
+        return latencies, viewer.plot_delay
+    finally:
+        viewer.close()
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short windows and fewer samples")
+    parser.add_argument("--viewers", default="0,1,10,50", help="viewer counts to measure (default 0,1,10,50)")
+    parser.add_argument("--per-process", type=int, default=10, help="viewers per viewer process (default 10)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="readouts/s of the stream (default 1000)")
+    args = parser.parse_args()
+    window = 4.0 if args.quick else 10.0
+    samples = 30 if args.quick else 100
+    counts = [int(x) for x in args.viewers.split(",")]
+
+    print(f"machine: {platform.platform()}, {os.cpu_count()} cpus, Python {platform.python_version()}, "
+          f"numpy {np.__version__}, pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}")  # fmt: skip
+    udp, tcp = _free_udp_port(), _free_tcp_pair()
+    url = f"tcp://127.0.0.1:{tcp}"
+    hub = subprocess.Popen(
+        [sys.executable, "-m", "astropix_nbmonitor.cli", "hub", "--port", str(udp), "--publish", url,
+         "--refresh", str(REFRESH_S), "--token", "bench"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    sender = _Sender(udp, args.rate)
+    try:
+        request_command(f"tcp://127.0.0.1:{tcp + 1}", {"command": "ping"}, timeout=60)
+        sender.start()
+        time.sleep(1.0)
+        rows = [measure_cpu(hub.pid, url, n, window, args.per_process) for n in counts]
+        latencies, plot_delay = measure_latency(url, sender, samples)
+    finally:
+        sender.stop_event.set()
+        sender.join(5)
+        hub.terminate()
+        hub.wait(30)
+
+    print(f"\nhub at refresh {REFRESH_S} s, stream {args.rate:,.0f} readouts/s, {window:.0f} s windows")
+    print(f"{'viewers':>8} {'hub CPU % of a core':>20} {'vs 0 viewers':>13} {'state msg bytes':>16} "
+          f"{'(JSON header)':>14} {'states rcvd':>12} {'missed':>7}")  # fmt: skip
+    base = rows[0]["cpu_pct"] if rows and rows[0]["viewers"] == 0 else None
+    for row in rows:
+        extra = "" if base is None else f"{row['cpu_pct'] - base:+.2f}"
+        print(f"{row['viewers']:>8} {row['cpu_pct']:>20.2f} {extra:>13} {row['size']:>16,} "
+              f"{row['header']:>14,} {row['states']:>12,} {row['missed']:>7,}")  # fmt: skip
+    print(f"\ndatagram at the hub -> hit in a viewer's hit_map ({len(latencies)} marked readouts, random phase):")
+    print(f"  p50 {1000 * _percentile(latencies, 50):.0f} ms, p99 {1000 * _percentile(latencies, 99):.0f} ms, "
+          f"max {1000 * max(latencies):.0f} ms, mean {1000 * statistics.fmean(latencies):.0f} ms "
+          f"(target p99 < {1000 * REFRESH_S + 100:.0f} ms); viewer's plot_delay at the end "
+          f"{'-' if plot_delay is None else f'{1000 * plot_delay:.0f} ms'}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
