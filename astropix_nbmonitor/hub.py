@@ -106,8 +106,12 @@ DEFAULT_PUBLISH = "tcp://127.0.0.1:5557"
 COMMANDS = ("reset", "stop", "start", "ping")
 #: The only dtypes an array frame may have (little-endian numbers).
 ARRAY_DTYPES = frozenset({"<i8", "<u8", "<f8", "<i4", "<u4", "<f4", "<i2", "<u2", "|i1", "|u1"})
-#: Most elements one decoded array may have (a header cannot make a viewer allocate more).
-MAX_ARRAY_ELEMENTS = 1 << 24
+#: Most elements one decoded array may have.
+MAX_ARRAY_ELEMENTS = 1 << 22
+#: Most elements all the arrays of one message may have together: a small
+#: header with sparse refs ("rows": []) cannot make a viewer allocate more
+#: (a one-chip state has about 22,000).
+MAX_MESSAGE_ELEMENTS = 1 << 23
 #: Largest message a viewer accepts (ZeroMQ drops the connection beyond it).
 MAX_MESSAGE_BYTES = 1 << 28
 #: Deepest nesting of a header that is walked for array refs.
@@ -383,7 +387,28 @@ def _is_ref(obj: Any) -> bool:
     return isinstance(obj, dict) and {"frame", "dtype", "shape"} <= obj.keys() <= _REF_KEYS
 
 
-def _array_from_ref(ref: dict[str, Any], frames: list[bytes]) -> np.ndarray:
+class _Frames:
+    """The frames of one message being decoded, and the elements its arrays may still allocate."""
+
+    def __init__(self, raw: list[bytes]) -> None:
+        self.raw = raw
+        self.budget = MAX_MESSAGE_ELEMENTS
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, index: int) -> bytes:
+        return self.raw[index]
+
+    def spend(self, elements: int) -> None:
+        """Count ``elements`` against the message's budget."""
+        self.budget -= elements
+        if self.budget < 0:
+            msg = f"the message's arrays have more than {MAX_MESSAGE_ELEMENTS} elements in all"
+            raise HubMessageError(msg)
+
+
+def _array_from_ref(ref: dict[str, Any], frames: _Frames) -> np.ndarray:
     """The array an array ref points to, its size checked against the frame before use."""
     index, dtype, shape = ref["frame"], ref["dtype"], ref["shape"]
     if not _is_int(index) or not 2 <= index < len(frames):
@@ -399,6 +424,7 @@ def _array_from_ref(ref: dict[str, Any], frames: list[bytes]) -> np.ndarray:
     if size > MAX_ARRAY_ELEMENTS:
         msg = f"array of shape {shape} has more than {MAX_ARRAY_ELEMENTS} elements"
         raise HubMessageError(msg)
+    frames.spend(size)
     rows = ref.get("rows")
     kept = _check_rows(rows, shape[0]) if rows is not None else None
     np_dtype = np.dtype(dtype)
@@ -426,7 +452,7 @@ def _check_rows(rows: Any, first: int) -> list[int]:
     return rows
 
 
-def _restore_arrays(obj: Any, frames: list[bytes], depth: int = 0) -> Any:
+def _restore_arrays(obj: Any, frames: _Frames, depth: int = 0) -> Any:
     """``obj`` with every array ref replaced by its array."""
     if depth > _MAX_DEPTH:
         msg = f"header nested deeper than {_MAX_DEPTH} levels"
@@ -466,7 +492,7 @@ def _axis_extent(axis: Any, where: str) -> int:
     return len(categories) + bool(axis.get("flow"))
 
 
-def _histogram(uhi: Any, frames: list[bytes], name: str) -> bh.Histogram:
+def _histogram(uhi: Any, frames: _Frames, name: str) -> bh.Histogram:
     """One histogram from its UHI dict: arrays restored, sizes checked, then ``from_uhi``."""
     where = f"histogram {name!r}"
     if not isinstance(uhi, dict):
@@ -523,7 +549,8 @@ def decode_state(frames: Sequence[Any], received_at: float | None = None) -> Hub
         their storage.
     """
     received_at = time.time() if received_at is None else float(received_at)
-    header, raw = _read_header(frames, STATE_TOPIC, "state")
+    header, raw_frames = _read_header(frames, STATE_TOPIC, "state")
+    raw = _Frames(raw_frames)
     hub = HubInfo.from_dict(_field(header, "hub", dict, "state"))
     seq = _field(header, "seq", int, "state")
     when = _number(header, "time", "state")

@@ -271,6 +271,15 @@ def test_every_malformed_state_message_raises_hub_message_error(case, good_state
     assert isinstance(info.value, ValueError)
 
 
+def test_the_arrays_of_one_message_have_an_element_budget(good_state_frames, monkeypatch):
+    # Sparse refs ("rows": []) make big arrays from small frames: the whole
+    # message's arrays are bounded (MAX_MESSAGE_ELEMENTS, lowered here).
+    decode_state(good_state_frames)
+    monkeypatch.setattr(hubmod, "MAX_MESSAGE_ELEMENTS", 1000)
+    with pytest.raises(HubMessageError, match="in all"):
+        decode_state(good_state_frames)
+
+
 _BAD_RECORDS = {
     "three frames": lambda f: f[:3],
     "five frames": lambda f: [*f, b""],
