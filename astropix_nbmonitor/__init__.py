@@ -26,7 +26,8 @@ from .fmt import (
 )
 
 from .engine import EngineState, MonitorEngine
-from .fileio import ApxFormatError, ApxTruncatedWarning, apx_open
+from .fileio import ApxFormatError, ApxTruncatedWarning, FileHeader, apx_open
+from .histio import SavedRun, load
 from .listener import Listener, ListenerStats
 from .sim import AstroPix4Simulator
 from .status import Status
@@ -57,6 +58,7 @@ __all__ = [
     "MulticastReceiver",
     "MulticastSender",
     "apx_open",
+    "load",
     "AbstractAstroPixHit",
     "AbstractAstroPixReadout",
     "AbstractMonitor",
@@ -66,6 +68,8 @@ __all__ = [
     "BatchDecoder",
     "DecodingFlag",
     "EngineState",
+    "FileHeader",
+    "SavedRun",
     "MalformedReadoutError",
     "MonitorEngine",
     "Status",

@@ -270,6 +270,26 @@ def _tot_of(source: Any, chip: int | None) -> bh.Histogram:
     return source.tot_hist
 
 
+def tot_of(source: Any, chip: int | None = None) -> bh.Histogram:
+    """The TOT spectrum (one chip's, or all chips') of a state, a saved run, a histogram or a saved file."""
+    return _tot_of(source, chip)
+
+
+def hit_map_of(source: Any, chip: int | None = None) -> bh.Histogram:
+    """The hit map (one chip's, or all chips') of a state, a saved run, a histogram or a saved file."""
+    if isinstance(source, (str, Path)):
+        from .histio import load
+
+        source = load(source)
+    if isinstance(source, bh.Histogram):
+        return source
+    if chip is not None and hasattr(source, "chip_hit_map"):
+        return source.chip_hit_map(chip)
+    if chip is not None:
+        return source.histograms["chip_hit_map"][bh.loc(int(chip)), :, :]
+    return source.hit_map
+
+
 def compatibility_of(current: Any, reference: Any, *, chip: int | None = None) -> Compatibility:
     """:func:`compatibility` of two runs given as states, saved runs, histograms or saved files.
 

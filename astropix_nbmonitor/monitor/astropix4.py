@@ -63,6 +63,7 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
         self.shown_chip: int | None = None
         self._build_panels()
         self._build_chip_selector()
+        self._build_reference_button()
 
     # ------------------------------------------------------------------ data
     @property
@@ -148,6 +149,20 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
     def scale_toggle(self) -> widgets.ToggleButtons:
         """The hit map's linear/log switch."""
         return self.panel(HitMapPanel).scale_toggle
+
+    def _build_reference_button(self) -> None:
+        self.pin_button = widgets.Button(description="Pin reference", icon="thumb-tack", tooltip="Hold the run against what it shows now")
+        self.pin_button.add_class("apx-pin")
+        self.pin_button.layout.width = "130px"
+        self.pin_button.on_click(lambda _: self.set_reference())
+        self.toolbar.children = [*self.toolbar.children, self.pin_button]
+
+    def _on_reference_changed(self) -> None:
+        for panel in self.panels:
+            panel.invalidate()
+
+    def _log_scale(self) -> bool:
+        return self.panel(HitMapPanel).log
 
     def _build_chip_selector(self) -> None:
         self.chip_selector = widgets.Dropdown(options=[("all chips", -1)], value=-1, description="chip_id")

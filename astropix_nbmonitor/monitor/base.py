@@ -31,6 +31,7 @@ from ..record import DEFAULT_MAX_DATA_BYTES
 from ..sock import DEFAULT_PORT, DEFAULT_RCVBUF, LOCAL_HOST
 from ..status import STATUS_TABLE, Status
 from . import board, registry
+from .logbook import LogbookMixin
 
 if TYPE_CHECKING:
     from ..engine import EngineState
@@ -111,7 +112,7 @@ def _hits_of(result: Any) -> int:
     return len(result)
 
 
-class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
+class AbstractMonitor(LogbookMixin, widgets.VBox, metaclass=_MonitorMeta):
     """Base class of the online monitors: a widget fed by a monitor engine.
 
     Subclasses write :meth:`process_readout` and :meth:`update_display`, and
@@ -421,6 +422,8 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
     def close(self) -> None:
         """Stop the monitor (and its publisher) and close the widget and its figures."""
         self.stop()
+        if self.player is not None:
+            self.player.stop()
         if self.publisher is not None:
             self.publisher.stop()
         self.engine.close()
@@ -670,6 +673,7 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
             engine.note_error(exc)
             status = engine.status()
             self._status = status
+        self._sync_player_controls()
         self._render_dashboard(status)
 
     def _dashboard_html(self, status: Status | None = None) -> str:
@@ -686,6 +690,8 @@ class AbstractMonitor(widgets.VBox, metaclass=_MonitorMeta):
             lines = board.viewer_html(self.engine) + lines
         if self.publisher is not None:
             lines += board.publisher_html(self.publisher)
+        if self.reference is not None:
+            lines += self._reference_html()
         return lines + board.messages_html(self._messages)
 
     def _render_dashboard(self, status: Status | None = None) -> None:

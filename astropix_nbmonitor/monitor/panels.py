@@ -173,8 +173,14 @@ class HitMapPanel(Panel):
         self.scale_toggle.observe(lambda _: self.redraw(), names="value")
         box = widgets.HBox([self.scale_label, self.scale_toggle], layout=widgets.Layout(align_items="center", width="auto"))
         box.add_class("apx-scale")
-        self.controls = [box]
-        self._last: tuple[np.ndarray, bool] | None = None
+        # With a reference run: this run's map, or this run over the reference (each normalised).
+        self.view_toggle = widgets.ToggleButtons(options=["this run", "over reference"], value="this run")
+        self.view_toggle.style.button_width = "110px"
+        self.view_toggle.observe(lambda _: self.redraw(), names="value")
+        self.view_box = widgets.HBox([widgets.Label("hit map"), self.view_toggle], layout=widgets.Layout(align_items="center", display="none"))
+        self.view_box.add_class("apx-map-view")
+        self.controls = [box, self.view_box]
+        self._last: tuple[np.ndarray, bool, Any] | None = None
 
     def own_widgets(self) -> list[widgets.Widget]:
         return [self.count_layer]
@@ -191,11 +197,25 @@ class HitMapPanel(Panel):
         """The colour values sent for hit ``counts``: the counts, or log10(1 + counts) in log mode."""
         return np.log10(1.0 + counts) if self.log else counts
 
+    @property
+    def ratio(self) -> bool:
+        """True when the map shows this run over the reference."""
+        return getattr(self.monitor, "reference", None) is not None and self.view_toggle.value == "over reference"
+
     def update(self, state: EngineState) -> None:
         counts = state.hit_counts(self.chip)
         log = self.log
-        if self._last is not None and self._last[1] == log and np.array_equal(counts, self._last[0]):
+        reference = getattr(self.monitor, "reference", None)
+        self.view_box.layout.display = "none" if reference is None else ""
+        mode = (log, reference if self.ratio else None)
+        if self._last is not None and self._last[1:] == mode and np.array_equal(counts, self._last[0]):
             return
+        if self.ratio:
+            self._draw_ratio(state, reference)
+            self._last = (counts, *mode)
+            return
+        self.color_scale.scheme = "viridis"
+        self.color_scale.mid = None
         colors = self.colors(counts)
         top = float(colors.max()) if colors.size else 0.0
         with self.heatmap.hold_sync(), self.color_scale.hold_sync(), self.color_axis.hold_sync():
@@ -213,7 +233,26 @@ class HitMapPanel(Panel):
         if list(self.figure.marks) != marks:
             self.figure.marks = marks
         self.figure.title = "Hit map: log10(1 + hits)" if log else "Hit map"
-        self._last = (counts, log)
+        self._last = (counts, *mode)
+
+    def _draw_ratio(self, state: EngineState, reference: Any) -> None:
+        """This run over the reference, each normalised to its hits: 1 = as the reference; grey = no reference hit."""
+        from .. import compare
+
+        ratio = compare.hit_map_ratio(state.chip_hit_map(self.chip), compare.hit_map_of(reference, self.chip), rows_first=True)
+        finite = ratio[np.isfinite(ratio)]
+        top = float(max(2.0, finite.max())) if finite.size else 2.0
+        with self.heatmap.hold_sync(), self.color_scale.hold_sync(), self.color_axis.hold_sync():
+            self.color_scale.scheme = "RdBu"
+            self.color_scale.min = 0.0
+            self.color_scale.mid = 1.0
+            self.color_scale.max = top
+            self.color_axis.tick_values = np.array([0.0, 0.5, 1.0, 1.5, 2.0])[: 5 if top >= 2 else 3]
+            self.color_axis.label = "ratio"
+            self.heatmap.color = ratio
+            self.heatmap.tooltip = self.tooltip
+        self.figure.marks = [self.heatmap]
+        self.figure.title = "Hit map over the reference"
 
 
 class TotPanel(Panel):
@@ -240,9 +279,20 @@ class TotPanel(Panel):
             bqplot.Axis(scale=x_scale, label="TOT [us]"),
             bqplot.Axis(scale=y_scale, side="left", label="hits", tick_format="~s"),
         ]
+        # The reference run's spectrum, scaled to this run's hits (a mark only with a reference).
+        # Drawn as steps over the bins: x at each bin's low edge, "step-after".
+        self.reference_line = bqplot.Lines(
+            x=np.asarray(edges[:-1], dtype=np.float64),
+            y=np.zeros(len(edges) - 1),
+            scales={"x": x_scale, "y": y_scale},
+            colors=[_ORANGE],
+            stroke_width=2,
+            interpolation="step-after",
+            labels=["reference"],
+        )
         self.figure.marks = [self.bars]
         self.figure.fig_margin = {"top": 30, "bottom": 45, "left": 65, "right": 20}
-        self._last: tuple[np.ndarray, int] | None = None
+        self._last: tuple[np.ndarray, int, Any] | None = None
 
     def invalidate(self) -> None:
         self._last = None
@@ -253,11 +303,37 @@ class TotPanel(Panel):
 
     def update(self, state: EngineState) -> None:
         counts, _, overflow = state.tot_counts(self.chip)
-        if self._last is not None and self._last[1] == overflow and np.array_equal(counts, self._last[0]):
+        reference = getattr(self.monitor, "reference", None)
+        if (
+            self._last is not None
+            and self._last[1] == overflow
+            and self._last[2] is reference
+            and np.array_equal(counts, self._last[0])
+        ):
             return
         self.bars.y = counts
-        self.figure.title = self.title_for(overflow)
-        self._last = (counts, overflow)
+        if reference is None:
+            self.figure.title = self.title_for(overflow)
+            if list(self.figure.marks) != [self.bars]:
+                self.figure.marks = [self.bars]
+        else:
+            self._draw_reference(state, reference)
+        self._last = (counts, overflow, reference)
+
+    def _draw_reference(self, state: EngineState, reference: Any) -> None:
+        """Overlay the reference scaled to this run's hits; the title gives the compatibility."""
+        from .. import compare
+
+        current = state.chip_tot_hist(self.chip)
+        ref = compare.tot_of(reference, self.chip)
+        self.reference_line.y = compare.scaled_reference(current, ref)
+        compat = compare.compatibility(current, ref)
+        self.figure.title = f"TOT vs reference: {compat.text()}"
+        if list(self.figure.marks) != [self.bars, self.reference_line]:
+            self.figure.marks = [self.bars, self.reference_line]
+
+    def own_widgets(self) -> list[widgets.Widget]:
+        return [self.reference_line]
 
 
 class RatePanel(Panel):
