@@ -1580,7 +1580,13 @@ class HubEngine:
                     self.note_error(exc)
 
     def refresh(self, dt: float | None = None) -> None:
-        """Note liveness and the plot delay, then call the refresh callbacks now (serialised)."""
+        """Note liveness and the plot delay, then call the refresh callbacks now.
+
+        The refresh thread calls it every ``refresh_interval``; called by hand
+        (a view's ``refresh()``), the callbacks run in the caller's thread,
+        under the same lock as ``process`` and the thread's refreshes.
+        Relayed records are handed to ``process`` by the refresh thread only.
+        """
         with self._processing_lock:
             self._note_liveness()
             self._note_plot_delay()

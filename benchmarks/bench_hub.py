@@ -15,6 +15,8 @@ Run: ``python benchmarks/bench_hub.py [--quick]``. Prints, side by side in one r
    of the hub's refresh, and a viewer in this process polls
    ``hit_map(7)`` every millisecond. Sender, hub and viewer share the
    machine's clock (loopback), so the time is measured from the send.
+3. the time of ``encode_state`` and ``decode_state`` of one one-chip state
+   with a full rate history (in this process).
 
 Targets (issue 11): 50 viewers cost the hub < 5% of one core more than none;
 one chip's state message < 100 kB; p99 latency < refresh interval + 100 ms.
@@ -39,7 +41,8 @@ import time
 import numpy as np
 import zmq
 
-from astropix_nbmonitor.hub import HubEngine, request_command
+from astropix_nbmonitor.engine import MonitorEngine
+from astropix_nbmonitor.hub import HubEngine, HubInfo, decode_state, encode_state, request_command
 from astropix_nbmonitor.sim import AstroPix4Simulator
 from astropix_nbmonitor.sock import MulticastSender
 
@@ -238,6 +241,25 @@ def measure_latency(url: str, sender: _Sender, samples: int) -> tuple[list[float
         viewer.close()
 
 
+def measure_codec(repeats: int = 50) -> tuple[float, float, int]:
+    """Median ms of encode_state and decode_state of a one-chip state (100,000 readouts, full rate history)."""
+    engine = MonitorEngine(port=0)
+    engine.replay(AstroPix4Simulator(seed=4, hits_per_readout=1.0).generate(100_000).records)
+    for _ in range(360):
+        engine.history.add(1000.0, 1000.0)
+    state = engine.state()
+    info = HubInfo("x", 0.0, ("127.0.0.1", 5007), "loopback", "tcp://127.0.0.1:5557", "tcp://127.0.0.1:5558", 0.5)
+    encode, decode = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        frames = encode_state(state, info, 1)
+        t1 = time.perf_counter()
+        decode_state(frames)
+        decode.append(time.perf_counter() - t1)
+        encode.append(t1 - t0)
+    return 1000 * statistics.median(encode), 1000 * statistics.median(decode), sum(map(len, frames))
+
+
 def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
@@ -288,6 +310,9 @@ def main() -> None:
           f"max {1000 * max(latencies):.0f} ms, mean {1000 * statistics.fmean(latencies):.0f} ms "
           f"(target p99 < {1000 * REFRESH_S + 100:.0f} ms); viewer's plot_delay at the end "
           f"{'-' if plot_delay is None else f'{1000 * plot_delay:.0f} ms'}")  # fmt: skip
+    encode_ms, decode_ms, size = measure_codec()
+    print(f"\none state (1 chip, 100,000 readouts, 180 s of rate history: {size:,} bytes): "
+          f"encode_state {encode_ms:.2f} ms, decode_state {decode_ms:.2f} ms (median of 50)")  # fmt: skip
 
 
 if __name__ == "__main__":
