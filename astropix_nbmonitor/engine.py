@@ -362,19 +362,22 @@ class MonitorEngine:
             if self._started_at is not None:
                 self._started_at = time.monotonic()
 
-    def replay(self, records: Sequence[bytes]) -> None:
+    def replay(self, records: Sequence[bytes], *, refresh: bool = True) -> None:
         """Process recorded readout records at once, with no network (a run review).
 
         The records go through the listener's checks and counting exactly as
         datagrams do (:meth:`Listener.ingest`): malformed and oversize records
         are counted and left out, gaps in the ids are lost readouts, ids going
         back are DAQ restarts. Then they are processed and a refresh follows.
-        Works on a stopped engine.
+        Works on a stopped engine. ``refresh=False`` leaves the refresh to
+        the caller (a player refreshes at the engine's pace, with the run's
+        own clock for the rates).
         """
         with self._processing_lock:
             accepted = self.listener.ingest(records)
             self._process(accepted)
-        self.refresh()
+        if refresh:
+            self.refresh()
 
     def process_records(self, records: Sequence[bytes]) -> None:
         """Decode records (chaining split hits) and fill the histograms: the default step."""
@@ -503,10 +506,15 @@ class MonitorEngine:
             running=self._running,
         )
 
-    def refresh(self, dt: float | None = None) -> None:
-        """Update the rates (over ``dt`` seconds) and call the refresh callbacks now."""
+    def refresh(self, dt: float | None = None, *, paced: bool = False) -> None:
+        """Update the rates (over ``dt`` seconds) and call the refresh callbacks now.
+
+        ``paced=True``: the records came from a player, ``dt`` seconds of the
+        run's own clock ago; the rates are computed over them even though
+        the engine itself is not receiving.
+        """
         with self._processing_lock:
-            self._update_rates(dt)
+            self._update_rates(dt, paced=paced)
             for callback in list(self._refresh_callbacks):
                 try:
                     callback(self)
@@ -521,13 +529,13 @@ class MonitorEngine:
             raise ValueError(msg)
         return float(value)
 
-    def _update_rates(self, dt: float | None) -> None:
+    def _update_rates(self, dt: float | None, *, paced: bool = False) -> None:
         counts = (self._readouts, self._hits)
-        if dt is not None and dt > 0 and self._running:
+        if dt is not None and dt > 0 and (self._running or paced):
             prev_r, prev_h = self._last_counts
             self._rates = ((counts[0] - prev_r) / dt, (counts[1] - prev_h) / dt)
             self.history.add(*self._rates)
-        elif not self._running:
+        elif not self._running and not paced:
             self._rates = (0.0, 0.0)
         self._last_counts = counts
 

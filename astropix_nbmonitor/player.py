@@ -254,6 +254,7 @@ class Player:
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
         last = time.monotonic()
+        shown = (last, self._clock)  # wall time and run clock of the last refresh
         try:
             while not self._stop.is_set():
                 if not self._playing:
@@ -264,7 +265,9 @@ class Player:
                 chunk = self._take(now - last)
                 last = now
                 if chunk:
-                    self.engine.replay(chunk)
+                    self.engine.replay(chunk, refresh=False)
+                if now - shown[0] >= self._refresh_interval():
+                    shown = self._refresh(now, shown)
                 if self._at_end():
                     break
                 self._sleep(self._wait_for_next())
@@ -272,6 +275,16 @@ class Player:
             logger.exception("%r: the player thread ended on an error", self)
         finally:
             self._playing = False
+            self._refresh(time.monotonic(), shown)
+
+    def _refresh_interval(self) -> float:
+        return float(getattr(self.engine, "refresh_interval", 0.5))
+
+    def _refresh(self, now: float, shown: tuple[float, float]) -> tuple[float, float]:
+        """Refresh the engine at its own pace, its rates over the run clock (as a live stream's)."""
+        clock = self._clock
+        self.engine.refresh(clock - shown[1], paced=True)
+        return (now, clock)
 
     def _take(self, elapsed: float) -> list[bytes]:
         """Advance the run clock by ``elapsed`` wall seconds; the records now due."""

@@ -126,6 +126,10 @@ def test_play_at_10x_gives_the_counters_of_replay_and_its_toolbar_follows(tmp_pa
             assert played.status()[name] == replayed.status()[name], name
         assert np.array_equal(played.hit_map.values(), replayed.hit_map.values())
         assert took < span / 2, f"10x took {took:.2f} s for a {span:.1f} s run"  # a limit, not a measure
+        # The rate chart shows the run's rates, in the run's own time (as live), not 10x them.
+        _, readout_rates, _ = played.engine.state().rates
+        assert len(readout_rates) >= 1
+        assert np.median(readout_rates) == pytest.approx(1500.0, rel=0.5)
         played.refresh()
         assert played.position_slider.value == 3000 and played.play_button.description == "Done"
         saved = played.save(tmp_path / "played.json")

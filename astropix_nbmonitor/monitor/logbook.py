@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 #: The speeds offered in the toolbar while playing.
 SPEEDS = (0.1, 0.5, 1.0, 2.0, 10.0, 100.0, 1000.0)
+#: Hits this run needs before a red compatibility is logged (fewer hits: the badge only).
+MIN_HITS_TO_WARN = 1000
 #: Badge colours of the reference compatibility levels.
 _LEVEL_COLOURS = {"ok": "#2a7d2a", "amber": "#d98e04", "red": "#c0392b", "none": "#777"}
 
@@ -169,9 +171,13 @@ class LogbookMixin:
         )
 
     def _note_level(self, compat: compare.Compatibility) -> None:
-        """Log once when the compatibility turns red (the alarm of a shift without an alarm panel)."""
+        """Log once when the compatibility turns red, with at least :data:`MIN_HITS_TO_WARN` hits.
+
+        (Early in a run a handful of hits can look incompatible: the badge
+        shows it, the log waits for enough hits.)
+        """
         previous = getattr(self, "_last_level", None)
-        if compat.level == "red" and previous != "red":
+        if compat.level == "red" and previous != "red" and compat.n_current >= MIN_HITS_TO_WARN:
             logger.warning("%r: the TOT spectrum is incompatible with the reference: %s", self, compat.text())
         self._last_level = compat.level
 
