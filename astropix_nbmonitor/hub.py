@@ -90,6 +90,7 @@ __all__ = [
     "describe_hub_exposure",
     "encode_records",
     "encode_state",
+    "request_command",
 ]
 
 logger = logging.getLogger(__name__)

@@ -26,6 +26,7 @@ Nothing is asserted: the figures go to benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import queue
@@ -192,7 +193,7 @@ def _stop_viewers(procs: list[subprocess.Popen]) -> tuple[int, int]:
     states = missed = 0
     for proc in procs:
         out, _ = proc.communicate(input="", timeout=60)
-        summary = __import__("json").loads(out.strip().splitlines()[-1])
+        summary = json.loads(out.strip().splitlines()[-1])
         states += summary["states"]
         missed += summary["missed"]
     return states, missed
