@@ -1765,7 +1765,10 @@ class HubEngine:
         """Send a command to every hub (or to ``hub``); returns the reply.
 
         For one hub, its reply (``{"ok": True, ...}``); for several,
-        ``{"ok": True, "command": name, "replies": {url: reply}}``.
+        ``{"ok": True, "command": name, "replies": {url: reply}}``: the hubs
+        are asked in order, and the first refusal raises (the hubs before it
+        have acted). Each call uses a fresh REQ socket, so any thread may
+        call it.
 
         Raises
         ------
