@@ -552,23 +552,8 @@ from .astropix4.layout import (  # noqa: E402, F401
     PADDING_BYTE,
     reverse_bit_order,
 )
-from .astropix4.layout import HIT_SHIFTS as _HIT_SHIFTS  # noqa: E402
+from .astropix4.layout import COLLABORATION_HIT_ORDER  # noqa: E402
 from .astropix4.readout import AstroPix4Hit, AstroPix4Readout, hits_to_array  # noqa: E402
-
-#: The collaboration's order of an AstroPix 4 hit's attributes
-#: (``astropix_analysis.fmt.AstroPix4Hit.ATTRIBUTE_NAMES``): the readout's id
-#: and timestamp and the decoding order come right after chip_id and payload.
-#: (:data:`HIT_FIELDS`, the numpy layout, keeps its own order.)
-COLLABORATION_HIT_ORDER = (
-    "chip_id", "payload", "readout_id", "timestamp", "decoding_order", "row", "column",
-    "ts_neg1", "ts_coarse1", "ts_fine1", "ts_tdc1", "ts_neg2", "ts_coarse2", "ts_fine2", "ts_tdc2",
-    "ts_dec1", "ts_dec2", "tot_us",
-)  # fmt: skip
-# The collaboration's API of the AstroPix 4 hit, set where that API is
-# described (this module): its attribute order, and the bit fields its bytes
-# (hence equality) are rebuilt from.
-AstroPix4Hit.ATTRIBUTE_NAMES = COLLABORATION_HIT_ORDER
-AstroPix4Hit.BIT_FIELDS = _HIT_SHIFTS
 
 _READOUT_CLASSES: dict[int, type[AbstractAstroPixReadout]] = {AstroPix4Readout.uid(): AstroPix4Readout}
 

@@ -168,3 +168,14 @@ HIT_DTYPE = np.dtype(
 )
 #: Field names of a hit, in the order of :data:`HIT_DTYPE`.
 HIT_FIELDS = HIT_DTYPE.names
+
+
+#: The collaboration's order of an AstroPix 4 hit's attributes
+#: (``astropix_analysis.fmt.AstroPix4Hit.ATTRIBUTE_NAMES``): the readout's id
+#: and timestamp and the decoding order come right after chip_id and payload.
+#: (:data:`HIT_FIELDS`, the numpy layout, keeps its own order.)
+COLLABORATION_HIT_ORDER = (
+    "chip_id", "payload", "readout_id", "timestamp", "decoding_order", "row", "column",
+    "ts_neg1", "ts_coarse1", "ts_fine1", "ts_tdc1", "ts_neg2", "ts_coarse2", "ts_fine2", "ts_tdc2",
+    "ts_dec1", "ts_dec2", "tot_us",
+)  # fmt: skip

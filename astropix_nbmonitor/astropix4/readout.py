@@ -16,6 +16,7 @@ import numpy as np
 
 from ..fmt import AbstractAstroPixHit, AbstractAstroPixReadout, DecodingFlag, _hit_from_values
 from .layout import (
+    COLLABORATION_HIT_ORDER,
     BIT_REVERSE,
     CLOCK_CYCLES_PER_US,
     CLOCK_ROLLOVER,
@@ -152,7 +153,10 @@ class AstroPix4Hit(AbstractAstroPixHit):
     SIZE = HIT_SIZE
     CLOCK_CYCLES_PER_US = CLOCK_CYCLES_PER_US
     CLOCK_ROLLOVER = CLOCK_ROLLOVER
-    ATTRIBUTE_NAMES = HIT_FIELDS
+    #: The collaboration's attribute order (``dict()``, ``attribute_values()``).
+    ATTRIBUTE_NAMES = COLLABORATION_HIT_ORDER
+    #: The bit fields the hit's 8 bytes (and so its equality) are rebuilt from.
+    BIT_FIELDS = HIT_SHIFTS
 
     __slots__ = HIT_FIELDS
 
