@@ -1580,8 +1580,11 @@ class HubEngine:
                 except Exception as exc:
                     self.note_error(exc)
 
-    def refresh(self, dt: float | None = None) -> None:
+    def refresh(self, dt: float | None = None, *, paced: bool = False) -> None:
         """Note liveness and the plot delay, then call the refresh callbacks now.
+
+        ``dt`` and ``paced`` are accepted for the interface of
+        ``MonitorEngine.refresh`` and not used (a viewer's rates are the hub's).
 
         The refresh thread calls it every ``refresh_interval``; called by hand
         (a view's ``refresh()``), the callbacks run in the caller's thread,
@@ -1839,8 +1842,8 @@ class HubEngine:
         self.local_readouts += int(readouts)
         self.local_hits += int(hits)
 
-    def replay(self, records: Iterable[bytes]) -> None:
-        """Not possible on a viewer."""
+    def replay(self, records: Iterable[bytes], *, refresh: bool = True) -> None:
+        """Not possible on a viewer: raises ``NotImplementedError`` (the signature is ``MonitorEngine.replay``'s)."""
         msg = "a viewer of a hub cannot replay records: replay them on a local monitor (or the hub's own engine)"
         raise NotImplementedError(msg)
 
