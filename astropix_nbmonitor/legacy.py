@@ -42,9 +42,9 @@ import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any, BinaryIO
 
+from .fileio import _ApxFile as _OpenFile
 from .fmt import AbstractAstroPixReadout, AstroPix4Readout
 from .record import pack_record
 
@@ -202,7 +202,7 @@ def record_of(readout_id: int, data: bytes) -> bytes:
 # --------------------------------------------------------------------------
 
 
-class LogReader:
+class LogReader(_OpenFile):
     """Read a .log file as :class:`~astropix_nbmonitor.fileio.ApxReader` reads an .apx file.
 
     The metadata lines are read at construction; records are read on
@@ -366,31 +366,6 @@ class LogReader:
     def truncated(self) -> bool:
         """Always False (the .apx reader's attribute)."""
         return False
-
-    def _require_open(self) -> BinaryIO:
-        if self._file is None:
-            msg = f"{self.path} is closed"
-            raise ValueError(msg)
-        return self._file
-
-    def close(self) -> None:
-        """Close the file (harmless when already closed)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._file is None
-
-    def __enter__(self) -> LogReader:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, {self.readout_class.__name__})"
