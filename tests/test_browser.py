@@ -377,6 +377,7 @@ def test_serve_hub_three_pages_at_once_are_live(launch, browser):
             page.goto(url, timeout=120_000)
             pages.append(page)
         for i, page in enumerate(pages):
+            page.bring_to_front()  # a background tab does not render (no animation frames)
             poll(f"{NUM_CELLS} cells on page {i}", lambda p=page: p.locator(".apx-hitmap rect.heatmapcell").count() == NUM_CELLS)
             first = poll(f"a count on page {i}", lambda p=page: readouts(p) is not None and (readouts(p),))[0]
             poll(f"the count to rise on page {i}", lambda p=page, f=first: (readouts(p) or 0) > f)
@@ -386,6 +387,11 @@ def test_serve_hub_three_pages_at_once_are_live(launch, browser):
             assert page.locator("text=Viewer of hub").count() == 1
             assert page.locator("text=Not monitoring").count() == 0
             assert_no_js_errors(page)
+        # All three still live at the same time: every page's count went on rising.
+        counts = [readouts(page) for page in pages]
+        for i, page in enumerate(pages):
+            page.bring_to_front()
+            poll(f"page {i} still counting", lambda p=page, c=counts[i]: (readouts(p) or 0) > c)
         ARTIFACTS.mkdir(exist_ok=True)
         pages[0].screenshot(path=str(ARTIFACTS / "voila-hub-viewer.png"))
     finally:
