@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import boost_histogram as bh
 import numpy as np
@@ -43,6 +43,8 @@ from .hist import TOT_EDGES, HitAccumulator, RateHistory
 from .listener import Listener
 from .sock import DEFAULT_PORT, LOCAL_HOST
 from .status import Status, StatusSources
+from .trend import RateTrend
+from .windows import PixelTots, WindowedAccumulator
 
 __all__ = ["EngineState", "MonitorEngine"]
 
@@ -72,6 +74,9 @@ class EngineState:
         (<= 0), readouts/s, hits/s.
     running : bool
         Whether the engine was running.
+    window : float
+        0 when the histograms are the whole run's, else the seconds of the
+        window they hold (:meth:`MonitorEngine.state` with ``window=``).
     """
 
     seq: int
@@ -81,6 +86,8 @@ class EngineState:
     chips: tuple[int, ...]
     rates: np.ndarray
     running: bool
+    #: Not a field (subclasses add fields of their own): set by :meth:`MonitorEngine.state`.
+    window: ClassVar[float] = 0.0
 
     @property
     def hit_map(self) -> bh.Histogram:
@@ -122,6 +129,18 @@ class EngineState:
         return np.asarray(self.histograms["tot_hist"].axes[0].edges)
 
 
+def _hits_array(hits: list[Any]) -> np.ndarray:
+    """Hit objects as the structured array the accumulators fill (chip_id, row, column, tot_us).
+
+    Only those four attributes are read, so that any readout class's hits
+    (the collaboration's, a duck-typed one) can be histogrammed.
+    """
+    dtype = [("chip_id", np.uint8), ("row", np.uint8), ("column", np.uint8), ("tot_us", np.float64)]
+    if not hits:
+        return np.zeros(0, dtype=dtype)
+    return np.array([tuple(h.attribute_values(("chip_id", "row", "column", "tot_us"))) for h in hits], dtype=dtype)
+
+
 class MonitorEngine:
     """Receive a readout stream, decode it, histogram it and count everything.
 
@@ -146,7 +165,11 @@ class MonitorEngine:
     tot_edges : array_like
         TOT bin edges in us (default the collaboration's ``linspace(0, 500, 100)``).
     history_seconds : float
-        Span of the rate history.
+        Span of the rate history (the whole run's rates are kept downsampled
+        in :attr:`trend`).
+    max_window : float
+        The longest time window (s) :meth:`state` and :attr:`windows` give:
+        the length of the ring of per-second histograms.
     process : callable or None
         ``process(records)`` replaces the default decode-and-fill step (a
         widget whose ``process_readout`` a user wrote); it reports what it
@@ -159,6 +182,8 @@ class MonitorEngine:
 
     #: Most readouts handed to one processing step.
     MAX_BATCH = 50_000
+    #: Points of the whole-run rate trend (:class:`~astropix_nbmonitor.trend.RateTrend`).
+    TREND_POINTS = 1000
     #: Fewest readouts handed to one processing step (1: a slow per-readout
     #: ``process_readout`` still lets refreshes happen on time).
     MIN_BATCH = 1
@@ -182,6 +207,7 @@ class MonitorEngine:
         num_cols: int | None = None,
         tot_edges: Sequence[float] = TOT_EDGES,
         history_seconds: float = 180.0,
+        max_window: float = 600.0,
         process: Callable[[list[bytes]], Any] | None = None,
         **listener_options: Any,
     ) -> None:
@@ -192,6 +218,14 @@ class MonitorEngine:
         self.num_cols = int(num_cols if num_cols is not None else getattr(readout_class, "NUM_COLS", NUM_COLS))
         self.accumulator = HitAccumulator(self.num_rows, self.num_cols, tot_edges=tot_edges)
         self.history = RateHistory(history_seconds)
+        #: The wall clock of the time windows and the trend (tests inject a fake one).
+        self.clock: Callable[[], float] = time.time
+        #: Hit maps and TOT spectra of the last seconds (a ring of per-second slots).
+        self.windows = WindowedAccumulator(self.num_rows, self.num_cols, tot_edges=tot_edges, max_seconds=max_window)
+        #: The TOT spectrum of every pixel over the whole run (drill-down, masks).
+        self.pixel_tots = PixelTots(self.num_rows, self.num_cols, tot_edges=tot_edges)
+        #: The whole run's readout and hit rates, downsampled to a bounded number of points.
+        self.trend = RateTrend(self.TREND_POINTS)
         self.refresh_interval = self._check_interval(refresh_interval)
         self.update_pause = max(0.0, float(update_pause))
         self._process_hook = process
@@ -351,7 +385,10 @@ class MonitorEngine:
             self.listener.reset_counters()
             self.decoder.reset()
             self.accumulator.reset()
+            self.windows.reset()
+            self.pixel_tots.reset()
             self.history.clear()
+            self.trend.clear()
             self._readouts = 0
             self._hits = 0
             self._last_counts = (0, 0)
@@ -395,12 +432,19 @@ class MonitorEngine:
         """
         return self.decoder.decode_readout(readout)
 
-    def accumulate(self, hits: Any) -> None:
-        """Fill the histograms with hits: a ``HIT_DTYPE`` array or hit objects."""
-        if isinstance(hits, np.ndarray):
-            self.accumulator.fill(hits)
-        else:
-            self.accumulator.fill_hits(list(hits))
+    def accumulate(self, hits: Any, now: float | None = None) -> None:
+        """Fill the histograms with hits: a ``HIT_DTYPE`` array or hit objects.
+
+        The cumulative histograms, the time windows (at ``now``, default
+        :attr:`clock`) and the per-pixel TOT spectra get the same hits.
+        """
+        if not isinstance(hits, np.ndarray):
+            hits = _hits_array(list(hits))
+        if len(hits) == 0:
+            return
+        self.accumulator.fill(hits)
+        self.windows.fill(hits, self.clock() if now is None else now)
+        self.pixel_tots.fill(hits)
 
     def count_processed(self, readouts: int, hits: int) -> None:
         """Add to the readout and hit counters."""
@@ -480,10 +524,22 @@ class MonitorEngine:
         )
         return Status.read(sources)
 
-    def state(self) -> EngineState:
-        """A consistent copy of every histogram and of :meth:`status`."""
+    def state(self, window: float | None = None) -> EngineState:
+        """A consistent copy of every histogram and of :meth:`status`.
+
+        Parameters
+        ----------
+        window : float, optional
+            None or 0: the histograms of the whole run. Seconds (up to
+            ``max_window``): ``hit_map``, ``tot_hist``, ``chip_hit_map`` and
+            ``chip_tot_hist`` are those of the last ``window`` seconds (1 s
+            granularity); the status and the rates stay the run's.
+        """
+        window = float(window or 0.0)
         with self._processing_lock:
             snap = self.accumulator.snapshot()
+            if window:
+                self._window_into(snap, window)
             status = self.status()
             t, readout_rate, hit_rate = self.history.arrays()
             self._seq += 1
@@ -496,7 +552,7 @@ class MonitorEngine:
             "chip_hit_map": chip_maps,
             "chip_tot_hist": chip_tots,
         }
-        return EngineState(
+        state = EngineState(
             seq=seq,
             time=time.time(),
             status=status,
@@ -505,6 +561,28 @@ class MonitorEngine:
             rates=np.vstack([t, readout_rate, hit_rate]),
             running=self._running,
         )
+        if window:
+            object.__setattr__(state, "window", window)  # frozen: the window is set once, here
+        return state
+
+    def _window_into(self, snap: dict[str, Any], window: float) -> None:
+        """Replace the snapshot's chip histograms by those of the last ``window`` seconds (lock held)."""
+        now = self.clock()
+        maps = snap["chip_hit_map"]
+        maps.view()[...] = self.windows.counts(window, now)
+        tots = snap["chip_tot_hist"]
+        flow = tots.view(flow=True)
+        flow[...] = 0
+        for chip in self.windows.chips_seen:
+            flow[chip] = self.windows.tot_hist(window, chip, now).values(flow=True)
+
+    def hit_map_window(self, seconds: float, chip: int | None = None) -> bh.Histogram:
+        """The hit map (axes column, row) of the last ``seconds``, all chips or one chip_id."""
+        return self.windows.hit_map(seconds, chip, self.clock())
+
+    def tot_hist_window(self, seconds: float, chip: int | None = None) -> bh.Histogram:
+        """The TOT spectrum (us, with under/overflow) of the last ``seconds``, all chips or one chip_id."""
+        return self.windows.tot_hist(seconds, chip, self.clock())
 
     def refresh(self, dt: float | None = None, *, paced: bool = False) -> None:
         """Update the rates (over ``dt`` seconds) and call the refresh callbacks now.
@@ -535,6 +613,7 @@ class MonitorEngine:
             prev_r, prev_h = self._last_counts
             self._rates = ((counts[0] - prev_r) / dt, (counts[1] - prev_h) / dt)
             self.history.add(*self._rates)
+            self.trend.add(self.clock(), *self._rates)
         elif not self._running and not paced:
             self._rates = (0.0, 0.0)
         self._last_counts = counts

@@ -62,6 +62,7 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
         self.tot_edges = np.asarray(tot_edges, dtype=float)
         self.shown_chip: int | None = None
         self._build_panels()
+        self._build_window_selector()
         self._build_chip_selector()
         self._build_reference_button()
 
@@ -83,6 +84,21 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
     def chip_tot_hist(self, chip: int):
         """The TOT spectrum of one chip_id."""
         return self.engine.tot_hist(chip)
+
+    def hit_map_window(self, seconds: float, chip: int | None = None):
+        """The hit map of the last ``seconds`` (1 s granularity, at most 600 s), all chips or one chip_id."""
+        self._need_windows()
+        return self.engine.hit_map_window(seconds, chip)
+
+    def tot_hist_window(self, seconds: float, chip: int | None = None):
+        """The TOT spectrum of the last ``seconds`` (1 s granularity, at most 600 s), all chips or one chip_id."""
+        self._need_windows()
+        return self.engine.tot_hist_window(seconds, chip)
+
+    def _need_windows(self) -> None:
+        if not self.windows_available:
+            msg = "time windows are kept by the hub's own monitor, not by a viewer of a hub"
+            raise RuntimeError(msg)
 
     @property
     def out_of_matrix_hits(self) -> int:
@@ -110,7 +126,7 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
     # ------------------------------------------------------------------ display
     def update_display(self) -> None:
         """Send the new hit map, TOT spectrum and rates to the front end (only what changed)."""
-        state = self.engine.state()
+        state = self.view_state()
         self._update_chip_selector(state.chips)
         self.update_panels(state)
 
@@ -163,6 +179,29 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
 
     def _log_scale(self) -> bool:
         return self.panel(HitMapPanel).log
+
+    #: The windows offered in the toolbar: (label, seconds; 0 = whole run).
+    WINDOWS: ClassVar[Sequence[tuple[str, float]]] = (("whole run", 0.0), ("last 10 s", 10.0), ("last 60 s", 60.0), ("last 10 min", 600.0))
+
+    def _build_window_selector(self) -> None:
+        self.window_selector = widgets.Dropdown(options=list(self.WINDOWS), value=0.0, description="window")
+        self.window_selector.layout.width = "200px"
+        self.window_selector.add_class("apx-window")
+        if self.windows_available:
+            self.window_selector.observe(lambda change: setattr(self, "window", float(change["new"])), names="value")
+            self.observe(self._show_window, names="window")
+            self.window_selector.tooltip = "Show the whole run or only the last seconds"
+        else:
+            self.window_selector.disabled = True
+            self.window_selector.tooltip = "time windows are not available on a viewer of a hub (the hub sends the whole run)"
+        self.toolbar.children = [*self.toolbar.children, self.window_selector]
+
+    def _show_window(self, change: dict[str, Any]) -> None:
+        """The window traitlet changed: the toolbar shows it (a value not offered becomes an option)."""
+        seconds = float(self.window)
+        if seconds not in [v for _, v in self.window_selector.options]:
+            self.window_selector.options = [*self.window_selector.options, (f"last {seconds:g} s", seconds)]
+        self.window_selector.value = seconds
 
     def _build_chip_selector(self) -> None:
         self.chip_selector = widgets.Dropdown(options=[("all chips", -1)], value=-1, description="chip_id")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import bqplot
 import ipywidgets as widgets
 import numpy as np
-from traitlets import Bool, Float, Int
+from traitlets import Bool, Float, Int, List
 
 from ..engine import MonitorEngine
 from ..hist import TOT_EDGES
@@ -183,6 +183,10 @@ class AbstractMonitor(LogbookMixin, widgets.VBox, metaclass=_MonitorMeta):
     hub_connected = Bool(True, read_only=True)
     #: Seconds between two display refreshes.
     refresh_interval = Float(0.5)
+    #: The time window the histogram views show: 0 = the whole run, otherwise
+    #: the last ``window`` seconds (at most the engine's ``max_window``; not
+    #: available on a viewer of a hub).
+    window = Float(0.0)
     #: A viewer of a hub subscribes to the hub's relayed records and hands
     #: them to ``process_readout`` (a view drawing only the hub's histograms
     #: sets this False).
@@ -246,6 +250,7 @@ class AbstractMonitor(LogbookMixin, widgets.VBox, metaclass=_MonitorMeta):
         self.figures: list[bqplot.Figure] = []
         self.children = [self.toolbar, self.dashboard, self.canvas]
         self.observe(self._on_refresh_interval, names="refresh_interval")
+        self.observe(self._on_window, names="window")
         self._sync_buttons()
         self._render_dashboard()
         if self.hub is None:
@@ -495,6 +500,17 @@ class AbstractMonitor(LogbookMixin, widgets.VBox, metaclass=_MonitorMeta):
         """A consistent copy of the engine's histograms and counters."""
         return self.engine.state()
 
+    @property
+    def windows_available(self) -> bool:
+        """True when the engine keeps time windows (False for a viewer of a hub)."""
+        return self.hub is None and hasattr(self.engine, "windows")
+
+    def view_state(self) -> EngineState:
+        """The state the views draw: the histograms of the chosen :attr:`window` (0: the whole run)."""
+        if self.window and self.windows_available:
+            return self.engine.state(window=self.window)
+        return self.engine.state()
+
     def listener_stats(self):
         """A snapshot of the listener's counters (see :class:`ListenerStats`); None for a viewer of a hub."""
         listener = getattr(self.engine, "listener", None)
@@ -579,7 +595,7 @@ class AbstractMonitor(LogbookMixin, widgets.VBox, metaclass=_MonitorMeta):
         """Update every panel from ``state`` (default: the engine's state now)."""
         if not self.panels:
             return
-        state = self.engine.state() if state is None else state
+        state = self.view_state() if state is None else state
         for panel in self.panels:
             panel.update(state)
 
@@ -608,6 +624,18 @@ class AbstractMonitor(LogbookMixin, widgets.VBox, metaclass=_MonitorMeta):
 
     def _on_refresh_interval(self, change: dict[str, Any]) -> None:
         self.engine.refresh_interval = float(change["new"])
+
+    def _on_window(self, change: dict[str, Any]) -> None:
+        """A new window: check it, then redraw every panel."""
+        seconds = float(change["new"])
+        if seconds < 0 or (seconds and self.windows_available and seconds > self.engine.windows.max_seconds):
+            limit = self.engine.windows.max_seconds if self.windows_available else 0
+            self.set_trait("window", float(change["old"]))
+            msg = f"window must be 0 (whole run) or up to {limit:g} s, got {seconds:g}"
+            raise ValueError(msg)
+        for panel in self.panels:
+            panel.invalidate()
+        self.redraw()
 
     def _on_button(self, name: str) -> None:
         """A click: on a local monitor, start/stop/reset it; on a viewer, send the command to the hub."""

@@ -46,6 +46,12 @@ _ORANGE = "#d9822b"
 _CLEAR = "rgba(0, 0, 0, 0)"
 
 
+def window_suffix(state: Any) -> str:
+    """`` (last N s)`` for a state of a time window, ``""`` for the whole run."""
+    window = float(getattr(state, "window", 0.0) or 0.0)
+    return f" (last {window:g} s)" if window else ""
+
+
 def integer_ticks(top: float, n: int = 5) -> np.ndarray:
     """About ``n`` round integer ticks from 0 to at least ``top`` (never fractions).
 
@@ -57,6 +63,11 @@ def integer_ticks(top: float, n: int = 5) -> np.ndarray:
     step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
     step = max(1.0, step)
     return np.arange(0.0, top + 0.5 * step, step)
+
+
+def monitor_of(panel: Panel) -> Any:
+    """The monitor of a panel (None for a panel drawn alone)."""
+    return panel.monitor
 
 
 class Panel:
@@ -207,7 +218,7 @@ class HitMapPanel(Panel):
         log = self.log
         reference = getattr(self.monitor, "reference", None)
         self.view_box.layout.display = "none" if reference is None else ""
-        mode = (log, reference if self.ratio else None)
+        mode = (log, reference if self.ratio else None, getattr(state, "window", 0.0))
         if self._last is not None and self._last[1:] == mode and np.array_equal(counts, self._last[0]):
             return
         if self.ratio:
@@ -232,7 +243,7 @@ class HitMapPanel(Panel):
         marks = [self.heatmap, self.count_layer] if log else [self.heatmap]
         if list(self.figure.marks) != marks:
             self.figure.marks = marks
-        self.figure.title = "Hit map: log10(1 + hits)" if log else "Hit map"
+        self.figure.title = ("Hit map: log10(1 + hits)" if log else "Hit map") + window_suffix(state)
         self._last = (counts, *mode)
 
     def _draw_ratio(self, state: EngineState, reference: Any) -> None:
@@ -308,17 +319,18 @@ class TotPanel(Panel):
             self._last is not None
             and self._last[1] == overflow
             and self._last[2] is reference
+            and self._last[3] == getattr(state, "window", 0.0)
             and np.array_equal(counts, self._last[0])
         ):
             return
         self.bars.y = counts
         if reference is None:
-            self.figure.title = self.title_for(overflow)
+            self.figure.title = self.title_for(overflow) + window_suffix(state)
             if list(self.figure.marks) != [self.bars]:
                 self.figure.marks = [self.bars]
         else:
             self._draw_reference(state, reference)
-        self._last = (counts, overflow, reference)
+        self._last = (counts, overflow, reference, getattr(state, "window", 0.0))
 
     def _draw_reference(self, state: EngineState, reference: Any) -> None:
         """Overlay the reference scaled to this run's hits; the title gives the compatibility."""
@@ -363,13 +375,47 @@ class RatePanel(Panel):
         self.figure.marks = [self.lines]
         self.figure.fig_margin = {"top": 30, "bottom": 45, "left": 65, "right": 20}
         self.figure.legend_location = "top-right"
+        self.x_axis = self.figure.axes[0]
+        # The last minutes (every refresh) or the whole run (the engine's downsampled trend).
+        self.span_toggle = widgets.ToggleButtons(options=["last minutes", "whole run"], value="last minutes")
+        self.span_toggle.style.button_width = "100px"
+        self.span_toggle.add_class("apx-rate-span")
+        if getattr(getattr(monitor_of(self), "engine", None), "trend", None) is None:
+            self.span_toggle.disabled = True
+            self.span_toggle.tooltip = "the whole-run trend is kept by the hub's own monitor, not by a viewer"
+        self.span_toggle.observe(lambda _: self.redraw(), names="value")
+        self.controls = [self.span_toggle]
+        self._sent_trend = -1
+
+    def invalidate(self) -> None:
+        self._sent_trend = -1
+
+    @property
+    def whole_run(self) -> bool:
+        """True when the chart shows the whole run's trend."""
+        return self.span_toggle.value == "whole run" and not self.span_toggle.disabled
+
+    def rate_arrays(self, state: EngineState) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Seconds before the last point, readouts/s, hits/s to draw (None: nothing new)."""
+        if not self.whole_run:
+            self._sent_trend = -1
+            return tuple(state.rates)
+        trend = self.monitor.engine.trend
+        if trend.num_added == self._sent_trend:
+            return None
+        self._sent_trend = trend.num_added
+        arrays = trend.arrays()
+        t = arrays.t - arrays.t[-1] if len(arrays) else arrays.t
+        return t, arrays.readout_rate, arrays.hit_rate
 
     def update(self, state: EngineState) -> None:
-        t, readout_rate, hit_rate = state.rates
-        if not len(t):
+        rates = self.rate_arrays(state)
+        if rates is None or not len(rates[0]):
             return
+        t, readout_rate, hit_rate = rates
         top = float(max(readout_rate.max(), hit_rate.max(), 1.0))
         with self.lines.hold_sync(), self.y_scale.hold_sync():
             self.y_scale.max = top * self.HEADROOM
             self.lines.x = t.astype(np.float32)
             self.lines.y = np.vstack([readout_rate, hit_rate]).astype(np.float32)
+        self.figure.title = "Rates: whole run" if self.whole_run else "Rates"

@@ -1,0 +1,146 @@
+"""What a shift acts on, through the monitor: time windows, whole-run trend, alarms, noisy pixels and masks."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from astropix_nbmonitor.engine import MonitorEngine
+from astropix_nbmonitor.fmt import decode_batch
+from astropix_nbmonitor.monitor import AstroPix4SimpleMonitor
+from astropix_nbmonitor.sim import AstroPix4Simulator
+from conftest import send_paced, wait_for
+
+MONITOR_THREADS = ("astropix-monitor-listener", "astropix-monitor-processing", "astropix-listener")
+
+
+class FakeClock:
+    """A wall clock the test moves by hand (the engine's ``clock``)."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = float(start)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name in MONITOR_THREADS]
+
+
+@pytest.fixture
+def monitor():
+    mon = AstroPix4SimpleMonitor(port=0)
+    yield mon
+    mon.close()
+    assert _threads() == []
+
+
+def _send_and_wait(mon: AstroPix4SimpleMonitor, records: list[bytes]) -> None:
+    """Send records over loopback and wait until every one is processed."""
+    before = mon.engine.num_readouts
+    send_paced(mon.port, records)
+    wait_for(lambda: mon.engine.num_readouts >= before + len(records), what="every readout processed")
+
+
+def _spot(counts: np.ndarray) -> tuple[int, int]:
+    """(column, row) of the busiest pixel of a [column, row] map."""
+    c, r = np.unravel_index(int(np.argmax(counts)), counts.shape)
+    return int(c), int(r)
+
+
+# ---------------------------------------------------------------------------
+# Time windows
+# ---------------------------------------------------------------------------
+
+
+def test_a_moved_beam_is_seen_only_at_its_new_place_in_a_10_s_window(monitor):
+    clock = FakeClock()
+    monitor.engine.clock = clock
+    first = AstroPix4Simulator(seed=1, beam_center=(8.0, 4.0), beam_sigma=(1.0, 1.0), beam_fraction=1.0).generate(2000)
+    second = AstroPix4Simulator(seed=2, beam_center=(27.0, 12.0), beam_sigma=(1.0, 1.0), beam_fraction=1.0, start_id=2000).generate(2000)
+    monitor.start(refresh_interval=0.05)
+    _send_and_wait(monitor, first.records)
+    clock.now += 100.0  # the beam moved 100 s later
+    _send_and_wait(monitor, second.records)
+    monitor.stop()
+    whole = monitor.hit_map.values()
+    window = monitor.hit_map_window(10).values()
+    assert whole.sum() == len(decode_batch(first.records)) + len(decode_batch(second.records))
+    assert window.sum() == len(decode_batch(second.records))
+    assert _spot(window) == (12, 27)  # (column, row) of the second beam
+    assert whole[4, 8] > 0 and window[4, 8] == 0  # the first spot is gone from the window, kept in the run
+    assert monitor.tot_hist_window(10).sum(flow=True) == window.sum()
+    # The widget: a 10 s window draws the window's map, 0 the whole run's.
+    monitor.window = 10
+    assert np.array_equal(monitor.heatmap.color, window.T)
+    assert monitor.window_selector.value == 10
+    assert "last 10 s" in monitor.figures[0].title
+    monitor.window_selector.value = 0.0
+    assert monitor.window == 0
+    assert np.array_equal(monitor.heatmap.color, whole.T)
+    state = monitor.engine.state(window=10)
+    assert state.window == 10
+    assert np.array_equal(state.hit_map.values(), window)
+    assert np.array_equal(state.chip_hit_map(0).values(), window)
+
+
+def test_window_traitlet_refuses_a_window_longer_than_the_ring(monitor):
+    with pytest.raises(ValueError, match="600"):
+        monitor.window = 3600
+    assert monitor.window == 0
+    monitor.window = 30  # a window the toolbar does not offer becomes an option
+    assert monitor.window_selector.value == 30
+
+
+def test_reset_clears_the_windows_and_the_trend(monitor):
+    run = AstroPix4Simulator(seed=3).generate(500)
+    monitor.replay(run.records)
+    monitor.engine.refresh(1.0, paced=True)
+    assert monitor.hit_map_window(10).sum() > 0 and monitor.engine.trend.num_added > 0
+    monitor.reset()
+    assert monitor.hit_map_window(10).sum() == 0
+    assert monitor.engine.pixel_tots.nbytes == 0
+    assert monitor.engine.trend.num_added == 0
+
+
+def test_memory_stays_bounded_over_two_hours_of_windowed_run():
+    engine = MonitorEngine(port=0)
+    clock = FakeClock()
+    engine.clock = clock
+    hits = decode_batch(AstroPix4Simulator(seed=4, chip_ids=(0, 1), hits_per_readout=2).generate(200).records)
+    sizes = []
+    for second in range(2 * 3600):
+        clock.now += 1.0
+        engine.accumulate(hits)
+        engine.refresh(1.0, paced=True)
+        if second in (700, 7199):
+            sizes.append((engine.windows.nbytes, engine.pixel_tots.nbytes, len(engine.trend)))
+    engine.close()
+    assert sizes[0][:2] == sizes[1][:2]  # the ring and the spectra do not grow
+    assert sizes[0][0] == 2 * engine.windows.bytes_per_chip
+    assert len(engine.trend) <= engine.TREND_POINTS
+    assert engine.trend.num_added == 7200
+    # A 10-minute window holds 600 s of hits, the whole run 7,200 s.
+    state = engine.state(window=600)
+    assert state.hit_map.sum() == 600 * np.count_nonzero(hits["column"] < 16)
+    assert engine.hit_map().sum() == 7200 * np.count_nonzero(hits["column"] < 16)
+
+
+def test_rate_chart_shows_the_whole_run_with_bounded_points(monitor):
+    clock = FakeClock()
+    monitor.engine.clock = clock
+    for _ in range(5000):
+        clock.now += 0.5
+        monitor.engine.trend.add(clock.now, 100.0, 200.0)
+    from astropix_nbmonitor.monitor import RatePanel
+
+    panel = monitor.panel(RatePanel)
+    panel.span_toggle.value = "whole run"
+    monitor.update_display()
+    assert 0 < len(monitor.rate_lines.x) <= monitor.engine.TREND_POINTS
+    assert monitor.rate_lines.x.dtype == np.float32
+    assert float(monitor.rate_lines.x[0]) < -2000  # the run's first half hour is there
+    assert monitor.figures[2].title == "Rates: whole run"
