@@ -17,6 +17,10 @@ The default rules:
                  (judged once those 60 s hold at least 30 s of refreshes)
 ===============  ==============================================================
 
+An external rule (:meth:`AlarmBook.add_external`) holds while the caller
+says so (:meth:`AlarmBook.set_condition`): the monitor's reference-run
+compatibility turning red is one.
+
 A custom rule (:meth:`AlarmBook.add`) watches any counter of the status table,
 by its value (``"lost"``, ``"hit_rate"``) or by its **rate of change** per
 second, named with a ``/s`` suffix (``"lost/s"``: the counter's increase since
@@ -255,6 +259,16 @@ class _Threshold(_Rule):
         return None
 
 
+@dataclasses.dataclass
+class _External(_Rule):
+    """A condition judged by the caller (e.g. the reference run's compatibility): its message, or None."""
+
+    message: str | None = None
+
+    def check(self, ctx: _Context) -> str | None:
+        return self.message
+
+
 def _default_rules() -> list[_Rule]:
     return [
         _NoData("no_data"),
@@ -350,6 +364,21 @@ class AlarmBook:
             msg = f"unknown counter {rule.base!r} (append /s for its rate of change); counters: {known}"
             raise ValueError(msg)
         self._rules[name] = rule
+
+    def add_external(self, name: str) -> None:
+        """Add a rule whose condition the caller sets with :meth:`set_condition` (judged at each evaluation)."""
+        if name in self._rules:
+            msg = f"an alarm rule named {name!r} exists already"
+            raise ValueError(msg)
+        self._rules[name] = _External(name)
+
+    def set_condition(self, name: str, message: str | None) -> None:
+        """Set the condition of an external rule: a message while it holds, None when it does not."""
+        rule = self._rules.get(name)
+        if not isinstance(rule, _External):
+            msg = f"{name!r} is not an external alarm rule (add it with add_external)"
+            raise ValueError(msg)
+        rule.message = message
 
     def remove(self, name: str) -> None:
         """Remove a rule and its latch."""

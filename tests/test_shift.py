@@ -144,3 +144,151 @@ def test_rate_chart_shows_the_whole_run_with_bounded_points(monitor):
     assert monitor.rate_lines.x.dtype == np.float32
     assert float(monitor.rate_lines.x[0]) < -2000  # the run's first half hour is there
     assert monitor.figures[2].title == "Rates: whole run"
+
+
+# ---------------------------------------------------------------------------
+# Alarms through a monitor: each default alarm fires, stays latched, clears on acknowledge
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def alarmed():
+    """A running monitor that refreshes only when the test says (a fake clock for the alarms)."""
+    mon = AstroPix4SimpleMonitor(port=0)
+    clock = FakeClock(__import__("time").time())
+    mon.engine.clock = clock
+    mon.start(refresh_interval=3600.0)
+    yield mon, clock
+    mon.close()
+    assert _threads() == []
+
+
+def _alarm(mon: AstroPix4SimpleMonitor, name: str) -> dict | None:
+    return next((a for a in mon.alarms if a["name"] == name), None)
+
+
+def _fires_latches_and_acknowledges(mon: AstroPix4SimpleMonitor, clock: FakeClock, name: str, clear=None) -> None:
+    """The alarm ``name`` is active now; after ``clear()`` (default: 11 s pass) it stays latched until acknowledged."""
+    mon.refresh()
+    alarm = _alarm(mon, name)
+    assert alarm is not None and alarm["active"] and alarm["count"] == 1, mon.alarms
+    assert f'data-alarm="{name}"' in mon.dashboard.value
+    assert mon.dashboard.value.index("apx-alarms") < mon.dashboard.value.index("apx-status")  # at the top
+    if clear is None:
+        clock.now += 11.0
+    else:
+        clear()
+    mon.refresh()
+    alarm = _alarm(mon, name)
+    assert alarm is not None and not alarm["active"], mon.alarms  # latched after the fault cleared
+    mon.acknowledge(name)
+    assert _alarm(mon, name) is None
+    assert f'data-alarm="{name}"' not in mon.dashboard.value
+
+
+def test_malformed_datagrams_fire_the_malformed_alarm(alarmed, caplog):
+    mon, clock = alarmed
+    mon.refresh()
+    send_paced(mon.port, [b"not a readout record"])
+    wait_for(lambda: mon.listener_stats().malformed >= 1, what="the malformed datagram")
+    with caplog.at_level("WARNING", logger="astropix_nbmonitor.alarms"):
+        _fires_latches_and_acknowledges(mon, clock, "malformed")
+    assert sum("alarm malformed" in r.getMessage() for r in caplog.records) == 1  # logged once
+
+
+def test_lost_readouts_fire_the_lost_alarm(alarmed):
+    mon, clock = alarmed
+    mon.refresh()
+    run = AstroPix4Simulator(seed=7, faults={"skip_ids": 0.05}).generate(1000)
+    _send_and_wait(mon, run.records)
+    assert mon.status()["lost"] > 0
+    _fires_latches_and_acknowledges(mon, clock, "lost")
+
+
+def test_a_pixel_turned_noisy_fires_the_noisy_alarm(alarmed):
+    mon, clock = alarmed
+    mon.refresh()
+    run = AstroPix4Simulator(seed=8, noisy_pixels=[(30, 2)], noisy_rate=0.3).generate(3000)
+    _send_and_wait(mon, run.records)
+    # Noisy is "a pixel noisy that was not before": the next refresh already clears it.
+    _fires_latches_and_acknowledges(mon, clock, "noisy", clear=lambda: None)
+
+
+def test_no_data_for_5_s_fires_the_no_data_alarm(alarmed):
+    mon, clock = alarmed
+    mon.refresh()
+    clock.now += 6.0
+    mon.refresh()
+
+    def data_comes() -> None:
+        _send_and_wait(mon, AstroPix4Simulator(seed=9).generate(10).records)
+        clock.now = mon.listener_stats().last_datagram_time + 0.1
+
+    # The first refresh after the gap fired it; the helper's refresh sees it still active.
+    _fires_latches_and_acknowledges(mon, clock, "no_data", clear=data_comes)
+
+
+def _inject(mon: AstroPix4SimpleMonitor, monkeypatch, **values) -> None:
+    """Make the engine report these counters (a fault too slow or too rare to cause for real)."""
+    from astropix_nbmonitor.status import Status
+
+    real = type(mon.engine).status
+
+    def status(engine=mon.engine):
+        base = real(engine).as_dict()
+        base.update(values)
+        return Status.from_dict(base, taken_at=engine.clock())
+
+    monkeypatch.setattr(mon.engine, "status", status)
+
+
+def test_dropped_readouts_fire_the_dropped_alarm(alarmed, monkeypatch):
+    mon, clock = alarmed
+    _inject(mon, monkeypatch, dropped=0)
+    mon.refresh()
+    clock.now += 1.0
+    _inject(mon, monkeypatch, dropped=25)
+    _fires_latches_and_acknowledges(mon, clock, "dropped")
+
+
+def test_a_halved_hit_rate_fires_the_rate_drop_alarm(alarmed, monkeypatch):
+    mon, clock = alarmed
+    _inject(mon, monkeypatch, hit_rate=1000.0)
+    for _ in range(65):
+        clock.now += 1.0
+        mon.refresh()
+    assert _alarm(mon, "rate_drop") is None
+    _inject(mon, monkeypatch, hit_rate=300.0)
+    for _ in range(5):
+        clock.now += 1.0
+        mon.refresh()
+
+    def recovers() -> None:
+        _inject(mon, monkeypatch, hit_rate=1000.0)
+        for _ in range(6):
+            clock.now += 1.0
+            mon.refresh()
+
+    _fires_latches_and_acknowledges(mon, clock, "rate_drop", clear=recovers)
+
+
+def test_a_red_reference_becomes_an_alarm_and_a_custom_alarm_fires(monitor):
+    reference = AstroPix4SimpleMonitor(port=0)
+    try:
+        reference.replay(AstroPix4Simulator(seed=5).generate(3000).records)
+        monitor.set_reference(reference)
+    finally:
+        reference.close()
+    monitor.add_alarm("many_hits", "hits", above=1000)
+    monitor.replay(AstroPix4Simulator(seed=6, tot_mpv_us=110.0).generate(3000).records)
+    monitor.refresh()  # the dashboard saw red with enough hits; this refresh latches it
+    assert {"reference", "many_hits"} <= {a["name"] for a in monitor.alarms}
+    seen = []
+    monitor.observe(lambda change: seen.append(change["new"]), names="alarms")
+    monitor.clear_reference()
+    monitor.refresh()
+    monitor.acknowledge()  # "many_hits" still holds: kept, marked acknowledged
+    assert [a["name"] for a in monitor.alarms] == ["many_hits"]
+    assert monitor.alarms[0]["acknowledged"] and seen  # the traitlet is observable
+    monitor.ack_button.click()
+    assert [a["name"] for a in monitor.alarms] == ["many_hits"]

@@ -32,6 +32,7 @@ from ..sock import DEFAULT_PORT, DEFAULT_RCVBUF, LOCAL_HOST
 from ..status import STATUS_TABLE, Status
 from . import board, registry
 from .logbook import LogbookMixin
+from .shift import ShiftMixin
 
 if TYPE_CHECKING:
     from ..engine import EngineState
@@ -112,7 +113,7 @@ def _hits_of(result: Any) -> int:
     return len(result)
 
 
-class AbstractMonitor(LogbookMixin, widgets.VBox, metaclass=_MonitorMeta):
+class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_MonitorMeta):
     """Base class of the online monitors: a widget fed by a monitor engine.
 
     Subclasses write :meth:`process_readout` and :meth:`update_display`, and
@@ -187,6 +188,9 @@ class AbstractMonitor(LogbookMixin, widgets.VBox, metaclass=_MonitorMeta):
     #: the last ``window`` seconds (at most the engine's ``max_window``; not
     #: available on a viewer of a hub).
     window = Float(0.0)
+    #: The latched alarms, oldest first: dicts of name, message, first, last,
+    #: count, active, acknowledged (see :mod:`astropix_nbmonitor.alarms`).
+    alarms = List(read_only=True)
     #: A viewer of a hub subscribes to the hub's relayed records and hands
     #: them to ``process_readout`` (a view drawing only the hub's histograms
     #: sets this False).
@@ -241,6 +245,10 @@ class AbstractMonitor(LogbookMixin, widgets.VBox, metaclass=_MonitorMeta):
         self._messages: dict[tuple[float, float], tuple[str, dict[str, Any]]] = {}
         self._status: Status = self.engine.status()
         self.panels: list[Panel] = []
+        self._init_shift(
+            int(getattr(self, "NUM_ROWS", getattr(readout_class, "NUM_ROWS", 35))),
+            int(getattr(self, "NUM_COLS", getattr(readout_class, "NUM_COLS", 16))),
+        )
         self._build_toolbar()
         self.dashboard = widgets.HTML(value="")
         self.dashboard.add_class("apx-dashboard")
@@ -613,8 +621,12 @@ class AbstractMonitor(LogbookMixin, widgets.VBox, metaclass=_MonitorMeta):
         self.start_button.on_click(lambda _: self._on_button("start"))
         self.stop_button.on_click(lambda _: self._on_button("stop"))
         self.reset_button.on_click(lambda _: self._on_button("reset"))
+        self.ack_button = widgets.Button(description="Acknowledge", icon="check", tooltip="Acknowledge the latched alarms")
+        self.ack_button.add_class("apx-acknowledge")
+        self.ack_button.layout.width = "130px"
+        self.ack_button.on_click(lambda _: self.acknowledge())
         self.toolbar = widgets.HBox(
-            [self.start_button, self.stop_button, self.reset_button],
+            [self.start_button, self.stop_button, self.reset_button, self.ack_button],
             layout=widgets.Layout(align_items="center", flex_flow="row wrap"),
         )
         self.toolbar.add_class("apx-toolbar")
@@ -696,6 +708,11 @@ class AbstractMonitor(LogbookMixin, widgets.VBox, metaclass=_MonitorMeta):
             self.set_trait("hub_connected", bool(engine.connected))
             self._sync_buttons()
         try:
+            self._update_shift_figures()
+            self._evaluate_alarms(status, self._hub_running())
+        except Exception as exc:
+            engine.note_error(exc)
+        try:
             self.update_display()
         except Exception as exc:
             engine.note_error(exc)
@@ -716,6 +733,9 @@ class AbstractMonitor(LogbookMixin, widgets.VBox, metaclass=_MonitorMeta):
         )
         if self.hub is not None:
             lines = board.viewer_html(self.engine) + lines
+        lines = board.alarms_html(self.alarms) + lines + board.shift_html(
+            self.shift_figures, self.masked_pixels, getattr(self, "shown_chip", None)
+        )
         if self.publisher is not None:
             lines += board.publisher_html(self.publisher)
         if self.reference is not None:

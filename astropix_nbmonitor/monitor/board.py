@@ -17,7 +17,7 @@ from typing import Any
 
 from ..status import Status, format_value
 
-__all__ = ["NO_DATA_WARNING_S", "messages_html", "no_data_warning", "publisher_html", "status_html", "viewer_html"]
+__all__ = ["NO_DATA_WARNING_S", "alarms_html", "messages_html", "shift_html", "no_data_warning", "publisher_html", "status_html", "viewer_html"]
 
 #: Seconds without a datagram after which the dashboard warns.
 NO_DATA_WARNING_S = 5.0
@@ -161,3 +161,53 @@ def messages_html(messages: Mapping[tuple[float, float], tuple[str, dict[str, An
     lines = max((t.count("\n") + t.count("<br") + 1 for t, _ in messages.values()), default=1)
     height = 1.4 * lines + 0.4
     return f'<div class="apx-messages" style="position:relative;line-height:1.4;min-height:{height:.1f}em">{"".join(parts)}</div>'
+
+
+def _clock(when: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(when))
+
+
+def alarms_html(alarms: list[dict[str, Any]]) -> str:
+    """The latched alarms, in red, one line each: name, message, first and last time, count (``""`` if none)."""
+    if not alarms:
+        return ""
+    lines = []
+    for alarm in alarms:
+        state = "active" if alarm["active"] else "cleared, not acknowledged"
+        if alarm["acknowledged"]:
+            state = "acknowledged, still active"
+        times = f"first {_clock(alarm['first'])}, last {_clock(alarm['last'])}, {alarm['count']}x"
+        text = html.escape(f"{alarm['name']}: {alarm['message']} ({times}; {state})")
+        lines.append(f'<span class="apx-alarm" data-alarm="{html.escape(alarm["name"])}">&#9888; {text}</span>')
+    return (
+        f'<div class="apx-alarms" style="background:{_RED};color:white;font-weight:bold;padding:2px 6px;'
+        f'border-radius:3px;line-height:1.5">{"<br>".join(lines)}</div>'
+    )
+
+
+def shift_html(figures: Any, masked: set[tuple[int, int, int]], shown_chip: int | None = None) -> str:
+    """The shift's lines: window, noisy pixels, masked pixels and their hits, per-chip figures.
+
+    ``figures`` is a :class:`~astropix_nbmonitor.monitor.shift.ShiftFigures`.
+    """
+    span = f"last {figures.window:g} s" if figures.window else "whole run"
+    noisy = [p for p in figures.noisy if shown_chip is None or p.chip_id == shown_chip]
+    if noisy:
+        listed = ", ".join(f"chip {p.chip_id} (column {p.column}, row {p.row}) {p.hits:,} hits {p.rate:,.3g}/s" for p in noisy[:6])
+        more = f" and {len(noisy) - 6} more" if len(noisy) > 6 else ""
+        noisy_text = f'<b style="color:{_RED}">{html.escape(listed + more)}</b>'
+    else:
+        noisy_text = "none"
+    lines = [f"view: {span}; noisy pixels: {_span('apx-noisy', noisy_text)}"]
+    if masked:
+        from .shift import pixels_text
+
+        lines.append(
+            f"masked pixels {len(masked)}: {_span('apx-masked-hits', format(figures.masked_hits, ','))} hits left out "
+            f"of the displayed map ({html.escape(pixels_text(masked, 4))})"
+        )
+    if figures.chip_rows:
+        parts = [f"chip {c}: {n:,} hits, {rate:,.1f}/s, out of matrix {oom:,}" for c, n, rate, oom in figures.chip_rows]
+        lines.append(_span("apx-chips", html.escape("per chip (" + span + "): " + "; ".join(parts))))
+        lines.append("(decoding flags, lost and malformed are per readout or datagram: not attributable to one chip)")
+    return f'<div class="apx-shift" style="line-height:1.4">{"<br>".join(lines)}</div>'

@@ -135,8 +135,11 @@ class LogbookMixin:
         return reference
 
     def clear_reference(self) -> None:
-        """Forget the reference run."""
+        """Forget the reference run (its alarm's condition clears; a latched alarm waits for an acknowledgement)."""
         self.reference = None
+        note = getattr(self, "_note_reference_alarm", None)
+        if note is not None:
+            note(None)
         self._on_reference_changed()
         self.redraw()
 
@@ -171,14 +174,19 @@ class LogbookMixin:
         )
 
     def _note_level(self, compat: compare.Compatibility) -> None:
-        """Log once when the compatibility turns red, with at least :data:`MIN_HITS_TO_WARN` hits.
+        """Hold the ``reference`` alarm while the compatibility is red with at least :data:`MIN_HITS_TO_WARN` hits.
 
-        (Early in a run a handful of hits can look incompatible: the badge
-        shows it, the log waits for enough hits.)
+        The alarm is latched and logged once when it fires (early in a run a
+        handful of hits can look incompatible: the badge shows it, the alarm
+        waits for enough hits).
         """
-        previous = getattr(self, "_last_level", None)
-        if compat.level == "red" and previous != "red" and compat.n_current >= MIN_HITS_TO_WARN:
-            logger.warning("%r: the TOT spectrum is incompatible with the reference: %s", self, compat.text())
+        red = compat.level == "red" and compat.n_current >= MIN_HITS_TO_WARN
+        message = f"the TOT spectrum is incompatible with the reference: {compat.text()}" if red else None
+        note = getattr(self, "_note_reference_alarm", None)
+        if note is not None:
+            note(message)
+        elif red and getattr(self, "_last_level", None) != "red":
+            logger.warning("%r: %s", self, message)
         self._last_level = compat.level
 
     # ------------------------------------------------------------------ replay at any speed
