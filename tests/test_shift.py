@@ -9,7 +9,7 @@ import pytest
 
 from astropix_nbmonitor.engine import MonitorEngine
 from astropix_nbmonitor.fmt import decode_batch
-from astropix_nbmonitor.monitor import AstroPix4SimpleMonitor
+from astropix_nbmonitor.monitor import AstroPix4SimpleMonitor, HitMapPanel
 from astropix_nbmonitor.sim import AstroPix4Simulator
 from conftest import send_paced, wait_for
 
@@ -292,3 +292,85 @@ def test_a_red_reference_becomes_an_alarm_and_a_custom_alarm_fires(monitor):
     assert monitor.alarms[0]["acknowledged"] and seen  # the traitlet is observable
     monitor.ack_button.click()
     assert [a["name"] for a in monitor.alarms] == ["many_hits"]
+
+
+# ---------------------------------------------------------------------------
+# Noisy pixels and masks through a monitor
+# ---------------------------------------------------------------------------
+
+NOISY_ROW, NOISY_COLUMN = 30, 2  # the simulator takes (row, column)
+
+
+def _noisy_run(seed: int = 8) -> list[bytes]:
+    sim = AstroPix4Simulator(seed=seed, noisy_pixels=[(NOISY_ROW, NOISY_COLUMN)], noisy_rate=0.3)
+    return sim.generate(3000).records
+
+
+def test_a_pixel_made_noisy_is_found_and_no_other(monitor):
+    monitor.start(refresh_interval=0.05)
+    _send_and_wait(monitor, _noisy_run())
+    monitor.stop()
+    noisy = monitor.noisy_pixels()
+    assert [p.pixel for p in noisy] == [(0, NOISY_COLUMN, NOISY_ROW)]
+    assert noisy[0].hits == monitor.hit_map.values()[NOISY_COLUMN, NOISY_ROW]
+    assert noisy[0].rate > 0
+    assert "column 2, row 30" in monitor.dashboard.value
+    panel = monitor.panel(HitMapPanel)
+    assert panel.noisy_markers in monitor.figures[0].marks
+    assert list(panel.noisy_markers.x) == [NOISY_COLUMN] and list(panel.noisy_markers.y) == [NOISY_ROW]
+    assert panel.noisy_markers.x.dtype == np.float64
+    # A clean run has none.
+    clean = AstroPix4SimpleMonitor(port=0)
+    try:
+        clean.replay(AstroPix4Simulator(seed=8).generate(3000).records)
+        assert clean.noisy_pixels() == []
+    finally:
+        clean.close()
+
+
+def test_a_masked_noisy_pixel_leaves_the_displayed_map_and_spectrum(monitor):
+    monitor.replay(_noisy_run())
+    whole_map, whole_tot = monitor.hit_map.values(), monitor.tot_hist.values(flow=True)
+    pixel_hits = int(whole_map[NOISY_COLUMN, NOISY_ROW])
+    pixel_tot = monitor.pixel_tot_hist(NOISY_COLUMN, NOISY_ROW, chip_id=0).values(flow=True)
+    assert pixel_tot.sum() == pixel_hits > 0
+    monitor.mask_button.click()  # "Mask noisy": what noisy_pixels() finds now
+    assert monitor.masked_pixels == {(0, NOISY_COLUMN, NOISY_ROW)}
+    color = np.asarray(monitor.heatmap.color)
+    assert np.isnan(color[NOISY_ROW, NOISY_COLUMN])
+    others = np.ones(color.shape, dtype=bool)
+    others[NOISY_ROW, NOISY_COLUMN] = False
+    assert np.array_equal(color[others], whole_map.T[others])
+    assert monitor.heatmap.null_color == "#c8c8c8"
+    assert np.array_equal(monitor.tot_bars.y, (whole_tot - pixel_tot)[1:-1])
+    assert "masked pixels out" in monitor.figures[1].title
+    # hit_map and tot_hist stay complete; the dashboard counts the masked hits.
+    assert np.array_equal(monitor.hit_map.values(), whole_map)
+    assert np.array_equal(monitor.tot_hist.values(flow=True), whole_tot)
+    monitor.refresh()
+    assert monitor.shift_figures.masked_hits == pixel_hits
+    assert f'<span class="apx-masked-hits">{pixel_hits:,}</span> hits left out' in monitor.dashboard.value
+    monitor.unmask_pixels(monitor.noisy_pixels())
+    assert monitor.masked_pixels == set()
+    assert np.array_equal(monitor.heatmap.color, whole_map.T)
+
+
+def test_a_mask_written_on_the_real_configuration_sets_exactly_its_bits(monitor, tmp_path):
+    from astropix_nbmonitor import masks
+    from conftest import shared_data_file
+
+    config = shared_data_file("config_v4_none_20250723_092534.yml")
+    enabled = masks.enabled_pixels(config)
+    assert enabled, "the real file enables some pixels"
+    pixel = sorted(enabled)[0]
+    monitor.mask_pixels([pixel])
+    out = monitor.write_mask(tmp_path / "masked.yml", config=config)
+    assert masks.enabled_pixels(out) == enabled - {pixel}
+    before, after = config.read_text().splitlines(), out.read_text().splitlines()
+    assert len(before) == len(after) and sum(a != b for a, b in zip(before, after)) == 1
+    fresh = AstroPix4SimpleMonitor(port=0)
+    try:
+        read = fresh.read_mask(out)
+        assert read == masks.read_mask(out).masked_pixels and pixel in read
+    finally:
+        fresh.close()

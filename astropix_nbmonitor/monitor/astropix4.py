@@ -65,6 +65,7 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
         self._build_window_selector()
         self._build_chip_selector()
         self._build_reference_button()
+        self._build_mask_button()
 
     # ------------------------------------------------------------------ data
     @property
@@ -172,6 +173,13 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
         self.pin_button.layout.width = "130px"
         self.pin_button.on_click(lambda _: self.set_reference())
         self.toolbar.children = [*self.toolbar.children, self.pin_button]
+
+    def _build_mask_button(self) -> None:
+        self.mask_button = widgets.Button(description="Mask noisy", icon="eye-slash", tooltip="Mask the pixels found noisy now")
+        self.mask_button.add_class("apx-mask-noisy")
+        self.mask_button.layout.width = "120px"
+        self.mask_button.on_click(lambda _: self.mask_noisy())
+        self.toolbar.children = [*self.toolbar.children, self.mask_button]
 
     def _on_reference_changed(self) -> None:
         for panel in self.panels:

@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 __all__ = ["HitMapPanel", "Panel", "RatePanel", "TotPanel", "integer_ticks"]
 
 _BLUE = "#3b6ea8"
+_RED = "#e0312b"
+#: The neutral colour of masked pixels (and of pixels with no reference hit in the ratio view).
+NULL_COLOR = "#c8c8c8"
 _ORANGE = "#d9822b"
 #: A fill that is painted (it catches the mouse) but shows nothing.
 _CLEAR = "rgba(0, 0, 0, 0)"
@@ -154,9 +157,15 @@ class HitMapPanel(Panel):
             color=np.zeros((num_rows, num_cols)),
             scales={"row": row_scale, "column": col_scale, "color": self.color_scale},
             stroke="white",
-            null_color="#440154",
+            null_color=NULL_COLOR,
             tooltip=self.tooltip,
         )
+        # Noisy pixels: red markers on the same ordinal scales.
+        self.noisy_markers = bqplot.Scatter(
+            x=np.zeros(0), y=np.zeros(0), scales={"x": col_scale, "y": row_scale},
+            marker="square", colors=[_RED], fill=False, stroke=_RED, stroke_width=2.5, default_size=180,
+        )
+        self._noisy_sent: tuple[tuple[int, int], ...] | None = None
         self.color_axis = bqplot.ColorAxis(
             scale=self.color_scale, side="right", label="hits", tick_format="~s", tick_values=integer_ticks(1.0)
         )
@@ -194,7 +203,36 @@ class HitMapPanel(Panel):
         self._last: tuple[np.ndarray, bool, Any] | None = None
 
     def own_widgets(self) -> list[widgets.Widget]:
-        return [self.count_layer]
+        return [self.count_layer, self.noisy_markers]
+
+    def masked(self, counts: np.ndarray) -> np.ndarray:
+        """``counts`` (rows first) with the monitor's masked pixels of the chip shown set to NaN."""
+        mask = getattr(self.monitor, "mask", None)
+        if mask is None or not len(mask):
+            return counts
+        return mask.apply(counts, self.chip, rows_first=True)
+
+    def noisy_cells(self) -> tuple[tuple[int, int], ...]:
+        """(column, row) of the noisy pixels of the chip shown, found at the last refresh."""
+        figures = getattr(self.monitor, "shift_figures", None)
+        if figures is None:
+            return ()
+        chip = self.chip
+        return tuple(sorted({(p.column, p.row) for p in figures.noisy if chip is None or p.chip_id == chip}))
+
+    def overlay_marks(self) -> list[bqplot.Mark]:
+        """The marks drawn over the map: the noisy pixels' markers, when there are any."""
+        return [self.noisy_markers] if self._noisy_sent else []
+
+    def _update_markers(self) -> None:
+        cells = self.noisy_cells()
+        if cells == self._noisy_sent:
+            return
+        with self.noisy_markers.hold_sync():
+            self.noisy_markers.x = np.array([c for c, _ in cells], dtype=np.float64)
+            self.noisy_markers.y = np.array([r for _, r in cells], dtype=np.float64)
+        self._noisy_sent = cells
+        self._last = None  # the marks list changes with them
 
     @property
     def log(self) -> bool:
@@ -203,6 +241,7 @@ class HitMapPanel(Panel):
 
     def invalidate(self) -> None:
         self._last = None
+        self._noisy_sent = None
 
     def colors(self, counts: np.ndarray) -> np.ndarray:
         """The colour values sent for hit ``counts``: the counts, or log10(1 + counts) in log mode."""
@@ -214,12 +253,13 @@ class HitMapPanel(Panel):
         return getattr(self.monitor, "reference", None) is not None and self.view_toggle.value == "over reference"
 
     def update(self, state: EngineState) -> None:
-        counts = state.hit_counts(self.chip)
+        self._update_markers()
+        counts = self.masked(state.hit_counts(self.chip))
         log = self.log
         reference = getattr(self.monitor, "reference", None)
         self.view_box.layout.display = "none" if reference is None else ""
         mode = (log, reference if self.ratio else None, getattr(state, "window", 0.0))
-        if self._last is not None and self._last[1:] == mode and np.array_equal(counts, self._last[0]):
+        if self._last is not None and self._last[1:] == mode and np.array_equal(counts, self._last[0], equal_nan=True):
             return
         if self.ratio:
             self._draw_ratio(state, reference)
@@ -228,7 +268,8 @@ class HitMapPanel(Panel):
         self.color_scale.scheme = "viridis"
         self.color_scale.mid = None
         colors = self.colors(counts)
-        top = float(colors.max()) if colors.size else 0.0
+        finite = colors[np.isfinite(colors)]
+        top = float(finite.max()) if finite.size else 0.0
         with self.heatmap.hold_sync(), self.color_scale.hold_sync(), self.color_axis.hold_sync():
             self.color_scale.max = float(max(top, 1.0))
             ticks = integer_ticks(top)
@@ -241,6 +282,7 @@ class HitMapPanel(Panel):
                 self.count_layer.color = counts
                 self.count_layer.tooltip = self.tooltip
         marks = [self.heatmap, self.count_layer] if log else [self.heatmap]
+        marks += self.overlay_marks()
         if list(self.figure.marks) != marks:
             self.figure.marks = marks
         self.figure.title = ("Hit map: log10(1 + hits)" if log else "Hit map") + window_suffix(state)
@@ -260,9 +302,9 @@ class HitMapPanel(Panel):
             self.color_scale.max = top
             self.color_axis.tick_values = np.array([0.0, 0.5, 1.0, 1.5, 2.0])[: 5 if top >= 2 else 3]
             self.color_axis.label = "ratio"
-            self.heatmap.color = ratio
+            self.heatmap.color = self.masked(ratio)
             self.heatmap.tooltip = self.tooltip
-        self.figure.marks = [self.heatmap]
+        self.figure.marks = [self.heatmap, *self.overlay_marks()]
         self.figure.title = "Hit map over the reference"
 
 
@@ -312,8 +354,19 @@ class TotPanel(Panel):
         """The title: the overflow edge is the last real bin edge."""
         return f"TOT (overflow > {self.edges[-1]:g} us: {overflow:,})"
 
+    def shown_counts(self, state: EngineState) -> tuple[np.ndarray, int, str]:
+        """Bin counts (float64), overflow and a title note: the masked pixels' hits left out when possible."""
+        if getattr(self.monitor, "displayed_tot_hist", None) is None:
+            counts, _, overflow = state.tot_counts(self.chip)
+            return counts, overflow, ""
+        hist, masked_out = self.monitor.displayed_tot_hist(state, self.chip)
+        flow = hist.values(flow=True)
+        masked = len(getattr(self.monitor, "mask", ()))
+        note = "" if not masked else (", masked pixels out" if masked_out else ", masked pixels in")
+        return flow[1:-1].astype(np.float64), int(flow[-1]), note
+
     def update(self, state: EngineState) -> None:
-        counts, _, overflow = state.tot_counts(self.chip)
+        counts, overflow, note = self.shown_counts(state)
         reference = getattr(self.monitor, "reference", None)
         if (
             self._last is not None
@@ -325,7 +378,7 @@ class TotPanel(Panel):
             return
         self.bars.y = counts
         if reference is None:
-            self.figure.title = self.title_for(overflow) + window_suffix(state)
+            self.figure.title = self.title_for(overflow) + window_suffix(state) + note
             if list(self.figure.marks) != [self.bars]:
                 self.figure.marks = [self.bars]
         else:

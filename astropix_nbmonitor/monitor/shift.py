@@ -203,12 +203,14 @@ class ShiftMixin:
         The displayed hit map and TOT spectrum leave them out; ``hit_map``
         and ``tot_hist`` stay complete.
         """
-        self.mask.add(pixels)
+        with self.engine._processing_lock:
+            self.mask.add(pixels)
         self._on_mask_changed()
 
     def unmask_pixels(self, pixels: Any) -> None:
         """Unmask pixels (tuples or :meth:`noisy_pixels` items); pixels not masked are ignored."""
-        self.mask.remove(pixels)
+        with self.engine._processing_lock:
+            self.mask.remove(pixels)
         self._on_mask_changed()
 
     def mask_noisy(self) -> list[NoisyPixel]:
@@ -248,10 +250,36 @@ class ShiftMixin:
         masked pixels.
         """
         read = masks.read_mask(path, chip_id=chip_id)
-        self.mask.clear()
-        self.mask.add(read.masked_pixels)
+        with self.engine._processing_lock:
+            self.mask.clear()
+            self.mask.add(read.masked_pixels)
         self._on_mask_changed()
         return self.masked_pixels
+
+    def displayed_tot_hist(self, state: Any, chip: int | None) -> tuple[Any, bool]:
+        """The TOT spectrum to draw: ``state``'s, minus the masked pixels' hits when that can be done.
+
+        Returns ``(histogram, masked_out)``; ``masked_out`` is False when
+        masked pixels' hits could not be taken out: a time window (the
+        per-pixel spectra are the whole run's) or a viewer of a hub (no
+        per-pixel spectra).
+        """
+        hist = state.chip_tot_hist(chip)
+        pixel_tots = getattr(self.engine, "pixel_tots", None)
+        if not len(self.mask):
+            return hist, True
+        if getattr(state, "window", 0.0) or pixel_tots is None or self.hub is not None:
+            return hist, False
+        return masks.tot_without_masked(hist, pixel_tots, self.mask, chip), True
+
+    # ------------------------------------------------------------------ drill-down
+    def pixel_tot_hist(self, column: int, row: int, chip_id: int | None = None):
+        """The whole-run TOT spectrum of pixel (column, row) of ``chip_id`` (None: summed over chips)."""
+        pixel_tots = getattr(self.engine, "pixel_tots", None)
+        if pixel_tots is None:
+            msg = "per-pixel spectra are kept by the hub's own monitor, not by a viewer of a hub"
+            raise RuntimeError(msg)
+        return pixel_tots.pixel_tot_hist(column, row, chip_id)
 
     def _on_mask_changed(self) -> None:
         for panel in self.panels:
