@@ -255,39 +255,32 @@ def hit_map_ratio(current_map: bh.Histogram, reference_map: bh.Histogram, *, row
     return ratio.T.copy() if rows_first else ratio
 
 
-def _tot_of(source: Any, chip: int | None) -> bh.Histogram:
-    """The TOT spectrum of a state, a saved run, a histogram, or a file saved by histio."""
+def _histogram_of(source: Any, name: str, chip: int | None) -> bh.Histogram:
+    """Histogram ``name`` (``tot_hist`` or ``hit_map``) of all chips, or of one chip_id, of any run.
+
+    ``source``: a state, a saved run, a histogram (returned as it is), or a
+    file saved by :mod:`~astropix_nbmonitor.histio`.
+    """
     if isinstance(source, (str, Path)):
         from .histio import load
 
         source = load(source)
     if isinstance(source, bh.Histogram):
         return source
-    if chip is not None and hasattr(source, "chip_tot_hist"):
-        return source.chip_tot_hist(chip)
-    if chip is not None:
-        return source.histograms["chip_tot_hist"][bh.loc(int(chip)), :]
-    return source.tot_hist
+    if chip is None:
+        return source.histograms[name]
+    per_chip = source.histograms[f"chip_{name}"]
+    return per_chip[(bh.loc(int(chip)),) + (slice(None),) * (per_chip.ndim - 1)]
 
 
 def tot_of(source: Any, chip: int | None = None) -> bh.Histogram:
     """The TOT spectrum (one chip's, or all chips') of a state, a saved run, a histogram or a saved file."""
-    return _tot_of(source, chip)
+    return _histogram_of(source, "tot_hist", chip)
 
 
 def hit_map_of(source: Any, chip: int | None = None) -> bh.Histogram:
     """The hit map (one chip's, or all chips') of a state, a saved run, a histogram or a saved file."""
-    if isinstance(source, (str, Path)):
-        from .histio import load
-
-        source = load(source)
-    if isinstance(source, bh.Histogram):
-        return source
-    if chip is not None and hasattr(source, "chip_hit_map"):
-        return source.chip_hit_map(chip)
-    if chip is not None:
-        return source.histograms["chip_hit_map"][bh.loc(int(chip)), :, :]
-    return source.hit_map
+    return _histogram_of(source, "hit_map", chip)
 
 
 def compatibility_of(current: Any, reference: Any, *, chip: int | None = None) -> Compatibility:
@@ -301,4 +294,4 @@ def compatibility_of(current: Any, reference: Any, *, chip: int | None = None) -
     chip : int, optional
         Compare one chip_id's spectra (default all chips).
     """
-    return compatibility(_tot_of(current, chip), _tot_of(reference, chip))
+    return compatibility(tot_of(current, chip), tot_of(reference, chip))
