@@ -39,5 +39,7 @@ bench: install-test
 	$(PYTHON) benchmarks/bench_decode.py
 	$(PYTHON) benchmarks/bench_udp.py
 	$(PYTHON) benchmarks/bench_monitor.py
+	$(PYTHON) benchmarks/bench_stop.py
+	$(PYTHON) benchmarks/bench_hub.py
 	$(PYTHON) benchmarks/soak.py
 	$(PYTHON) benchmarks/soak.py --hits-per-readout 32
