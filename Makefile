@@ -41,5 +41,6 @@ bench: install-test
 	$(PYTHON) benchmarks/bench_monitor.py
 	$(PYTHON) benchmarks/bench_stop.py
 	$(PYTHON) benchmarks/bench_hub.py
+	$(PYTHON) benchmarks/bench_windows.py
 	$(PYTHON) benchmarks/soak.py
 	$(PYTHON) benchmarks/soak.py --hits-per-readout 32
