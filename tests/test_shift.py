@@ -374,3 +374,39 @@ def test_a_mask_written_on_the_real_configuration_sets_exactly_its_bits(monitor,
         assert read == masks.read_mask(out).masked_pixels and pixel in read
     finally:
         fresh.close()
+
+
+# ---------------------------------------------------------------------------
+# Pixel drill-down
+# ---------------------------------------------------------------------------
+
+
+def test_a_click_on_a_pixel_selects_it_and_a_second_click_deselects(monitor):
+    clock = FakeClock()
+    monitor.engine.clock = clock
+    run = AstroPix4Simulator(seed=1).generate(2000)
+    monitor.replay(run.records)
+    hits = monitor.hit_map.values()
+    column, row = _spot(hits)
+    # What bqplot's front end sets on a click: [[row index, column index]].
+    monitor.heatmap.selected = np.array([[row, column]])
+    assert monitor.selected_pixel == (column, row)
+    assert monitor.heatmap.selected is None  # ready for the next click
+    panel = monitor.pixel_panel
+    assert panel.box.layout.display == ""
+    expected = monitor.pixel_tot_hist(column, row).values()
+    assert expected.sum() == hits[column, row] > 0
+    assert np.array_equal(panel.bars.y, expected) and panel.bars.y.dtype == np.float64
+    assert f"column {column}, row {row}" in panel.figure.title
+    assert panel.rate_line.y.sum() == hits[column, row] and panel.rate_line.x.dtype == np.float64
+    hitmap = monitor.panel(HitMapPanel)
+    assert hitmap.selected_marker in monitor.figures[0].marks
+    assert not monitor.clear_pixel_button.disabled
+    monitor.heatmap.selected = np.array([[row, column]])  # the same pixel again
+    assert monitor.selected_pixel is None and panel.box.layout.display == "none"
+    assert hitmap.selected_marker not in monitor.figures[0].marks
+    monitor.selected_pixel = (3, 4)
+    monitor.clear_pixel_button.click()
+    assert monitor.selected_pixel is None
+    with pytest.raises(ValueError, match="inside"):
+        monitor.selected_pixel = (16, 0)

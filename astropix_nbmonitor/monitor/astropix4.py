@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import bqplot
 import ipywidgets as widgets
 import numpy as np
+from traitlets import Int, Tuple
 
 from ..astropix4.layout import NUM_COLS, NUM_ROWS
 from ..fmt import AbstractAstroPixReadout, AstroPix4Readout
 from ..hist import TOT_EDGES
 from ..sock import DEFAULT_PORT, LOCAL_HOST
 from .base import AbstractMonitor
-from .panels import HitMapPanel, Panel, RatePanel, TotPanel
+from .panels import HitMapPanel, Panel, PixelPanel, RatePanel, TotPanel
 
 __all__ = ["AstroPix4SimpleMonitor"]
+
+logger = logging.getLogger(__name__)
 
 
 class AstroPix4SimpleMonitor(AbstractMonitor):
@@ -41,6 +46,10 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
 
     NUM_COLS = NUM_COLS
     NUM_ROWS = NUM_ROWS
+    #: The pixel selected for the drill-down, ``(column, row)``, or None: a
+    #: click on the hit map selects (a second click or the Clear pixel button
+    #: deselects); the pixel panel then shows its TOT spectrum and hit rate.
+    selected_pixel = Tuple(Int(), Int(), default_value=None, allow_none=True)
     #: It draws the engine's (or the hub's) histograms: no records relayed.
     RELAY_RECORDS = False
     #: The panels, left to right.
@@ -66,6 +75,7 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
         self._build_chip_selector()
         self._build_reference_button()
         self._build_mask_button()
+        self._build_pixel_panel()
 
     # ------------------------------------------------------------------ data
     @property
@@ -173,6 +183,36 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
         self.pin_button.layout.width = "130px"
         self.pin_button.on_click(lambda _: self.set_reference())
         self.toolbar.children = [*self.toolbar.children, self.pin_button]
+
+    def _build_pixel_panel(self) -> None:
+        figure = bqplot.Figure()
+        self.pixel_panel = self.add_panel(PixelPanel(figure, self))
+        self.children = [*self.children, self.pixel_panel.box]
+        self.clear_pixel_button = widgets.Button(description="Clear pixel", icon="times", tooltip="Deselect the pixel", disabled=True)
+        self.clear_pixel_button.add_class("apx-clear-pixel")
+        self.clear_pixel_button.layout.width = "110px"
+        self.clear_pixel_button.on_click(lambda _: setattr(self, "selected_pixel", None))
+        self.toolbar.children = [*self.toolbar.children, self.clear_pixel_button]
+        self.observe(self._on_selected_pixel, names="selected_pixel")
+
+    def click_pixel(self, column: int, row: int) -> None:
+        """A click on pixel (column, row) of the hit map: select it, or deselect it when it was selected."""
+        if not self.windows_available:
+            logger.debug("pixel drill-down needs the per-pixel spectra, which a viewer of a hub does not have")
+            return
+        pixel = (int(column), int(row))
+        self.selected_pixel = None if self.selected_pixel == pixel else pixel
+
+    def _on_selected_pixel(self, change: dict[str, Any]) -> None:
+        pixel = change["new"]
+        if pixel is not None and not (0 <= pixel[0] < self.NUM_COLS and 0 <= pixel[1] < self.NUM_ROWS):
+            self.set_trait("selected_pixel", change["old"])
+            msg = f"selected_pixel must be (column, row) inside the {self.NUM_COLS} x {self.NUM_ROWS} matrix, got {pixel}"
+            raise ValueError(msg)
+        self.clear_pixel_button.disabled = pixel is None
+        for panel in (self.panel(HitMapPanel), self.pixel_panel):
+            panel.invalidate()
+        self.redraw()
 
     def _build_mask_button(self) -> None:
         self.mask_button = widgets.Button(description="Mask noisy", icon="eye-slash", tooltip="Mask the pixels found noisy now")

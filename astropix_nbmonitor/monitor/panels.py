@@ -38,7 +38,7 @@ from ..hist import TOT_EDGES
 if TYPE_CHECKING:
     from ..engine import EngineState
 
-__all__ = ["HitMapPanel", "Panel", "RatePanel", "TotPanel", "integer_ticks"]
+__all__ = ["HitMapPanel", "Panel", "PixelPanel", "RatePanel", "TotPanel", "integer_ticks"]
 
 _BLUE = "#3b6ea8"
 _RED = "#e0312b"
@@ -166,6 +166,12 @@ class HitMapPanel(Panel):
             marker="square", colors=[_RED], fill=False, stroke=_RED, stroke_width=2.5, default_size=180,
         )
         self._noisy_sent: tuple[tuple[int, int], ...] | None = None
+        # The selected pixel (drill-down): a click selects, bqplot's own highlight is replaced by this marker.
+        self.selected_marker = bqplot.Scatter(
+            x=np.zeros(0), y=np.zeros(0), scales={"x": col_scale, "y": row_scale},
+            marker="square", colors=["white"], fill=False, stroke="white", stroke_width=3.0, default_size=260,
+        )
+        self._selected_sent: tuple[int, int] | None = None
         self.color_axis = bqplot.ColorAxis(
             scale=self.color_scale, side="right", label="hits", tick_format="~s", tick_values=integer_ticks(1.0)
         )
@@ -201,9 +207,35 @@ class HitMapPanel(Panel):
         self.view_box.add_class("apx-map-view")
         self.controls = [box, self.view_box]
         self._last: tuple[np.ndarray, bool, Any] | None = None
+        for layer in (self.heatmap, self.count_layer):
+            layer.interactions = {"click": "select", "hover": "tooltip"}
+            layer.selected_style = {"stroke": "white"}
+            layer.observe(self._on_cell_click, names="selected")
 
     def own_widgets(self) -> list[widgets.Widget]:
-        return [self.count_layer, self.noisy_markers]
+        return [self.count_layer, self.noisy_markers, self.selected_marker]
+
+    def _on_cell_click(self, change: dict[str, Any]) -> None:
+        """A click on a cell (bqplot's ``selected``: ``[[row index, column index]]``): select or deselect it."""
+        new = change["new"]
+        if new is None or len(new) == 0:
+            return
+        row, column = (int(v) for v in np.asarray(new)[-1])
+        change["owner"].selected = None  # so that a second click on the same cell is seen again
+        if self.monitor is not None:
+            self.monitor.click_pixel(column, row)
+
+    def _update_selected(self) -> bool:
+        """Move the selection marker to the monitor's ``selected_pixel``; True when it changed."""
+        pixel = getattr(self.monitor, "selected_pixel", None)
+        pixel = None if pixel is None else (int(pixel[0]), int(pixel[1]))
+        if pixel == self._selected_sent:
+            return False
+        with self.selected_marker.hold_sync():
+            self.selected_marker.x = np.array([] if pixel is None else [pixel[0]], dtype=np.float64)
+            self.selected_marker.y = np.array([] if pixel is None else [pixel[1]], dtype=np.float64)
+        self._selected_sent = pixel
+        return True
 
     def masked(self, counts: np.ndarray) -> np.ndarray:
         """``counts`` (rows first) with the monitor's masked pixels of the chip shown set to NaN."""
@@ -221,8 +253,9 @@ class HitMapPanel(Panel):
         return tuple(sorted({(p.column, p.row) for p in figures.noisy if chip is None or p.chip_id == chip}))
 
     def overlay_marks(self) -> list[bqplot.Mark]:
-        """The marks drawn over the map: the noisy pixels' markers, when there are any."""
-        return [self.noisy_markers] if self._noisy_sent else []
+        """The marks drawn over the map: the noisy pixels' markers and the selected pixel's, when there are any."""
+        marks = [self.noisy_markers] if self._noisy_sent else []
+        return marks + ([self.selected_marker] if self._selected_sent is not None else [])
 
     def _update_markers(self) -> None:
         cells = self.noisy_cells()
@@ -242,6 +275,7 @@ class HitMapPanel(Panel):
     def invalidate(self) -> None:
         self._last = None
         self._noisy_sent = None
+        self._selected_sent = (-1, -1)
 
     def colors(self, counts: np.ndarray) -> np.ndarray:
         """The colour values sent for hit ``counts``: the counts, or log10(1 + counts) in log mode."""
@@ -254,6 +288,8 @@ class HitMapPanel(Panel):
 
     def update(self, state: EngineState) -> None:
         self._update_markers()
+        if self._update_selected():
+            self._last = None
         counts = self.masked(state.hit_counts(self.chip))
         log = self.log
         reference = getattr(self.monitor, "reference", None)
@@ -472,3 +508,94 @@ class RatePanel(Panel):
             self.lines.x = t.astype(np.float32)
             self.lines.y = np.vstack([readout_rate, hit_rate]).astype(np.float32)
         self.figure.title = "Rates: whole run" if self.whole_run else "Rates"
+
+
+class PixelPanel(Panel):
+    """The selected pixel: its whole-run TOT spectrum, and its hit rate per second over the last minutes.
+
+    Shown by the monitor when a pixel is selected (``selected_pixel``); the
+    figure holds the spectrum, :attr:`rate_figure` the rate.
+    """
+
+    title = "Selected pixel"
+    css_class = "apx-pixel"
+    #: Seconds of the rate chart when the whole run is shown (a window shows the window).
+    RATE_SECONDS = 120.0
+
+    def build(self) -> None:
+        edges = np.asarray(getattr(self.monitor, "tot_edges", TOT_EDGES), dtype=float)
+        x_scale = bqplot.LinearScale(min=float(edges[0]), max=float(edges[-1]))
+        y_scale = bqplot.LinearScale(min=0.0)
+        self.bars = bqplot.Bars(
+            x=0.5 * (edges[1:] + edges[:-1]), y=np.zeros(len(edges) - 1), scales={"x": x_scale, "y": y_scale},
+            padding=0.0, colors=[_ORANGE], stroke=_ORANGE,
+        )
+        self.figure.axes = [
+            bqplot.Axis(scale=x_scale, label="TOT [us]"),
+            bqplot.Axis(scale=y_scale, side="left", label="hits", tick_format="~s"),
+        ]
+        self.figure.marks = [self.bars]
+        self.figure.fig_margin = {"top": 30, "bottom": 45, "left": 65, "right": 20}
+        t_scale = bqplot.LinearScale()
+        self.rate_scale = bqplot.LinearScale(min=0.0, max=1.0)
+        self.rate_line = bqplot.Lines(
+            x=np.zeros(0), y=np.zeros(0), scales={"x": t_scale, "y": self.rate_scale}, colors=[_ORANGE],
+            interpolation="step-after",
+        )
+        self.rate_figure = bqplot.Figure(
+            marks=[self.rate_line],
+            axes=[bqplot.Axis(scale=t_scale, label="seconds ago"),
+                  bqplot.Axis(scale=self.rate_scale, side="left", label="hits/s", tick_format="~s")],
+            fig_margin={"top": 30, "bottom": 45, "left": 65, "right": 20},
+            title="Selected pixel: hits/s",
+            title_style={"font-size": "14px"},
+        )
+        self.rate_figure.add_class("apx-pixel-rate")
+        for fig in (self.figure, self.rate_figure):
+            fig.layout.width = "50%"
+            fig.layout.height = "300px"
+        self.box = widgets.HBox([self.figure, self.rate_figure], layout=widgets.Layout(display="none", width="100%"))
+        self.box.add_class("apx-pixel-box")
+        self._last: tuple[Any, ...] | None = None
+
+    def own_widgets(self) -> list[widgets.Widget]:
+        return [self.box, self.rate_figure]
+
+    def invalidate(self) -> None:
+        self._last = None
+
+    def update(self, state: EngineState) -> None:
+        pixel = getattr(self.monitor, "selected_pixel", None)
+        if pixel is None:
+            if self.box.layout.display != "none":
+                self.box.layout.display = "none"
+            self._last = None
+            return
+        column, row = int(pixel[0]), int(pixel[1])
+        hist = self.monitor.pixel_tot_hist(column, row, self.chip)
+        flow = hist.values(flow=True)
+        times, rates = self._rates(column, row)
+        key = (column, row, self.chip, flow.tobytes(), rates.tobytes())
+        if key == self._last:
+            return
+        where = f"column {column}, row {row}" + ("" if self.chip is None else f", chip {self.chip}")
+        with self.bars.hold_sync():
+            self.bars.y = flow[1:-1].astype(np.float64)
+        self.figure.title = f"Pixel {where}: TOT, {int(flow.sum()):,} hits (whole run)"
+        with self.rate_line.hold_sync(), self.rate_scale.hold_sync():
+            self.rate_scale.max = float(max(rates.max() if rates.size else 0.0, 1.0)) * 1.2
+            self.rate_line.x = times.astype(np.float64)
+            self.rate_line.y = rates.astype(np.float64)
+        self.rate_figure.title = f"Pixel {where}: hits/s"
+        if self.box.layout.display != "":
+            self.box.layout.display = ""
+        self._last = key
+
+    def _rates(self, column: int, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """The pixel's hits per second in the last seconds (the window shown, else :attr:`RATE_SECONDS`)."""
+        engine = self.monitor.engine
+        windows = getattr(engine, "windows", None)
+        if windows is None:
+            return np.zeros(0), np.zeros(0)
+        seconds = float(getattr(self.monitor, "window", 0.0) or self.RATE_SECONDS)
+        return windows.pixel_rate(column, row, self.chip, seconds=min(seconds, windows.max_seconds), now=engine.clock())
