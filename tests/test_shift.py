@@ -342,6 +342,8 @@ def test_a_masked_noisy_pixel_leaves_the_displayed_map_and_spectrum(monitor):
     others[NOISY_ROW, NOISY_COLUMN] = False
     assert np.array_equal(color[others], whole_map.T[others])
     assert monitor.heatmap.null_color == "#c8c8c8"
+    layer = monitor.panel(HitMapPanel).mask_layer  # paints the masked pixel grey in the browser
+    assert layer in monitor.figures[0].marks and np.argwhere(layer.color).tolist() == [[NOISY_ROW, NOISY_COLUMN]]
     assert np.array_equal(monitor.tot_bars.y, (whole_tot - pixel_tot)[1:-1])
     assert "masked pixels out" in monitor.figures[1].title
     # hit_map and tot_hist stay complete; the dashboard counts the masked hits.
@@ -388,12 +390,15 @@ def test_a_click_on_a_pixel_selects_it_and_a_second_click_deselects(monitor):
     monitor.replay(run.records)
     hits = monitor.hit_map.values()
     column, row = _spot(hits)
-    # What bqplot's front end sets on a click: [[row index, column index]].
-    monitor.heatmap.selected = np.array([[row, column]])
+    # What bqplot's front end sends on a click on a cell.
+    def click() -> None:
+        data = {"row": row, "column": column, "rowNum": row, "columnNum": column}
+        monitor.heatmap._handle_custom_msg({"event": "element_click", "data": data}, [])
+
+    click()
     assert monitor.selected_pixel == (column, row)
-    assert monitor.heatmap.selected is None  # ready for the next click
     panel = monitor.pixel_panel
-    assert panel.box.layout.display == ""
+    assert panel.box in monitor.children
     expected = monitor.pixel_tot_hist(column, row).values()
     assert expected.sum() == hits[column, row] > 0
     assert np.array_equal(panel.bars.y, expected) and panel.bars.y.dtype == np.float64
@@ -402,8 +407,8 @@ def test_a_click_on_a_pixel_selects_it_and_a_second_click_deselects(monitor):
     hitmap = monitor.panel(HitMapPanel)
     assert hitmap.selected_marker in monitor.figures[0].marks
     assert not monitor.clear_pixel_button.disabled
-    monitor.heatmap.selected = np.array([[row, column]])  # the same pixel again
-    assert monitor.selected_pixel is None and panel.box.layout.display == "none"
+    click()  # the same pixel again
+    assert monitor.selected_pixel is None and panel.box not in monitor.children
     assert hitmap.selected_marker not in monitor.figures[0].marks
     monitor.selected_pixel = (3, 4)
     monitor.clear_pixel_button.click()

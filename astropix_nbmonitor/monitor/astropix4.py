@@ -187,7 +187,6 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
     def _build_pixel_panel(self) -> None:
         figure = bqplot.Figure()
         self.pixel_panel = self.add_panel(PixelPanel(figure, self))
-        self.children = [*self.children, self.pixel_panel.box]
         self.clear_pixel_button = widgets.Button(description="Clear pixel", icon="times", tooltip="Deselect the pixel", disabled=True)
         self.clear_pixel_button.add_class("apx-clear-pixel")
         self.clear_pixel_button.layout.width = "110px"
@@ -210,9 +209,16 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
             msg = f"selected_pixel must be (column, row) inside the {self.NUM_COLS} x {self.NUM_ROWS} matrix, got {pixel}"
             raise ValueError(msg)
         self.clear_pixel_button.disabled = pixel is None
+        self._show_pixel_box(pixel is not None)
         for panel in (self.panel(HitMapPanel), self.pixel_panel):
             panel.invalidate()
         self.redraw()
+
+    def _show_pixel_box(self, show: bool) -> None:
+        """Put the pixel panel under the canvas, or take it away (a figure drawn hidden gets negative sizes)."""
+        box = self.pixel_panel.box
+        children = [c for c in self.children if c is not box]
+        self.children = [*children, box] if show else children
 
     def _build_mask_button(self) -> None:
         self.mask_button = widgets.Button(description="Mask noisy", icon="eye-slash", tooltip="Mask the pixels found noisy now")

@@ -206,22 +206,34 @@ class HitMapPanel(Panel):
         self.view_box = widgets.HBox([widgets.Label("hit map"), self.view_toggle], layout=widgets.Layout(align_items="center", display="none"))
         self.view_box.add_class("apx-map-view")
         self.controls = [box, self.view_box]
+        # Masked pixels: a layer on top painting them in the neutral colour, every other cell
+        # transparent (bqplot's null_color is drawn for null only, and a float array sends NaN).
+        self.mask_layer = bqplot.GridHeatMap(
+            row=np.arange(num_rows, dtype=np.float64),
+            column=np.arange(num_cols, dtype=np.float64),
+            color=np.zeros((num_rows, num_cols)),
+            scales={"row": row_scale, "column": col_scale, "color": bqplot.ColorScale(min=0.0, max=1.0, colors=[_CLEAR, NULL_COLOR])},
+            null_color=_CLEAR,
+            stroke="white",
+            tooltip=bqplot.Tooltip(fields=["row", "column"], labels=["row", "column (masked: grey)"]),
+        )
+        self._mask_sent: frozenset[tuple[int, int]] | None = None
         self._last: tuple[np.ndarray, bool, Any] | None = None
-        for layer in (self.heatmap, self.count_layer):
-            layer.interactions = {"click": "select", "hover": "tooltip"}
-            layer.selected_style = {"stroke": "white"}
-            layer.observe(self._on_cell_click, names="selected")
+        # A click on a cell: bqplot sends an element_click message with the cell's row and column
+        # (its "select" interaction sets `selected` in the page but, in bqplot 0.13, never syncs it back).
+        for layer in (self.heatmap, self.count_layer, self.mask_layer):
+            layer.on_element_click(self._on_element_click)
 
     def own_widgets(self) -> list[widgets.Widget]:
-        return [self.count_layer, self.noisy_markers, self.selected_marker]
+        return [self.count_layer, self.mask_layer, self.noisy_markers, self.selected_marker]
 
-    def _on_cell_click(self, change: dict[str, Any]) -> None:
-        """A click on a cell (bqplot's ``selected``: ``[[row index, column index]]``): select or deselect it."""
-        new = change["new"]
-        if new is None or len(new) == 0:
+    def _on_element_click(self, _mark: bqplot.Mark, content: dict[str, Any]) -> None:
+        """A click on a cell (``content["data"]`` holds its ``row`` and ``column``): select or deselect it."""
+        data = content.get("data") or {}
+        try:
+            row, column = int(data["row"]), int(data["column"])
+        except (KeyError, TypeError, ValueError):
             return
-        row, column = (int(v) for v in np.asarray(new)[-1])
-        change["owner"].selected = None  # so that a second click on the same cell is seen again
         if self.monitor is not None:
             self.monitor.click_pixel(column, row)
 
@@ -254,8 +266,22 @@ class HitMapPanel(Panel):
 
     def overlay_marks(self) -> list[bqplot.Mark]:
         """The marks drawn over the map: the noisy pixels' markers and the selected pixel's, when there are any."""
-        marks = [self.noisy_markers] if self._noisy_sent else []
+        marks = [self.mask_layer] if self._mask_sent else []
+        marks += [self.noisy_markers] if self._noisy_sent else []
         return marks + ([self.selected_marker] if self._selected_sent is not None else [])
+
+    def _update_mask_layer(self) -> bool:
+        """Paint the masked pixels of the chip shown; True when they changed."""
+        mask = getattr(self.monitor, "mask", None)
+        cells = frozenset() if mask is None else frozenset(mask.chip_pixels(self.chip))
+        if cells == self._mask_sent:
+            return False
+        color = np.zeros(self.mask_layer.color.shape)
+        for column, row in cells:
+            color[row, column] = 1.0
+        self.mask_layer.color = color
+        self._mask_sent = cells
+        return True
 
     def _update_markers(self) -> None:
         cells = self.noisy_cells()
@@ -275,6 +301,7 @@ class HitMapPanel(Panel):
     def invalidate(self) -> None:
         self._last = None
         self._noisy_sent = None
+        self._mask_sent = None
         self._selected_sent = (-1, -1)
 
     def colors(self, counts: np.ndarray) -> np.ndarray:
@@ -288,7 +315,7 @@ class HitMapPanel(Panel):
 
     def update(self, state: EngineState) -> None:
         self._update_markers()
-        if self._update_selected():
+        if self._update_selected() | self._update_mask_layer():
             self._last = None
         counts = self.masked(state.hit_counts(self.chip))
         log = self.log
@@ -467,7 +494,7 @@ class RatePanel(Panel):
         self.x_axis = self.figure.axes[0]
         # The last minutes (every refresh) or the whole run (the engine's downsampled trend).
         self.span_toggle = widgets.ToggleButtons(options=["last minutes", "whole run"], value="last minutes")
-        self.span_toggle.style.button_width = "100px"
+        self.span_toggle.style.button_width = "110px"
         self.span_toggle.add_class("apx-rate-span")
         if getattr(getattr(monitor_of(self), "engine", None), "trend", None) is None:
             self.span_toggle.disabled = True
@@ -554,7 +581,8 @@ class PixelPanel(Panel):
         for fig in (self.figure, self.rate_figure):
             fig.layout.width = "50%"
             fig.layout.height = "300px"
-        self.box = widgets.HBox([self.figure, self.rate_figure], layout=widgets.Layout(display="none", width="100%"))
+        # The monitor shows this box (in its children) only while a pixel is selected.
+        self.box = widgets.HBox([self.figure, self.rate_figure], layout=widgets.Layout(width="100%"))
         self.box.add_class("apx-pixel-box")
         self._last: tuple[Any, ...] | None = None
 
@@ -567,8 +595,6 @@ class PixelPanel(Panel):
     def update(self, state: EngineState) -> None:
         pixel = getattr(self.monitor, "selected_pixel", None)
         if pixel is None:
-            if self.box.layout.display != "none":
-                self.box.layout.display = "none"
             self._last = None
             return
         column, row = int(pixel[0]), int(pixel[1])
@@ -587,8 +613,6 @@ class PixelPanel(Panel):
             self.rate_line.x = times.astype(np.float64)
             self.rate_line.y = rates.astype(np.float64)
         self.rate_figure.title = f"Pixel {where}: hits/s"
-        if self.box.layout.display != "":
-            self.box.layout.display = ""
         self._last = key
 
     def _rates(self, column: int, row: int) -> tuple[np.ndarray, np.ndarray]:
