@@ -16,6 +16,10 @@ one run:
    from another process (the ``astropix-nbmonitor simulate`` command), and
    whether the monitor kept up.
 
+2b. the same with a 60 s window, masked pixels and a selected pixel
+   (issue 12), and the whole refresh callback (noisy pixels, alarms, display,
+   dashboard);
+
 Targets (issue 4): >= 250,000 readouts/s through processing, update_display()
 under 5 ms sending under 20 kB, a trivial cell within 100 ms at 50,000 readouts/s.
 """
@@ -133,6 +137,40 @@ def bench_refresh(quick: bool) -> None:
     print(f"   sent: median {np.median(s):.1f} kB, max {s.max():.1f} kB per refresh")
 
 
+def bench_refresh_shift(quick: bool) -> None:
+    """update_display() with a 60 s window, two masked pixels and a selected pixel, and the whole refresh."""
+    comm.create_comm = _CountingComm
+    mon = AstroPix4SimpleMonitor(port=0)
+    sim = AstroPix4Simulator(seed=3, hits_per_readout=2.0, noisy_pixels=[(30, 2)], faults={"out_of_matrix": 0.01})
+    n = 100 if quick else 400
+    chunks = [sim.generate(500).records for _ in range(n)]
+    clock = [1_000_000.0]
+    mon.engine.clock = lambda: clock[0]
+    mon.window = 60
+    mon.mask_pixels([(0, 2, 30), (0, 0, 0)])
+    mon.selected_pixel = (8, 17)
+    mon.refresh()
+    times, whole, sizes = [], [], []
+    for chunk in chunks:
+        clock[0] += 0.5  # a refresh every 0.5 s of the run: the ring turns
+        mon.process_batch(chunk)
+        mon._sync_traits(mon.engine.status())
+        before = _CountingComm.sent_bytes
+        t0 = time.perf_counter()
+        mon.update_display()
+        times.append(time.perf_counter() - t0)
+        sizes.append(_CountingComm.sent_bytes - before)
+        t0 = time.perf_counter()
+        mon._on_refresh(mon.engine)  # what the processing thread runs: noisy, alarms, update_display, dashboard
+        whole.append(time.perf_counter() - t0)
+    mon.close()
+    t, w, s = np.array(times) * 1e3, np.array(whole) * 1e3, np.array(sizes) / 1e3
+    print(f"\n2b. with a 60 s window, 2 masked pixels and a selected pixel, over {n} refreshes")
+    print(f"   update_display(): median {np.median(t):.2f} ms, p95 {np.percentile(t, 95):.2f} ms, max {t.max():.2f} ms")
+    print(f"   whole refresh (noisy, alarms, display, dashboard): median {np.median(w):.2f} ms, p95 {np.percentile(w, 95):.2f} ms")
+    print(f"   sent: median {np.median(s):.1f} kB, max {s.max():.1f} kB per update_display()")
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -175,6 +213,7 @@ def main() -> None:
     print(f"machine: {platform.platform()}, {os.cpu_count()} cpus, Python {platform.python_version()}, numpy {np.__version__}")
     bench_processing(args.quick)
     bench_refresh(args.quick)
+    bench_refresh_shift(args.quick)
     bench_latency(args.quick)
 
 

@@ -2,7 +2,8 @@
 
 * :mod:`.base` - :class:`AbstractMonitor`, the collaboration's API, delegating
   to a :class:`~astropix_nbmonitor.engine.MonitorEngine`;
-* :mod:`.panels` - plots as panels (hit map, TOT spectrum, rates);
+* :mod:`.panels` - plots as panels (hit map, TOT spectrum, rates, the selected pixel);
+* :mod:`.shift` - alarms, noisy pixels and masks on every monitor;
 * :mod:`.board` - the dashboard's status lines and messages;
 * :mod:`.astropix4` - :class:`AstroPix4SimpleMonitor`, panels and toolbar;
 * :mod:`.registry` - one monitor per address in a process.
@@ -14,7 +15,7 @@ from ..sock import LOCAL_HOST
 from .astropix4 import AstroPix4SimpleMonitor
 from .base import AbstractMonitor
 from .board import NO_DATA_WARNING_S
-from .panels import HitMapPanel, Panel, RatePanel, TotPanel
+from .panels import HitMapPanel, Panel, PixelPanel, RatePanel, TotPanel
 
 __all__ = [
     "LOCAL_HOST",
@@ -23,6 +24,7 @@ __all__ = [
     "AstroPix4SimpleMonitor",
     "HitMapPanel",
     "Panel",
+    "PixelPanel",
     "RatePanel",
     "TotPanel",
 ]
