@@ -415,3 +415,52 @@ def test_a_click_on_a_pixel_selects_it_and_a_second_click_deselects(monitor):
     assert monitor.selected_pixel is None
     with pytest.raises(ValueError, match="inside"):
         monitor.selected_pixel = (16, 0)
+
+
+# ---------------------------------------------------------------------------
+# Several chips, and a viewer of a hub
+# ---------------------------------------------------------------------------
+
+
+def test_several_chips_get_their_own_rates_out_of_matrix_hits_noisy_pixels_and_masks(monitor):
+    sim = AstroPix4Simulator(seed=12, chip_ids=(0, 3), hits_per_readout=2, noisy_pixels=[(30, 2)], noisy_rate=0.3,
+                             faults={"out_of_matrix": 0.05})
+    run = sim.generate(4000)
+    monitor.replay(run.records)
+    hits = decode_batch(run.records)
+    rows = {chip: (n, oom) for chip, n, _, oom in monitor.shift_figures.chip_rows}
+    for chip in (0, 3):
+        mine = hits[hits["chip_id"] == chip]
+        assert rows[chip] == (len(mine), int(np.count_nonzero(mine["column"] >= 16))), chip
+    assert sum(oom for _, oom in rows.values()) == monitor.out_of_matrix_hits > 0
+    assert "per chip (whole run): chip 0:" in monitor.dashboard.value and "not attributable to one chip" in monitor.dashboard.value
+    # The noisy pixel fires on both chips; masks and markers follow the chip shown.
+    assert {p.pixel for p in monitor.noisy_pixels()} == {(0, 2, 30), (3, 2, 30)}
+    monitor.mask_pixels([(3, 2, 30)])
+    monitor.chip_selector.value = 0
+    assert not np.isnan(monitor.heatmap.color).any()  # chip 0's pixel is not masked
+    monitor.chip_selector.value = 3
+    assert np.isnan(monitor.heatmap.color[30, 2])
+    assert monitor.shift_figures.masked_hits == monitor.chip_hit_map(3).values()[2, 30]
+    monitor.selected_pixel = (2, 30)
+    assert monitor.pixel_panel.bars.y.sum() == monitor.pixel_tot_hist(2, 30, 3).sum()
+    assert "chip 3" in monitor.pixel_panel.figure.title
+
+
+def test_a_viewer_of_a_hub_has_no_windows_and_says_so():
+    pytest.importorskip("zmq")
+    mon = AstroPix4SimpleMonitor(port=0).start(refresh_interval=0.1)
+    publisher = mon.publish("tcp://127.0.0.1:0", refresh_interval=0.1)
+    viewer = AstroPix4SimpleMonitor(hub=publisher.publish_url).start(refresh_interval=0.1)
+    try:
+        send_paced(mon.port, AstroPix4Simulator(seed=13, noisy_pixels=[(30, 2)], noisy_rate=0.5).generate(2000).records)
+        wait_for(lambda: viewer.num_readouts == 2000, what="the viewer to show the hub's readouts")
+        assert viewer.window_selector.disabled and "hub" in viewer.window_selector.tooltip
+        with pytest.raises(RuntimeError, match="hub"):
+            viewer.hit_map_window(10)
+        viewer.refresh()
+        assert [p.pixel for p in viewer.noisy_pixels()] == [(0, 2, 30)]  # from the hub's whole-run map
+        assert viewer.error_count == 0, viewer.last_error
+    finally:
+        viewer.close()
+        mon.close()
