@@ -443,8 +443,9 @@ class MonitorEngine:
         if len(hits) == 0:
             return
         self.accumulator.fill(hits)
-        self.windows.fill(hits, self.clock() if now is None else now)
-        self.pixel_tots.fill(hits)
+        bins = self.windows.tot_bins(hits["tot_us"])  # the same edges: binned once for both
+        self.windows.fill(hits, self.clock() if now is None else now, tot_bins=bins)
+        self.pixel_tots.fill(hits, tot_bins=bins)
 
     def count_processed(self, readouts: int, hits: int) -> None:
         """Add to the readout and hit counters."""

@@ -231,7 +231,11 @@ class WindowedAccumulator:
             return tuple(sorted(self._rings))
 
     # ------------------------------------------------------------------ fill
-    def fill(self, hits: np.ndarray, now: float | None = None) -> None:
+    def tot_bins(self, tot_us: np.ndarray) -> np.ndarray:
+        """Flow-inclusive TOT bin numbers of ``tot_us`` (0 = underflow), for :meth:`fill`'s ``tot_bins``."""
+        return self._binner(tot_us)
+
+    def fill(self, hits: np.ndarray, now: float | None = None, *, tot_bins: np.ndarray | None = None) -> None:
         """Add a :data:`~astropix_nbmonitor.fmt.HIT_DTYPE` array of hits arrived at ``now``.
 
         Parameters
@@ -241,6 +245,9 @@ class WindowedAccumulator:
             ``tot_us``.
         now : float, optional
             Arrival time, ``time.time()`` by default (tests inject a clock).
+        tot_bins : numpy.ndarray, optional
+            :meth:`tot_bins` of the hits' ``tot_us``, when the caller has them
+            already (the engine bins once for this and :class:`PixelTots`).
         """
         now = time.time() if now is None else float(now)
         if len(hits) == 0:
@@ -248,7 +255,8 @@ class WindowedAccumulator:
                 self._advance(self._slot_number(now))
             return
         cells, inside = self._cells(hits)
-        tot_bins = self._binner(hits["tot_us"])
+        if tot_bins is None:
+            tot_bins = self._binner(hits["tot_us"])
         groups = _chip_groups(hits["chip_id"])
         with self._lock:
             slot = self._advance(self._slot_number(now)) % self.num_slots
@@ -450,8 +458,13 @@ class PixelTots:
         with self._lock:
             return tuple(sorted(self._spectra))
 
-    def fill(self, hits: np.ndarray) -> None:
-        """Add a :data:`~astropix_nbmonitor.fmt.HIT_DTYPE` array of hits."""
+    def fill(self, hits: np.ndarray, *, tot_bins: np.ndarray | None = None) -> None:
+        """Add a :data:`~astropix_nbmonitor.fmt.HIT_DTYPE` array of hits.
+
+        ``tot_bins``: the flow-inclusive TOT bin numbers of the hits
+        (:meth:`WindowedAccumulator.tot_bins` of the same edges), when the
+        caller has them already.
+        """
         if len(hits) == 0:
             return
         col = hits["column"].astype(np.intp)
@@ -459,14 +472,13 @@ class PixelTots:
         chip = hits["chip_id"].astype(np.intp)
         keep = (col < self.num_cols) & (row < self.num_rows) & (chip < self.num_chips)
         ignored = int(np.count_nonzero((col < self.num_cols) & (row < self.num_rows)) - np.count_nonzero(keep))
+        bins = self._binner(hits["tot_us"]) if tot_bins is None else tot_bins
         if not keep.all():
-            col, row, chip, tots = col[keep], row[keep], chip[keep], hits["tot_us"][keep]
-        else:
-            tots = hits["tot_us"]
+            col, row, chip, bins = col[keep], row[keep], chip[keep], bins[keep]
         if len(chip) == 0:
             self.ignored += ignored
             return
-        flat = (col * self.num_rows + row) * self._binner.nbins_flow + self._binner(tots)
+        flat = (col * self.num_rows + row) * self._binner.nbins_flow + bins
         with self._lock:
             self.ignored += ignored
             for c, sel in _chip_groups(chip):
