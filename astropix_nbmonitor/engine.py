@@ -39,7 +39,7 @@ import numpy as np
 
 from .astropix4.layout import NUM_COLS, NUM_ROWS
 from .fmt import AbstractAstroPixReadout, AstroPix4Readout, decoder_for
-from .hist import TOT_EDGES, HitAccumulator, RateHistory
+from .hist import TOT_EDGES, HitAccumulator, RateHistory, hits_as_array
 from .listener import Listener
 from .sock import DEFAULT_PORT, LOCAL_HOST
 from .status import Status, StatusSources
@@ -127,18 +127,6 @@ class EngineState:
     def tot_edges(self) -> np.ndarray:
         """The TOT bin edges, in us."""
         return np.asarray(self.histograms["tot_hist"].axes[0].edges)
-
-
-def _hits_array(hits: list[Any]) -> np.ndarray:
-    """Hit objects as the structured array the accumulators fill (chip_id, row, column, tot_us).
-
-    Only those four attributes are read, so that any readout class's hits
-    (the collaboration's, a duck-typed one) can be histogrammed.
-    """
-    dtype = [("chip_id", np.uint8), ("row", np.uint8), ("column", np.uint8), ("tot_us", np.float64)]
-    if not hits:
-        return np.zeros(0, dtype=dtype)
-    return np.array([tuple(h.attribute_values(("chip_id", "row", "column", "tot_us"))) for h in hits], dtype=dtype)
 
 
 class MonitorEngine:
@@ -439,7 +427,7 @@ class MonitorEngine:
         :attr:`clock`) and the per-pixel TOT spectra get the same hits.
         """
         if not isinstance(hits, np.ndarray):
-            hits = _hits_array(list(hits))
+            hits = hits_as_array(list(hits))
         if len(hits) == 0:
             return
         self.accumulator.fill(hits)

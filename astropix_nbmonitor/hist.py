@@ -27,6 +27,21 @@ __all__ = ["HitAccumulator", "RateHistory", "TOT_EDGES", "NUM_CHIPS"]
 TOT_EDGES = np.linspace(0.0, 500.0, 100)
 
 
+#: What the accumulators read of a hit.
+FILL_DTYPE = np.dtype([("chip_id", np.uint8), ("row", np.uint8), ("column", np.uint8), ("tot_us", np.float64)])
+
+
+def hits_as_array(hits: Sequence[AbstractAstroPixHit]) -> np.ndarray:
+    """Hit objects as the small structured array the accumulators fill (chip_id, row, column, tot_us).
+
+    Only those four attributes are read, so that any readout class's hits
+    (the collaboration's, a duck-typed one) can be histogrammed.
+    """
+    if not hits:
+        return np.zeros(0, dtype=FILL_DTYPE)
+    return np.array([tuple(h.attribute_values(("chip_id", "row", "column", "tot_us"))) for h in hits], dtype=FILL_DTYPE)
+
+
 class HitAccumulator:
     """Per-chip hit map and TOT spectrum of an AstroPix matrix.
 
@@ -100,11 +115,8 @@ class HitAccumulator:
 
     def fill_hits(self, hits: Sequence[AbstractAstroPixHit]) -> None:
         """Add hit objects (as returned by a readout's ``decode()``)."""
-        if not hits:
-            return
-        arr = np.array([tuple(h.attribute_values(("chip_id", "row", "column", "tot_us"))) for h in hits],
-                       dtype=[("chip_id", np.uint8), ("row", np.uint8), ("column", np.uint8), ("tot_us", np.float64)])
-        self.fill(arr)
+        if hits:
+            self.fill(hits_as_array(hits))
 
     def reset(self) -> None:
         """Empty every histogram and counter."""
