@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any, Union

@@ -31,7 +31,6 @@ import os
 import platform
 import queue
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,8 +38,14 @@ import textwrap
 import threading
 import time
 
+from pathlib import Path
+
 import numpy as np
 import zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from _jupyter_env import free_tcp_pair, free_udp_port  # noqa: E402 - the tests' free-port helpers
 
 from astropix_nbmonitor.engine import MonitorEngine
 from astropix_nbmonitor.hub import HubEngine, HubInfo, decode_state, encode_state, request_command
@@ -128,24 +133,8 @@ class _Sender(threading.Thread):
 # --------------------------------------------------------------------------
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _free_tcp_pair() -> int:
-    for _ in range(100):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-        return port
-    raise RuntimeError("no two consecutive free TCP ports")
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -278,7 +267,7 @@ def main() -> None:
 
     print(f"machine: {platform.platform()}, {os.cpu_count()} cpus, Python {platform.python_version()}, "
           f"numpy {np.__version__}, pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}")  # fmt: skip
-    udp, tcp = _free_udp_port(), _free_tcp_pair()
+    udp, tcp = free_udp_port(), free_tcp_pair()
     url = f"tcp://127.0.0.1:{tcp}"
     hub = subprocess.Popen(
         [sys.executable, "-m", "astropix_nbmonitor.cli", "hub", "--port", str(udp), "--publish", url,

@@ -116,6 +116,24 @@ def free_udp_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_tcp_pair() -> int:
+    """A TCP port p with p and p + 1 free on 127.0.0.1 (a hub's publish and command ports)."""
+    for _ in range(100):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            if port >= 65535:
+                continue
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return port
+    msg = "no two consecutive free TCP ports on 127.0.0.1"
+    raise RuntimeError(msg)
+
+
 def cli_command(*args: str) -> list[str]:
     """The ``astropix-nbmonitor`` command line, run with this interpreter."""
     code = "import sys; from astropix_nbmonitor.cli import main; sys.exit(main())"

@@ -223,6 +223,28 @@ def offline_tot_counts(tots: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.bincount(index, minlength=len(edges) + 1).astype(np.int64)
 
 
+#: The threads a monitor (its engine and listener) runs.
+MONITOR_THREADS = ("astropix-monitor-listener", "astropix-monitor-processing", "astropix-listener")
+
+
+def monitor_threads() -> list[str]:
+    """Names of the monitor threads alive now."""
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name in MONITOR_THREADS]
+
+
+@pytest.fixture
+def monitor():
+    """An AstroPix 4 monitor on an OS-chosen port, closed after the test with no thread left."""
+    from astropix_nbmonitor.monitor import AstroPix4SimpleMonitor
+
+    mon = AstroPix4SimpleMonitor(port=0)
+    yield mon
+    mon.close()
+    assert monitor_threads() == []
+
+
 def wait_for(predicate, timeout: float = 20.0, what: str = "condition", poll: float = 0.005) -> None:
     """Wait until ``predicate()`` is true; fail the test after ``timeout`` s (a limit, never a measure)."""
     deadline = time.monotonic() + timeout

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _jupyter_env import free_tcp_pair, free_udp_port
 from conftest import offline_tot_counts, send_paced, wait_for
 
 zmq = pytest.importorskip("zmq")
@@ -570,27 +571,8 @@ def test_status_before_any_message_is_zeros_of_the_table():
 # --------------------------------------------------------------------------
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _free_tcp_pair() -> int:
-    """A TCP port p with p and p + 1 free on 127.0.0.1 (a hub's publish and command ports)."""
-    for _ in range(100):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            if port >= 65535:
-                continue
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-        return port
-    pytest.fail("no two consecutive free TCP ports")
 
 
 def _hub_command(udp: int, tcp: int, token: str, refresh: float = 0.2) -> list[str]:
@@ -659,7 +641,7 @@ def test_several_viewer_processes_all_equal_the_truth(hub):
 
 
 def test_a_hub_process_killed_and_restarted_is_reconnected_to(tmp_path):
-    udp, tcp = _free_udp_port(), _free_tcp_pair()
+    udp, tcp = free_udp_port(), free_tcp_pair()
     cmd = _hub_command(udp, tcp, "restart-token")
     url = f"tcp://127.0.0.1:{tcp}"
     proc = _start(cmd)
@@ -692,7 +674,7 @@ def _processes_with(marker: str) -> list[int]:
 
 
 def test_the_hub_command_prints_its_endpoints_and_stops_on_sigterm():
-    udp, tcp = _free_udp_port(), _free_tcp_pair()
+    udp, tcp = free_udp_port(), free_tcp_pair()
     token = f"sigterm-{os.getpid()}-{tcp}"
     proc = _start(_hub_command(udp, tcp, token))
     try:
@@ -713,7 +695,7 @@ def test_the_hub_command_prints_its_endpoints_and_stops_on_sigterm():
 
 
 def test_the_hub_command_with_its_tcp_port_taken_says_so_in_one_line():
-    udp = _free_udp_port()
+    udp = free_udp_port()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -728,7 +710,7 @@ def test_the_hub_command_with_its_tcp_port_taken_says_so_in_one_line():
 
 
 def test_the_hub_command_with_its_udp_port_taken_says_so_in_one_line():
-    tcp = _free_tcp_pair()
+    tcp = free_tcp_pair()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         udp = taken.getsockname()[1]

@@ -13,7 +13,7 @@ import pytest
 
 from astropix_nbmonitor.engine import MonitorEngine
 from astropix_nbmonitor.monitor import board
-from conftest import make_record
+from conftest import make_record, monitor_threads
 from conftest import send_paced as _send
 from conftest import wait_for as _wait_for
 from astropix_nbmonitor.fmt import AstroPix4Readout, decode_batch
@@ -22,24 +22,6 @@ from astropix_nbmonitor.monitor import AbstractMonitor, AstroPix4SimpleMonitor, 
 from astropix_nbmonitor.monitor.panels import integer_ticks
 from astropix_nbmonitor.sim import AstroPix4Simulator
 from astropix_nbmonitor.sock import AddressInUseError, MulticastSender
-
-MONITOR_THREADS = ("astropix-monitor-listener", "astropix-monitor-processing", "astropix-listener")
-
-
-def _monitor_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name in MONITOR_THREADS]
-
-
-
-
-
-
-@pytest.fixture
-def monitor():
-    mon = AstroPix4SimpleMonitor(port=0)
-    yield mon
-    mon.close()
-    assert _monitor_threads() == []
 
 
 def _expected_maps(hits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -61,10 +43,10 @@ def _run_stream(mon: AstroPix4SimpleMonitor, records: list[bytes]) -> None:
 def test_start_returns_self_at_once_and_stop_ends_every_thread(monitor):
     assert monitor.start() is monitor
     assert monitor.running
-    assert set(_monitor_threads()) == {"astropix-monitor-listener", "astropix-monitor-processing"}
+    assert set(monitor_threads()) == {"astropix-monitor-listener", "astropix-monitor-processing"}
     monitor.stop()
     assert not monitor.running
-    assert _monitor_threads() == []
+    assert monitor_threads() == []
     # The port is free again: a plain socket can bind it.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", monitor.port))
@@ -132,7 +114,7 @@ def test_restart_keeps_counting_and_calls_setup_each_time():
         assert mon.lost_readouts == 0
     finally:
         mon.close()
-    assert _monitor_threads() == []
+    assert monitor_threads() == []
 
 
 def test_buttons_drive_the_lifecycle_and_reset_clears_everything(monitor):
@@ -141,7 +123,7 @@ def test_buttons_drive_the_lifecycle_and_reset_clears_everything(monitor):
     _send(monitor.port, AstroPix4Simulator(seed=4, hits_per_readout=3).generate(500).records)
     _wait_for(lambda: monitor.listener_stats().accepted >= 500, what="500 readouts")
     monitor.stop_button.click()
-    assert not monitor.running and _monitor_threads() == []
+    assert not monitor.running and monitor_threads() == []
     assert monitor.num_readouts == 500 and monitor.hit_map.sum() > 0
     assert monitor.heatmap.color.sum() > 0
     monitor.reset_button.click()
@@ -293,7 +275,7 @@ def test_new_monitor_on_same_address_stops_the_old_one():
         second.close()
     finally:
         first.close()
-    assert _monitor_threads() == []
+    assert monitor_threads() == []
 
 
 def test_port_in_use_raises_a_clear_error_and_the_button_shows_it():
@@ -310,7 +292,7 @@ def test_port_in_use_raises_a_clear_error_and_the_button_shows_it():
             assert "AddressInUseError" in mon.dashboard.value
         finally:
             mon.close()
-    assert _monitor_threads() == []
+    assert monitor_threads() == []
 
 
 def test_dashboard_warns_when_no_data_arrives(monitor, monkeypatch):
@@ -391,7 +373,7 @@ def test_user_subclass_with_two_methods_works_end_to_end():
         assert "800 readouts" in mon.dashboard.value
     finally:
         mon.close()
-    assert _monitor_threads() == []
+    assert monitor_threads() == []
 
 
 class _FlakyMonitor(ColumnOccupancyMonitor):
@@ -418,7 +400,7 @@ def test_an_exception_in_process_readout_is_counted_shown_and_survived(caplog):
         assert sum("ZeroDivisionError" in r.getMessage() for r in caplog.records) == 10  # logging is rate-limited
     finally:
         mon.close()
-    assert _monitor_threads() == []
+    assert monitor_threads() == []
 
 
 def test_create_canvas_grid_and_display_message_positions(monitor):
@@ -442,7 +424,7 @@ def test_create_canvas_grid_and_display_message_positions(monitor):
 def test_close_stops_threads_and_closes_widgets():
     mon = AstroPix4SimpleMonitor(port=0).start()
     mon.close()
-    assert not mon.running and _monitor_threads() == []
+    assert not mon.running and monitor_threads() == []
     assert mon.comm is None
 
 
@@ -526,7 +508,7 @@ def test_multicast_group_two_views_run_side_by_side_and_a_rerun_replaces_its_own
     finally:
         simple.close()
         columns.close()
-    assert _monitor_threads() == []
+    assert monitor_threads() == []
 
 
 def test_closed_monitor_leaves_no_open_widget_even_after_a_second_canvas():
@@ -577,7 +559,6 @@ def test_batches_shrink_for_heavy_processing_so_refreshes_stay_on_time():
     assert all(b <= 4 * a for a, b in zip(sizes, sizes[1:]))
     assert len(sizes) > 10
     assert max(sizes) <= engine.BATCH_SECONDS / 2e-4 + 1
-
 
 
 def test_listener_options_reach_the_listener():

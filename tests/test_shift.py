@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 import pytest
@@ -11,9 +10,7 @@ from astropix_nbmonitor.engine import MonitorEngine
 from astropix_nbmonitor.fmt import decode_batch
 from astropix_nbmonitor.monitor import AstroPix4SimpleMonitor, HitMapPanel
 from astropix_nbmonitor.sim import AstroPix4Simulator
-from conftest import send_paced, wait_for
-
-MONITOR_THREADS = ("astropix-monitor-listener", "astropix-monitor-processing", "astropix-listener")
+from conftest import monitor_threads, send_paced, wait_for
 
 
 class FakeClock:
@@ -24,18 +21,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def _threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name in MONITOR_THREADS]
-
-
-@pytest.fixture
-def monitor():
-    mon = AstroPix4SimpleMonitor(port=0)
-    yield mon
-    mon.close()
-    assert _threads() == []
 
 
 def _send_and_wait(mon: AstroPix4SimpleMonitor, records: list[bytes]) -> None:
@@ -160,7 +145,7 @@ def alarmed():
     mon.start(refresh_interval=3600.0)
     yield mon, clock
     mon.close()
-    assert _threads() == []
+    assert monitor_threads() == []
 
 
 def _alarm(mon: AstroPix4SimpleMonitor, name: str) -> dict | None:
