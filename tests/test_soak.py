@@ -22,7 +22,8 @@ import pytest
 from astropix_nbmonitor.fmt import decode_batch
 from astropix_nbmonitor.sim import AstroPix4Simulator
 from astropix_nbmonitor.sock import DEFAULT_RCVBUF
-from test_monitor import _expected_maps, _monitor_threads, _send, _wait_for
+from conftest import monitor_threads as _monitor_threads
+from test_monitor import _expected_maps, _send, _wait_for
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 #: Seconds of overload.
