@@ -88,6 +88,8 @@ class EngineState:
     running: bool
     #: Not a field (subclasses add fields of their own): set by :meth:`MonitorEngine.state`.
     window: ClassVar[float] = 0.0
+    #: The engine's clock when the window's histograms were read (None: whole run).
+    window_now: ClassVar[float | None] = None
 
     @property
     def hit_map(self) -> bh.Histogram:
@@ -212,6 +214,8 @@ class MonitorEngine:
         self.windows = WindowedAccumulator(self.num_rows, self.num_cols, tot_edges=tot_edges, max_seconds=max_window)
         #: The TOT spectrum of every pixel over the whole run (drill-down, masks).
         self.pixel_tots = PixelTots(self.num_rows, self.num_cols, tot_edges=tot_edges)
+        # Per-second per-pixel TOT counts, taken at each second's rollover, for masked windows.
+        self.windows.track_pixels(self.pixel_tots)
         #: The whole run's readout and hit rates, downsampled to a bounded number of points.
         self.trend = RateTrend(self.TREND_POINTS)
         self.refresh_interval = self._check_interval(refresh_interval)
@@ -525,10 +529,11 @@ class MonitorEngine:
             granularity); the status and the rates stay the run's.
         """
         window = float(window or 0.0)
+        window_now = None
         with self._processing_lock:
             snap = self.accumulator.snapshot()
             if window:
-                self._window_into(snap, window)
+                window_now = self._window_into(snap, window)
             status = self.status()
             t, readout_rate, hit_rate = self.history.arrays()
             self._seq += 1
@@ -552,10 +557,11 @@ class MonitorEngine:
         )
         if window:
             object.__setattr__(state, "window", window)  # frozen: the window is set once, here
+            object.__setattr__(state, "window_now", window_now)
         return state
 
-    def _window_into(self, snap: dict[str, Any], window: float) -> None:
-        """Replace the snapshot's chip histograms by those of the last ``window`` seconds (lock held)."""
+    def _window_into(self, snap: dict[str, Any], window: float) -> float:
+        """Replace the snapshot's chip histograms by those of the last ``window`` seconds (lock held); the clock read."""
         now = self.clock()
         maps = snap["chip_hit_map"]
         maps.view()[...] = self.windows.counts(window, now)
@@ -564,6 +570,7 @@ class MonitorEngine:
         flow[...] = 0
         for chip in self.windows.chips_seen:
             flow[chip] = self.windows.tot_hist(window, chip, now).values(flow=True)
+        return now
 
     def hit_map_window(self, seconds: float, chip: int | None = None) -> bh.Histogram:
         """The hit map (axes column, row) of the last ``seconds``, all chips or one chip_id."""
@@ -572,6 +579,51 @@ class MonitorEngine:
     def tot_hist_window(self, seconds: float, chip: int | None = None) -> bh.Histogram:
         """The TOT spectrum (us, with under/overflow) of the last ``seconds``, all chips or one chip_id."""
         return self.windows.tot_hist(seconds, chip, self.clock())
+
+    def masked_tot_window(
+        self, seconds: float, pixels: Any, chip: int | None = None, now: float | None = None
+    ) -> tuple[np.ndarray, bool]:
+        """TOT counts (with under/overflow) of ``(chip_id, column, row)`` pixels in the last ``seconds``.
+
+        What a time window's displayed TOT spectrum leaves out for masked
+        pixels, also hits that arrived before they were masked (see
+        :meth:`WindowedAccumulator.masked_tot_counts`); ``now`` defaults to
+        :attr:`clock` (give a state's ``window_now`` to match its histograms).
+        Returns ``(counts, exact)``.
+        """
+        with self._processing_lock:
+            return self.windows.masked_tot_counts(seconds, list(pixels), chip, self.clock() if now is None else now)
+
+    def pixel_tot_hist(self, column: int, row: int, chip_id: int | None = None, seconds: float | None = None) -> bh.Histogram:
+        """The TOT spectrum of pixel (column, row) of ``chip_id`` (None: summed over chips).
+
+        ``seconds`` None or 0: the whole run; else the last ``seconds`` (from
+        the per-second per-pixel counts; see :meth:`masked_tot_window` for
+        when they are inexact).
+        """
+        if not seconds:
+            return self.pixel_tots.pixel_tot_hist(column, row, chip_id)
+        with self._processing_lock:
+            return self.windows.pixel_tot_hist(seconds, column, row, chip_id, self.clock())
+
+    def window_slices(self, after: int | None = None) -> dict[str, Any]:
+        """The time windows' slots newer than ``after`` (None: all), for a hub to send its viewers.
+
+        ``{"slices": [SecondSlice...], "head", "now", "generation"}``, read
+        under the processing lock (a consistent copy); with ``after`` None
+        also ``"pixel_totals"``: the whole run's per-pixel spectra
+        (:meth:`PixelTots.export_sparse`), which hold every slice's counts.
+        """
+        with self._processing_lock:
+            out: dict[str, Any] = {
+                "slices": self.windows.export(after),
+                "head": self.windows.head,
+                "now": float(self.clock()),
+                "generation": self.windows.generation,
+            }
+            if after is None:
+                out["pixel_totals"] = self.pixel_tots.export_sparse()
+            return out
 
     def refresh(self, dt: float | None = None, *, paced: bool = False) -> None:
         """Update the rates (over ``dt`` seconds) and call the refresh callbacks now.

@@ -17,15 +17,23 @@ a chip is allocated the first time one of its hits arrives, at most
 :data:`~astropix_nbmonitor.astropix4.layout.NUM_CHIPS` chips), never by the
 length of the run. Per-pixel TOT spectra are kept for the whole run only, not
 per second: a 600 s ring of them would take 600 x 560 x 101 x 4 bytes = 136 MB
-a chip.
+a chip. What a time window needs of them (the TOT spectrum of a window with
+masked pixels left out) is kept instead as *sparse per-second deltas*:
+:meth:`WindowedAccumulator.track_pixels` links a :class:`PixelTots`, and at
+every second rollover (once a second, never on the fill path) the change of
+its cumulative spectra over the second that ended is stored as the non-zero
+``(pixel * bins + bin, count)`` pairs, in a ring over the longest window with
+a byte budget (:data:`PIXEL_BUDGET_BYTES`, see :class:`PixelDeltas`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import boost_histogram as bh
 import numpy as np
@@ -33,7 +41,15 @@ import numpy as np
 from .astropix4.layout import NUM_CHIPS
 from .hist import TOT_EDGES
 
-__all__ = ["PixelTots", "WindowedAccumulator"]
+__all__ = ["PIXEL_BUDGET_BYTES", "PixelDeltas", "PixelTots", "SecondSlice", "WindowedAccumulator"]
+
+logger = logging.getLogger(__name__)
+
+#: Default byte budget of the per-second per-pixel TOT deltas (:class:`PixelDeltas`).
+PIXEL_BUDGET_BYTES = 32 * 1024 * 1024
+#: Bytes counted per stored (second, chip) entry on top of its two arrays (the
+#: Python objects holding them), so that many tiny entries are budgeted too.
+_ENTRY_OVERHEAD = 256
 
 #: The increment of the int32 ring's np.add.at (same dtype: its fast path).
 _ONE32 = np.ones(1, dtype=np.int32)
@@ -145,6 +161,271 @@ class _ChipRing:
         return int(self.maps.nbytes + self.tots.nbytes)
 
 
+@dataclasses.dataclass(frozen=True)
+class SecondSlice:
+    """What one chip did in one slot of the ring: the unit a hub sends its viewers.
+
+    Attributes
+    ----------
+    second : int
+        The absolute slot number (``floor(time / granularity)``).
+    chip : int
+        The chip_id.
+    maps : numpy.ndarray
+        int32 hit counts of the slot, one per pixel (``column * num_rows + row``).
+    tots : numpy.ndarray
+        int32 TOT counts of the slot, with under- and overflow.
+    pixel_index, pixel_count : numpy.ndarray or None
+        The slot's per-pixel TOT counts, sparse: flat indices
+        ``pixel * (TOT bins + 2) + bin`` (uint16, or uint32 for a matrix too
+        large for 16 bits) and their counts (uint32). None when not kept (no
+        :class:`PixelTots` linked, or dropped for the byte budget).
+    complete : bool
+        False for the newest slot, which may still be filling.
+    """
+
+    second: int
+    chip: int
+    maps: np.ndarray
+    tots: np.ndarray
+    pixel_index: np.ndarray | None = None
+    pixel_count: np.ndarray | None = None
+    complete: bool = True
+
+
+class PixelDeltas:
+    """Per-second per-pixel TOT counts of the ring's seconds, sparse, within a byte budget.
+
+    Two ways to fill it. Linked to the :class:`PixelTots` an engine fills
+    (``source``), :meth:`roll` is called by :class:`WindowedAccumulator` at
+    each rollover of its newest slot (once a second, on the first fill of a
+    new second; never on the per-batch fill path): the change of the source's
+    cumulative spectra since the last rollover, minus a copy kept then, is the
+    second that ended; its non-zero ``(pixel * bins + bin)`` indices and
+    counts are stored. The second still filling is the source minus that copy,
+    read when asked. On a viewer (``totals``), seconds are :meth:`put` as
+    received, and each one's counts are added to the viewer's whole-run
+    :class:`PixelTots` (a second received again replaces what it added).
+
+    Memory: the copies (the size of the source's spectra, 452,480 bytes a chip
+    for the defaults) plus the stored seconds, at most ``budget_bytes``
+    (entries counted as their arrays plus 256 bytes each). A second of one
+    chip takes 6 bytes per non-zero (pixel, TOT bin) pair, at most 560 x 101 x
+    6 = 339,360 bytes (the defaults); the default 32 MiB budget therefore
+    keeps the whole 600 s ring up to about 9,000 distinct (pixel, bin) pairs
+    per second (all chips together: a few thousand hits/s always fit,
+    millions rarely do). Beyond it, the **oldest seconds are dropped** (never
+    the newest): :attr:`dropped_seconds` counts them and :attr:`kept_from` is
+    the first second known complete, so a masked window reaching further back
+    is reported inexact (``exact`` False from
+    :meth:`WindowedAccumulator.masked_tot_counts`, the monitor says "masked
+    pixels partly in"), never silently wrong. A second whose per-pixel counts
+    disagree with the ring's hit map (the two were not filled with the same
+    hits) is counted in :attr:`mismatches` and reported inexact the same way.
+    """
+
+    def __init__(self, num_cells: int, nbins_flow: int, budget_bytes: int = PIXEL_BUDGET_BYTES) -> None:
+        self.num_cells = int(num_cells)
+        self.nbins_flow = int(nbins_flow)
+        self.budget_bytes = int(budget_bytes)
+        if self.budget_bytes < 0:
+            msg = f"budget_bytes must be >= 0, got {budget_bytes!r}"
+            raise ValueError(msg)
+        self.index_dtype = np.dtype("<u2") if self.num_cells * self.nbins_flow <= 1 << 16 else np.dtype("<u4")
+        self.source: PixelTots | None = None
+        self.totals: PixelTots | None = None
+        self._entries: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        self._copies: dict[int, np.ndarray] = {}
+        self._mismatched: set[int] = set()
+        self.nbytes = 0
+        self.kept_from: int | None = None
+        self.dropped_seconds = 0
+        self.mismatches = 0
+
+    # ------------------------------------------------------------------ sizes and state
+    @property
+    def copies_nbytes(self) -> int:
+        """Bytes of the copies of the source's spectra."""
+        return sum(int(c.nbytes) for c in self._copies.values())
+
+    @property
+    def seconds(self) -> tuple[int, ...]:
+        """The seconds stored, sorted."""
+        return tuple(sorted(self._entries))
+
+    def reset(self) -> None:
+        """Forget every second, copy and count."""
+        self._entries = {}
+        self._copies = {}
+        self._mismatched = set()
+        self.nbytes = 0
+        self.kept_from = None
+        self.dropped_seconds = 0
+        self.mismatches = 0
+
+    def _entry_bytes(self, idx: np.ndarray, cnt: np.ndarray) -> int:
+        return int(idx.nbytes + cnt.nbytes) + _ENTRY_OVERHEAD
+
+    def sparse(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The non-zero flat indices (``index_dtype``) and counts (uint32) of a flat delta."""
+        nz = np.flatnonzero(delta)
+        return nz.astype(self.index_dtype), delta[nz].astype("<u4")
+
+    # ------------------------------------------------------------------ storing
+    def put(self, second: int, chip: int, idx: np.ndarray, cnt: np.ndarray) -> None:
+        """Store (or replace) a second of one chip; add it to :attr:`totals`, then keep the budget."""
+        second, chip = int(second), int(chip)
+        chips = self._entries.setdefault(second, {})
+        old = chips.pop(chip, None)
+        if old is not None:
+            self.nbytes -= self._entry_bytes(*old)
+        if self.totals is not None:
+            if old is not None:
+                self.totals.add_sparse(chip, old[0], old[1], sign=-1)
+            elif self.kept_from is not None and second < self.kept_from:
+                self._note_mismatch(second, "a second received again after the budget dropped it")
+            self.totals.add_sparse(chip, idx, cnt)
+        if len(idx):
+            chips[chip] = (idx, cnt)
+            self.nbytes += self._entry_bytes(idx, cnt)
+        if not chips:
+            del self._entries[second]
+        self._keep_budget()
+
+    def _keep_budget(self) -> None:
+        """Drop the oldest seconds (never the newest one) until the entries fit the budget."""
+        while self.nbytes > self.budget_bytes and len(self._entries) > 1:
+            oldest = min(self._entries)
+            for idx, cnt in self._entries.pop(oldest).values():
+                self.nbytes -= self._entry_bytes(idx, cnt)
+            self.dropped_seconds += 1
+            self.kept_from = oldest + 1 if self.kept_from is None else max(self.kept_from, oldest + 1)
+            if _log_limited(self.dropped_seconds):
+                logger.warning(
+                    "per-pixel TOT of second %d dropped: the %d-byte budget is full (%d seconds dropped so far);"
+                    " masked windows reaching before it are marked inexact",
+                    oldest, self.budget_bytes, self.dropped_seconds,
+                )
+
+    def evict_before(self, second: int) -> None:
+        """Forget the seconds before ``second`` (out of every window: not counted as dropped)."""
+        for old in [s for s in self._entries if s < second]:
+            for idx, cnt in self._entries.pop(old).values():
+                self.nbytes -= self._entry_bytes(idx, cnt)
+        self._mismatched = {s for s in self._mismatched if s >= second}
+
+    def _note_mismatch(self, second: int, why: str) -> None:
+        self.mismatches += 1
+        self._mismatched.add(int(second))
+        if _log_limited(self.mismatches):
+            logger.warning("per-pixel TOT of second %d is inexact: %s (%d so far)", second, why, self.mismatches)
+
+    # ------------------------------------------------------------------ the source (an engine's PixelTots)
+    def roll(self, head: int | None, maps_rows: dict[int, np.ndarray]) -> None:
+        """The newest slot ``head`` ended: store the source's change since the last roll (window lock held).
+
+        ``maps_rows``: the ring's hit counts of ``head``, per chip, to check
+        the per-pixel counts against. ``head`` None (the ring's first fill):
+        only the copies are taken.
+        """
+        src = self.source
+        if src is None:
+            return
+        with src._lock:
+            for chip, arr in src._spectra.items():
+                flat = arr.reshape(-1)
+                prev = self._copies.get(chip)
+                if head is not None:
+                    delta = flat if prev is None else flat - prev
+                    idx, cnt = self.sparse(delta)
+                    if len(idx):
+                        self.put(head, chip, idx, cnt)
+                    row = maps_rows.get(chip)
+                    per_pixel = delta.reshape(self.num_cells, self.nbins_flow).sum(axis=1)
+                    if not (np.array_equal(per_pixel, row) if row is not None else not per_pixel.any()):
+                        self._note_mismatch(head, f"chip {chip}'s per-pixel spectra and hit map disagree")
+                if prev is None:
+                    self._copies[chip] = flat.copy()
+                else:
+                    np.copyto(prev, flat)
+            if head is not None:
+                for chip, row in maps_rows.items():
+                    if chip not in src._spectra and chip < src.num_chips and row.any():
+                        self._note_mismatch(head, f"chip {chip} has hits in the hit map and no per-pixel spectra")
+
+    def _partial(self, chip: int) -> np.ndarray | None:
+        """The source's change since the last roll, flat (source lock held); None without spectra."""
+        arr = self.source._spectra.get(chip) if self.source is not None else None
+        if arr is None:
+            return None
+        prev = self._copies.get(chip)
+        flat = arr.reshape(-1)
+        return flat.copy() if prev is None else flat - prev
+
+    def entry(self, second: int, chip: int, head: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """The sparse counts of ``second`` for ``chip``: stored, or the source's partial for ``head`` (locks held)."""
+        if self.source is not None and second == head:
+            delta = self._partial(chip)
+            return None if delta is None else self.sparse(delta)
+        return self._entries.get(int(second), {}).get(int(chip))
+
+    def chips_of(self, second: int, head: int | None) -> list[int]:
+        if self.source is not None and second == head:
+            return list(self.source._spectra)
+        return list(self._entries.get(int(second), {}))
+
+    def exact(self, numbers: Iterable[int]) -> bool:
+        """Whether every second of ``numbers`` is fully kept (none dropped, none mismatched)."""
+        numbers = list(numbers)
+        if not numbers:
+            return True
+        if self.kept_from is not None and min(numbers) < self.kept_from:
+            return False
+        return not any(n in self._mismatched for n in numbers)
+
+    def window_counts(
+        self, numbers: Sequence[int], head: int | None, cells_by_chip: dict[int | None, np.ndarray]
+    ) -> tuple[np.ndarray, bool]:
+        """Summed TOT counts (flow) of the given cells over ``numbers`` seconds, and whether exact (locks held).
+
+        ``cells_by_chip``: chip -> pixel indices; the key None means those
+        cells on every chip.
+        """
+        out = np.zeros(self.nbins_flow, dtype=np.int64)
+        luts: dict[int | None, np.ndarray] = {}
+        for chip, cells in cells_by_chip.items():
+            lut = np.zeros(self.num_cells, dtype=bool)
+            lut[np.asarray(cells, dtype=np.intp)] = True
+            luts[chip] = lut
+        if self.source is not None:
+            self.source._lock.acquire()
+        try:
+            for n in numbers:
+                for chip in self.chips_of(n, head):
+                    lut = luts.get(chip, luts.get(None))
+                    if lut is None:
+                        continue
+                    found = self.entry(n, chip, head)
+                    if found is None:
+                        continue
+                    idx, cnt = found
+                    idx = idx.astype(np.intp)
+                    sel = lut[idx // self.nbins_flow]
+                    if sel.any():
+                        out += np.bincount(idx[sel] % self.nbins_flow, weights=cnt[sel], minlength=self.nbins_flow).astype(
+                            np.int64
+                        )
+        finally:
+            if self.source is not None:
+                self.source._lock.release()
+        return out, self.exact(numbers)
+
+
+def _log_limited(count: int) -> bool:
+    """Whether the ``count``-th occurrence of a repeated problem is logged (the first 5, then every 100th)."""
+    return count <= 5 or count % 100 == 0
+
+
 class WindowedAccumulator:
     """Hit maps and TOT spectra of the last N seconds, from a ring of per-second slots.
 
@@ -211,6 +492,8 @@ class WindowedAccumulator:
         self._lock = threading.Lock()
         self._rings: dict[int, _ChipRing] = {}
         self._head: int | None = None  # absolute slot number of the newest slot
+        self._pixels: PixelDeltas | None = None  # per-second per-pixel TOT (track_pixels / receive_pixels)
+        self._generation = 0  # +1 at every reset (a hub's viewers see it)
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -288,26 +571,241 @@ class WindowedAccumulator:
         return math.floor(now / self.granularity)
 
     def _advance(self, number: int) -> int:
-        """Move the newest slot to ``number``, clearing the slots passed; the slot to fill."""
+        """Move the newest slot to ``number``, clearing the slots passed; the slot to fill.
+
+        At a rollover (``number`` past the newest slot) the per-pixel deltas,
+        when tracked, store the second that ended (:meth:`PixelDeltas.roll`):
+        the only per-pixel work, once a second.
+        """
         head = self._head
+        if head is not None and number <= head:
+            return head
+        pixels = self._pixels
+        if pixels is not None:
+            rows = {} if head is None else {chip: ring.maps[head % self.num_slots] for chip, ring in self._rings.items()}
+            pixels.roll(head, rows)
         if head is None or number - head >= self.num_slots:
             for ring in self._rings.values():
                 ring.clear(slice(None))
-            self._head = number
-            return number
-        if number <= head:
-            return head
-        passed = (np.arange(head + 1, number + 1)) % self.num_slots
-        for ring in self._rings.values():
-            ring.clear(passed)
+        else:
+            passed = (np.arange(head + 1, number + 1)) % self.num_slots
+            for ring in self._rings.values():
+                ring.clear(passed)
         self._head = number
+        if pixels is not None:
+            pixels.evict_before(number - self.num_slots + 1)
         return number
 
     def reset(self) -> None:
-        """Forget every hit and every chip (the memory is released)."""
+        """Forget every hit and every chip (the memory is released); :attr:`generation` goes up."""
         with self._lock:
             self._rings = {}
             self._head = None
+            self._generation += 1
+            if self._pixels is not None:
+                self._pixels.reset()
+
+    # ------------------------------------------------------------------ per-pixel deltas
+    def track_pixels(self, pixel_tots: PixelTots, budget_bytes: int = PIXEL_BUDGET_BYTES) -> PixelDeltas:
+        """Keep per-second per-pixel TOT counts from ``pixel_tots`` (an engine's), for masked windows.
+
+        ``pixel_tots`` must have this ring's matrix and TOT edges and be
+        filled with the same hits, *after* :meth:`fill` of each batch (what
+        :meth:`MonitorEngine.accumulate <astropix_nbmonitor.engine.MonitorEngine.accumulate>`
+        does); a second where the two disagree is counted
+        (:attr:`PixelDeltas.mismatches`) and reported inexact. Returns the
+        :class:`PixelDeltas` (its memory and budget: see there).
+        """
+        self._check_pixels(pixel_tots)
+        with self._lock:
+            pixels = PixelDeltas(self.num_cols * self.num_rows, self._binner.nbins_flow, budget_bytes)
+            pixels.source = pixel_tots
+            if self._head is not None:
+                pixels.roll(None, {})  # from now on: the head is counted from here
+            self._pixels = pixels
+            return pixels
+
+    def receive_pixels(self, pixel_tots: PixelTots | None = None, budget_bytes: int = PIXEL_BUDGET_BYTES) -> PixelDeltas:
+        """Keep the per-pixel TOT counts of the slices :meth:`load` is given (a viewer of a hub).
+
+        Each loaded second's counts are also added to ``pixel_tots`` (the
+        viewer's whole-run spectra); a second loaded again replaces them.
+        """
+        if pixel_tots is not None:
+            self._check_pixels(pixel_tots)
+        with self._lock:
+            pixels = PixelDeltas(self.num_cols * self.num_rows, self._binner.nbins_flow, budget_bytes)
+            pixels.totals = pixel_tots
+            self._pixels = pixels
+            return pixels
+
+    def _check_pixels(self, pixel_tots: PixelTots) -> None:
+        if (pixel_tots.num_rows, pixel_tots.num_cols) != (self.num_rows, self.num_cols) or not (
+            len(pixel_tots.tot_edges) == len(self.tot_edges) and np.allclose(pixel_tots.tot_edges, self.tot_edges)
+        ):
+            msg = "the PixelTots must have the window ring's matrix and TOT edges"
+            raise ValueError(msg)
+
+    @property
+    def pixels(self) -> PixelDeltas | None:
+        """The per-second per-pixel TOT counts kept (None: not kept)."""
+        return self._pixels
+
+    @property
+    def generation(self) -> int:
+        """How many times :meth:`reset` ran (a viewer of a hub clears its windows when it changes)."""
+        return self._generation
+
+    @property
+    def head(self) -> int | None:
+        """Absolute number of the newest slot (None before any fill)."""
+        with self._lock:
+            return self._head
+
+    def _window_numbers(self, seconds: float, now: float | None) -> list[int]:
+        """Absolute slot numbers of the filled slots inside the last ``seconds`` (lock held)."""
+        count = self._slot_count(seconds)
+        if self._head is None:
+            return []
+        newest = self._slot_number(time.time() if now is None else float(now))
+        oldest = max(newest - count + 1, self._head - self.num_slots + 1)
+        return list(range(oldest, min(newest, self._head) + 1))
+
+    def masked_tot_counts(
+        self,
+        seconds: float,
+        pixels: Iterable[tuple[int, int, int]],
+        chip: int | None = None,
+        now: float | None = None,
+    ) -> tuple[np.ndarray, bool]:
+        """TOT counts (with under/overflow) of ``(chip_id, column, row)`` pixels over the last ``seconds``.
+
+        Only the pixels of ``chip`` (None: each pixel on its own chip, for
+        the all-chips spectrum), so that :meth:`tot_hist` minus these counts
+        is the window's spectrum with those pixels left out, whenever they
+        were masked. Returns ``(counts, exact)``: ``exact`` is False when a
+        second of the window lost its per-pixel counts (the byte budget, see
+        :class:`PixelDeltas`) or they disagreed with the hit map, or when no
+        per-pixel counts are kept (counts all zero then, unless no pixel).
+        """
+        cells: dict[int | None, list[int]] = {}
+        for k, c, r in pixels:
+            if chip is None or int(k) == int(chip):
+                c, r = _check_pixel(c, r, self.num_cols, self.num_rows)
+                cells.setdefault(int(k), []).append(c * self.num_rows + r)
+        return self._pixel_window(seconds, {k: np.asarray(v) for k, v in cells.items()}, now)
+
+    def pixel_tot_counts(
+        self, seconds: float, column: int, row: int, chip_id: int | None = None, now: float | None = None
+    ) -> tuple[np.ndarray, bool]:
+        """TOT counts (with under/overflow) of one pixel over the last ``seconds`` (chip None: all chips), and exact."""
+        column, row = _check_pixel(column, row, self.num_cols, self.num_rows)
+        key = None if chip_id is None else _check_chip(chip_id)
+        return self._pixel_window(seconds, {key: np.asarray([column * self.num_rows + row])}, now)
+
+    def pixel_tot_hist(
+        self, seconds: float, column: int, row: int, chip_id: int | None = None, now: float | None = None
+    ) -> bh.Histogram:
+        """:meth:`pixel_tot_counts` as a TOT histogram (the axes of :meth:`tot_hist`)."""
+        counts, _ = self.pixel_tot_counts(seconds, column, row, chip_id, now)
+        return _tot_histogram(_tot_axis(self.tot_edges), counts)
+
+    def _pixel_window(
+        self, seconds: float, cells: dict[int | None, np.ndarray], now: float | None
+    ) -> tuple[np.ndarray, bool]:
+        with self._lock:
+            numbers = self._window_numbers(seconds, now)
+            if not cells:
+                return np.zeros(self._binner.nbins_flow, dtype=np.int64), True
+            if self._pixels is None:
+                return np.zeros(self._binner.nbins_flow, dtype=np.int64), False
+            return self._pixels.window_counts(numbers, self._head, cells)
+
+    # ------------------------------------------------------------------ slices (a hub and its viewers)
+    def export(self, after: int | None = None) -> list[SecondSlice]:
+        """The slots newer than ``after`` (None: the whole ring), oldest first, one slice per chip with hits.
+
+        Slots with no hit are left out. The newest slot is ``complete=False``
+        (it may still fill: a hub sends it again). With per-pixel counts
+        tracked, each slice holds its second's sparse per-pixel TOT counts
+        (None for a second the budget dropped). A copy: the ring is not held.
+        """
+        out: list[SecondSlice] = []
+        with self._lock:
+            head = self._head
+            if head is None:
+                return out
+            first = head - self.num_slots + 1 if after is None else max(int(after) + 1, head - self.num_slots + 1)
+            pixels = self._pixels
+            if pixels is not None and pixels.source is not None:
+                pixels.source._lock.acquire()
+            try:
+                for n in range(first, head + 1):
+                    slot = n % self.num_slots
+                    for chip in sorted(self._rings):
+                        ring = self._rings[chip]
+                        tots = ring.tots[slot]
+                        if not tots.any():
+                            continue
+                        idx = cnt = None
+                        if pixels is not None and pixels.exact([n]):
+                            found = pixels.entry(n, chip, head)
+                            idx, cnt = found if found is not None else (
+                                np.zeros(0, pixels.index_dtype), np.zeros(0, "<u4"))
+                        out.append(SecondSlice(n, chip, ring.maps[slot].copy(), tots.copy(), idx, cnt, n < head))
+            finally:
+                if pixels is not None and pixels.source is not None:
+                    pixels.source._lock.release()
+        return out
+
+    def advance_to(self, number: int) -> None:
+        """Move the newest slot to ``number`` (a viewer following its hub's ring; never backwards)."""
+        with self._lock:
+            self._advance(int(number))
+
+    def load(self, slices: Iterable[SecondSlice], *, add_to_totals: bool = True) -> int:
+        """Set slots from slices (a viewer of a hub): each replaces its (second, chip); returns how many were taken.
+
+        Slices older than the ring are ignored. Per-pixel counts go to the
+        :class:`PixelDeltas` of :meth:`receive_pixels`, and (``add_to_totals``)
+        to its whole-run spectra; ``add_to_totals=False`` for a history whose
+        whole-run spectra already hold them.
+        """
+        taken = 0
+        with self._lock:
+            pixels = self._pixels
+            totals = None if pixels is None else pixels.totals
+            if pixels is not None and not add_to_totals:
+                pixels.totals = None
+            try:
+                for sl in slices:
+                    number = int(sl.second)
+                    if self._head is None or number > self._head:
+                        self._advance(number)
+                    if number <= self._head - self.num_slots:
+                        continue
+                    chip = _check_chip(sl.chip)
+                    ring = self._ring(chip)
+                    slot = number % self.num_slots
+                    ring.maps[slot] = sl.maps
+                    ring.tots[slot] = sl.tots
+                    taken += 1
+                    if pixels is None:
+                        continue
+                    if sl.pixel_index is None or sl.pixel_count is None:
+                        pixels._note_mismatch(number, "the hub did not keep this second's per-pixel counts")
+                        continue
+                    pixels.put(number, chip, sl.pixel_index, sl.pixel_count)
+            finally:
+                if pixels is not None:
+                    pixels.totals = totals
+        return taken
+
+    @property
+    def pixel_nbytes(self) -> int:
+        """Bytes of the per-pixel deltas: stored seconds plus the copies of the source's spectra."""
+        with self._lock:
+            return 0 if self._pixels is None else self._pixels.nbytes + self._pixels.copies_nbytes
 
     # ------------------------------------------------------------------ read
     def _window_slots(self, seconds: float, now: float | None) -> np.ndarray:
@@ -497,6 +995,44 @@ class PixelTots:
         with self._lock:
             self._spectra = {}
             self.ignored = 0
+
+    @property
+    def flat_size(self) -> int:
+        """Elements of one chip's spectra, flat (``num_cols x num_rows x (TOT bins + 2)``)."""
+        return self.num_cols * self.num_rows * self._binner.nbins_flow
+
+    def add_sparse(self, chip: int, index: np.ndarray, count: np.ndarray, sign: int = 1) -> None:
+        """Add (``sign`` -1: take away) counts at flat indices ``pixel * (bins + 2) + bin`` of one chip.
+
+        ``index`` must be unique and below :attr:`flat_size` (ValueError
+        otherwise); a chip beyond ``num_chips`` is ignored. For a viewer of a
+        hub, whose spectra come from the hub's per-second counts.
+        """
+        chip = int(chip)
+        index = np.asarray(index).astype(np.intp, copy=False)
+        if len(index) and (index.min() < 0 or index.max() >= self.flat_size):
+            msg = f"flat indices must be in 0..{self.flat_size - 1}"
+            raise ValueError(msg)
+        if not 0 <= chip < self.num_chips:
+            return
+        values = np.asarray(count).astype(np.int64)
+        with self._lock:
+            flat = self._chip(chip).reshape(-1)
+            if sign < 0:
+                flat[index] -= values
+            else:
+                flat[index] += values
+
+    def export_sparse(self) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """Every chip's spectra as ``(chip, flat indices, counts)`` of the non-zero entries (a copy)."""
+        dtype = np.dtype("<u2") if self.flat_size <= 1 << 16 else np.dtype("<u4")
+        out = []
+        with self._lock:
+            for chip in sorted(self._spectra):
+                flat = self._spectra[chip].reshape(-1)
+                nz = np.flatnonzero(flat)
+                out.append((chip, nz.astype(dtype), flat[nz].astype("<i8")))
+        return out
 
     def pixel_counts(self, column: int, row: int, chip_id: int | None = None) -> np.ndarray:
         """TOT counts of one pixel with under/overflow (``chip_id`` None: summed over chips)."""

@@ -342,6 +342,56 @@ def test_a_masked_noisy_pixel_leaves_the_displayed_map_and_spectrum(monitor):
     assert np.array_equal(monitor.heatmap.color, whole_map.T)
 
 
+def test_a_pixel_masked_after_its_hits_leaves_the_10_s_windows_displayed_tot_exactly(monitor):
+    from astropix_nbmonitor.fmt import HIT_DTYPE
+    from astropix_nbmonitor.hist import TOT_EDGES
+    from conftest import offline_tot_counts
+
+    clock = FakeClock(1_000_000.4)
+    monitor.engine.clock = clock
+    rng = np.random.default_rng(17)
+    batches, arrival = [], []
+    for second in range(30):
+        hits = np.zeros(250, dtype=HIT_DTYPE)
+        hits["column"], hits["row"] = rng.integers(0, 16, 250), rng.integers(0, 35, 250)
+        hits["tot_us"] = np.round(rng.uniform(5.0, 200.0, 250), 1)
+        if second >= 12:  # the pixel turns noisy, with a TOT no other hit has
+            hits["column"][:60], hits["row"][:60], hits["tot_us"][:60] = NOISY_COLUMN, NOISY_ROW, 455.5
+        for part in np.array_split(hits, 4):
+            monitor.engine.accumulate(part)
+            monitor.engine.count_processed(0, len(part))
+        batches.append(hits)
+        arrival.append(np.full(len(hits), second))
+        clock.now += 1.0
+    clock.now -= 0.5  # inside the last second
+    hits, when = np.concatenate(batches), np.concatenate(arrival)
+    noisy = (hits["column"] == NOISY_COLUMN) & (hits["row"] == NOISY_ROW)
+    whole_tot = monitor.tot_hist.values(flow=True)
+    monitor.window = 10
+    monitor.refresh()
+    assert monitor.noisy_pixels() and monitor.noisy_pixels()[0].pixel == (0, NOISY_COLUMN, NOISY_ROW)
+    monitor.mask_pixels(monitor.noisy_pixels())  # masked now, after every one of its hits
+    last_10_s = when >= 20
+    expected = offline_tot_counts(hits["tot_us"][last_10_s & ~noisy], TOT_EDGES)
+    assert np.array_equal(monitor.tot_bars.y, expected[1:-1])
+    noisy_bin = int(np.searchsorted(TOT_EDGES, 455.5, side="right"))  # with the underflow first
+    assert expected[1:-1].sum() > 0 and monitor.tot_bars.y[noisy_bin - 1] == 0  # the distinctive bin is empty
+    assert "masked pixels out" in monitor.figures[1].title and "last 10 s" in monitor.figures[1].title
+    # The displayed hit map of the window leaves the pixel out too; the dashboard counts its window hits.
+    color = np.asarray(monitor.heatmap.color)
+    assert np.isnan(color[NOISY_ROW, NOISY_COLUMN])
+    monitor.refresh()
+    assert monitor.shift_figures.masked_hits == int(np.count_nonzero(last_10_s & noisy)) >= 600
+    # The whole-run spectrum stays complete, and the whole-run view takes the pixel out of the whole run.
+    assert np.array_equal(monitor.tot_hist.values(flow=True), whole_tot)
+    assert whole_tot[noisy_bin] == 18 * 60
+    monitor.window = 0
+    assert np.array_equal(monitor.tot_bars.y, offline_tot_counts(hits["tot_us"][~noisy], TOT_EDGES)[1:-1])
+    # The pixel's own spectrum, over the window or the whole run.
+    assert monitor.pixel_tot_hist(NOISY_COLUMN, NOISY_ROW, seconds=10).sum(flow=True) == np.count_nonzero(last_10_s & noisy)
+    assert monitor.pixel_tot_hist(NOISY_COLUMN, NOISY_ROW).sum(flow=True) == np.count_nonzero(noisy)
+
+
 def test_a_mask_written_on_the_real_configuration_sets_exactly_its_bits(monitor, tmp_path):
     from astropix_nbmonitor import masks
     from conftest import shared_data_file

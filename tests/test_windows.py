@@ -223,3 +223,153 @@ def test_pixel_tots_leave_out_of_matrix_hits_and_chips_beyond_num_chips():
     pix.fill(_hits([20, 1, 1], [1, 1, 1], chips=[0, 0, 3]))
     assert pix.pixel_counts(1, 1).sum() == 1 and pix.ignored == 1 and pix.chips_seen == (0,)
     assert pix.sum_pixels([(0, 1, 1), (1, 1, 1)]).sum() == 1
+
+
+# ---------------------------------------------------------------------------
+# Per-second per-pixel TOT counts: masked windows (exact, retroactive), budget, checks
+# ---------------------------------------------------------------------------
+
+from conftest import offline_tot_counts  # noqa: E402
+
+NOISY = (0, 5, 17)  # (chip_id, column, row) of the noisy pixel
+NOISY_TOT = 433.3  # its distinctive TOT (us): no other hit has it
+
+
+def _tracked() -> tuple[WindowedAccumulator, PixelTots]:
+    win, pix = WindowedAccumulator(NUM_ROWS, NUM_COLS), PixelTots(NUM_ROWS, NUM_COLS)
+    win.track_pixels(pix)
+    return win, pix
+
+
+def _fill_both(win: WindowedAccumulator, pix: PixelTots, hits: np.ndarray, now: float) -> None:
+    """What MonitorEngine.accumulate does: the window ring first, then the per-pixel spectra."""
+    bins = win.tot_bins(hits["tot_us"])
+    win.fill(hits, now, tot_bins=bins)
+    pix.fill(hits, tot_bins=bins)
+
+
+def _noisy_seconds(n_seconds: int, seed: int = 21) -> list[np.ndarray]:
+    """Per second: 300 random hits on two chips (some out of the matrix) plus, from second 5, 40 hits of NOISY."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for second in range(n_seconds):
+        cols = rng.integers(0, 18, 300)  # 16 and 17 are out of the matrix
+        rows = rng.integers(0, 35, 300)
+        tots = np.round(rng.uniform(0.0, 300.0, 300), 1)
+        chips = rng.integers(0, 2, 300)
+        if second >= 5:
+            k, c, r = NOISY
+            cols, rows = np.r_[cols, [c] * 40], np.r_[rows, [r] * 40]
+            tots, chips = np.r_[tots, [NOISY_TOT] * 40], np.r_[chips, [k] * 40]
+        out.append(_hits(cols, rows, tots, chips))
+    return out
+
+
+def test_a_pixel_masked_after_its_hits_leaves_the_window_tot_exactly():
+    win, pix = _tracked()
+    seconds = _noisy_seconds(40)
+    arrival = []
+    for second, hits in enumerate(seconds):
+        for part in np.array_split(hits, 3):  # several batches a second
+            _fill_both(win, pix, part, T0 + second)
+        arrival.append(np.full(len(hits), second))
+    everything, when = np.concatenate(seconds), np.concatenate(arrival)
+    k, c, r = NOISY
+    is_noisy = (everything["chip_id"] == k) & (everything["column"] == c) & (everything["row"] == r)
+    for now_offset, length in ((39.7, 10), (39.7, 60), (39.0, 1), (39.7, 600), (45.2, 10)):
+        now = T0 + now_offset
+        newest = int(np.floor(T0 + now_offset)) - int(np.floor(T0))
+        in_window = (when > newest - length) & (when <= newest)
+        for chip in (None, 0, 1):
+            on_chip = np.ones(len(everything), bool) if chip is None else everything["chip_id"] == chip
+            # The pixel is masked now, after every one of its hits arrived.
+            counts, exact = win.masked_tot_counts(length, [NOISY], chip, now=now)
+            shown = win.tot_hist(length, chip, now=now).values(flow=True) - counts
+            keep = in_window & on_chip & ~is_noisy
+            assert exact
+            assert np.array_equal(shown, offline_tot_counts(everything["tot_us"][keep], TOT_EDGES)), (now_offset, length, chip)
+            assert np.array_equal(counts, offline_tot_counts(everything["tot_us"][in_window & on_chip & is_noisy], TOT_EDGES))
+    # The distinctive bin is empty in the masked 10 s window and full in the whole run.
+    noisy_bin = int(np.searchsorted(TOT_EDGES, NOISY_TOT, side="right"))
+    counts, _ = win.masked_tot_counts(10, [NOISY], None, now=T0 + 39.7)
+    assert (win.tot_hist(10, now=T0 + 39.7).values(flow=True) - counts)[noisy_bin] == 0
+    assert pix.pixel_tot_hist(c, r, k).values(flow=True)[noisy_bin] == 35 * 40
+    # The pixel's own spectrum over a window, from the same per-second counts.
+    assert win.pixel_tot_hist(10, c, r, k, now=T0 + 39.7).values(flow=True)[noisy_bin] == 10 * 40
+    same_pixel = (everything["column"] == c) & (everything["row"] == r) & (when > 29) & (when <= 39)
+    assert np.array_equal(
+        win.pixel_tot_hist(10, c, r, None, now=T0 + 39.7).values(flow=True),
+        offline_tot_counts(everything["tot_us"][same_pixel], TOT_EDGES),
+    )  # all chips: chip 1's hits of that pixel too
+    assert win.pixels.mismatches == 0 and win.pixels.dropped_seconds == 0
+
+
+def test_the_second_still_filling_is_counted_too():
+    win, pix = _tracked()
+    k, c, r = NOISY
+    _fill_both(win, pix, _hits([c] * 3, [r] * 3, [NOISY_TOT] * 3, [k] * 3), T0)
+    counts, exact = win.masked_tot_counts(10, [NOISY], now=T0)  # no rollover yet: all from the partial second
+    assert exact and counts.sum() == 3
+    _fill_both(win, pix, _hits([c] * 2, [r] * 2, [NOISY_TOT] * 2, [k] * 2), T0 + 0.5)
+    assert win.masked_tot_counts(10, [NOISY], now=T0 + 0.5)[0].sum() == 5
+    assert win.masked_tot_counts(1, [NOISY], now=T0 + 1.0)[0].sum() == 0  # the next second, before any fill
+    assert win.masked_tot_counts(2, [NOISY], now=T0 + 1.0)[0].sum() == 5
+    counts, exact = win.masked_tot_counts(10, [], now=T0)
+    assert exact and not counts.any()
+
+
+def test_per_pixel_deltas_stay_within_their_budget_and_say_when_a_window_is_inexact():
+    win = WindowedAccumulator(NUM_ROWS, NUM_COLS)
+    pix = PixelTots(NUM_ROWS, NUM_COLS)
+    budget = 200_000
+    deltas = win.track_pixels(pix, budget_bytes=budget)
+    rng = np.random.default_rng(5)
+    sizes = []
+    for second in range(3000):  # 50 minutes, the clock driven
+        hits = _hits(rng.integers(0, 16, 2000), rng.integers(0, 35, 2000), np.round(rng.uniform(0, 500, 2000), 1))
+        _fill_both(win, pix, hits, T0 + second)
+        if second in (900, 2999):
+            sizes.append((deltas.nbytes, win.nbytes, win.pixel_nbytes, pix.nbytes))
+    assert all(stored <= budget for stored, *_ in sizes)
+    assert sizes[0][1] == sizes[1][1] and sizes[0][3] == sizes[1][3]  # the ring and the spectra: fixed
+    assert all(total <= budget + pix.bytes_per_chip for *_, total, _ in sizes)  # stored seconds + the copy
+    assert deltas.dropped_seconds > 0 and deltas.kept_from is not None
+    now = T0 + 2999.5
+    kept = int(np.floor(now)) - deltas.kept_from + 1  # the newest seconds still kept
+    assert 1 < kept < 600
+    assert win.masked_tot_counts(kept, [NOISY], now=now)[1] is True
+    assert win.masked_tot_counts(kept + 1, [NOISY], now=now)[1] is False  # reaches a dropped second: said
+    assert win.masked_tot_counts(600, [], now=now)[1] is True  # nothing masked: nothing to take out
+
+
+def test_the_ring_alone_bounds_the_per_pixel_memory_at_a_modest_rate():
+    win, pix = _tracked()
+    hits = _sim_hits(100)
+    for second in range(1500):
+        _fill_both(win, pix, hits, T0 + second)
+        if second == 700:
+            first = win.pixel_nbytes
+    assert win.pixel_nbytes == first  # 600 seconds stored, never more
+    assert len(win.pixels.seconds) == 599 and win.pixels.dropped_seconds == 0  # the ring, plus the partial second
+
+
+def test_per_pixel_spectra_filled_before_the_ring_are_counted_as_mismatches():
+    win, pix = _tracked()
+    for second in range(5):
+        hits = _hits([1 + second, 2], [3, 4], [10.0, 20.0])  # another pixel each second
+        pix.fill(hits)  # the wrong order: the spectra see the batch before the ring's rollover
+        win.fill(hits, T0 + second)
+    assert win.pixels.mismatches > 0
+    assert win.masked_tot_counts(10, [(0, 1, 3)], now=T0 + 4)[1] is False
+
+
+def test_a_reset_clears_the_per_pixel_deltas_and_counts_a_generation():
+    win, pix = _tracked()
+    for second in range(3):
+        _fill_both(win, pix, _hits([1], [2]), T0 + second)
+    assert win.pixel_nbytes > 0 and win.generation == 0
+    win.reset()
+    pix.reset()
+    assert win.pixels.nbytes == 0 and win.generation == 1
+    _fill_both(win, pix, _hits([1], [2]), T0 + 10)
+    assert win.masked_tot_counts(10, [(0, 1, 2)], now=T0 + 10)[0].sum() == 1

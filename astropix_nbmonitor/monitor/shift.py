@@ -259,26 +259,46 @@ class ShiftMixin:
     def displayed_tot_hist(self, state: Any, chip: int | None) -> tuple[Any, bool]:
         """The TOT spectrum to draw: ``state``'s, minus the masked pixels' hits when that can be done.
 
-        Returns ``(histogram, masked_out)``; ``masked_out`` is False when
-        masked pixels' hits could not be taken out: a time window (the
-        per-pixel spectra are the whole run's) or a viewer of a hub (no
-        per-pixel spectra).
+        Returns ``(histogram, masked_out)``. The whole run: minus the masked
+        pixels' whole-run spectra. A time window: minus their hits within the
+        window, from the per-second per-pixel counts (also hits that arrived
+        before the pixel was masked); ``masked_out`` is False when those were
+        not all kept (the byte budget of
+        :class:`~astropix_nbmonitor.windows.PixelDeltas` at extreme rates) or
+        the engine keeps no per-pixel counts: then the spectrum still holds
+        some of the masked pixels' hits, and the panel says so.
         """
         hist = state.chip_tot_hist(chip)
         pixel_tots = getattr(self.engine, "pixel_tots", None)
         if not len(self.mask):
             return hist, True
-        if getattr(state, "window", 0.0) or pixel_tots is None or self.hub is not None:
+        window = float(getattr(state, "window", 0.0) or 0.0)
+        if window:
+            masked_tot = getattr(self.engine, "masked_tot_window", None)
+            if masked_tot is None:
+                return hist, False
+            counts, exact = masked_tot(window, self.mask.masked_pixels, chip, getattr(state, "window_now", None))
+            out = hist.copy()
+            out.view(flow=True)[...] = hist.values(flow=True) - counts
+            return out, exact
+        if pixel_tots is None:
             return hist, False
         return masks.tot_without_masked(hist, pixel_tots, self.mask, chip), True
 
     # ------------------------------------------------------------------ drill-down
-    def pixel_tot_hist(self, column: int, row: int, chip_id: int | None = None):
-        """The whole-run TOT spectrum of pixel (column, row) of ``chip_id`` (None: summed over chips)."""
+    def pixel_tot_hist(self, column: int, row: int, chip_id: int | None = None, seconds: float | None = None):
+        """The TOT spectrum of pixel (column, row) of ``chip_id`` (None: summed over chips).
+
+        The whole run by default; ``seconds``: the last ``seconds`` (1 s
+        granularity). A viewer of a hub has them too (from the hub's
+        per-second per-pixel counts).
+        """
         pixel_tots = getattr(self.engine, "pixel_tots", None)
         if pixel_tots is None:
-            msg = "per-pixel spectra are kept by the hub's own monitor, not by a viewer of a hub"
+            msg = "this engine keeps no per-pixel spectra"
             raise RuntimeError(msg)
+        if seconds:
+            return self.engine.pixel_tot_hist(column, row, chip_id, seconds=seconds)
         return pixel_tots.pixel_tot_hist(column, row, chip_id)
 
     def _on_mask_changed(self) -> None:
