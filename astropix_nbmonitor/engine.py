@@ -606,12 +606,12 @@ class MonitorEngine:
         with self._processing_lock:
             return self.windows.pixel_tot_hist(seconds, column, row, chip_id, self.clock())
 
-    def window_slices(self, after: int | None = None) -> dict[str, Any]:
+    def window_slices(self, after: int | None = None, *, totals: bool = False) -> dict[str, Any]:
         """The time windows' slots newer than ``after`` (None: all), for a hub to send its viewers.
 
         ``{"slices": [SecondSlice...], "head", "now", "generation"}``, read
-        under the processing lock (a consistent copy); with ``after`` None
-        also ``"pixel_totals"``: the whole run's per-pixel spectra
+        under the processing lock (a consistent copy); with ``totals`` also
+        ``"pixel_totals"``: the whole run's per-pixel spectra
         (:meth:`PixelTots.export_sparse`), which hold every slice's counts.
         """
         with self._processing_lock:
@@ -621,7 +621,7 @@ class MonitorEngine:
                 "now": float(self.clock()),
                 "generation": self.windows.generation,
             }
-            if after is None:
+            if totals:
                 out["pixel_totals"] = self.pixel_tots.export_sparse()
             return out
 

@@ -72,6 +72,7 @@ from .fmt import AbstractAstroPixReadout, AstroPix4Readout, decoder_for
 from .hist import TOT_EDGES, HitAccumulator
 from .sock import AddressInUseError
 from .status import STATUS_TABLE, Status
+from .windows import PIXEL_BUDGET_BYTES, PixelTots, SecondSlice, WindowedAccumulator
 
 __all__ = [
     "DEFAULT_PUBLISH",
@@ -91,6 +92,10 @@ __all__ = [
     "encode_records",
     "encode_state",
     "request_command",
+    "request_history",
+    "WindowBlock",
+    "decode_history",
+    "encode_history",
 ]
 
 logger = logging.getLogger(__name__)
@@ -103,8 +108,19 @@ STATE_TOPIC = b"state"
 RECORDS_TOPIC = b"records"
 #: Where a hub publishes by default (loopback: only this machine can attach).
 DEFAULT_PUBLISH = "tcp://127.0.0.1:5557"
-#: The commands a hub takes ("ping" needs no token).
-COMMANDS = ("reset", "stop", "start", "ping")
+#: Topic frame of a history reply (on the command socket).
+HISTORY_TOPIC = b"history"
+#: The commands a hub takes ("ping" and "history" need no token: they change nothing).
+COMMANDS = ("reset", "stop", "start", "ping", "history")
+#: Most elements all the arrays of one history reply may have together (the
+#: whole ring of 32 chips, 600 s, with a full per-pixel budget, has about 22 million).
+MAX_HISTORY_ELEMENTS = 1 << 25
+#: Most history replies a hub sends per second (to all viewers together);
+#: beyond, it answers "busy" and the viewer asks again later.
+MAX_HISTORY_PER_S = 20
+#: Largest matrix side and most TOT edges a window block may describe.
+_MAX_SIDE = 1024
+_MAX_EDGES = 100_000
 #: The only dtypes an array frame may have (little-endian numbers).
 ARRAY_DTYPES = frozenset({"<i8", "<u8", "<f8", "<i4", "<u4", "<f4", "<i2", "<u2", "|i1", "|u1"})
 #: Most elements one decoded array may have.
@@ -237,6 +253,49 @@ class HubState(EngineState):
 
     hub: HubInfo
     received_at: float
+    #: The time windows' slots the hub sent with this state (None: none, or an older hub).
+    windows: WindowBlock | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowBlock:
+    """The time-window part of a hub's state message (or of a history reply).
+
+    Attributes
+    ----------
+    generation : int
+        The hub's :attr:`WindowedAccumulator.generation` (it goes up at every
+        reset of the hub: a viewer clears its windows).
+    head : int or None
+        The hub's newest slot number (None before any hit).
+    now : float
+        The hub engine's clock when the slots were read: a viewer's windows end there.
+    granularity, max_seconds : float
+        Seconds per slot, and the longest window.
+    num_rows, num_cols : int
+        The matrix.
+    tot_edges : numpy.ndarray
+        The TOT bin edges (us).
+    slices : tuple of SecondSlice
+        The slots sent: those completed since the last state plus the newest
+        (``complete=False``), only those with hits; every slot of the ring in a
+        history reply.
+    """
+
+    generation: int
+    head: int | None
+    now: float
+    granularity: float
+    max_seconds: float
+    num_rows: int
+    num_cols: int
+    tot_edges: np.ndarray
+    slices: tuple[SecondSlice, ...] = ()
+
+    @property
+    def layout(self) -> tuple[Any, ...]:
+        """What a viewer's accumulators are built from (a change rebuilds them)."""
+        return (self.granularity, self.max_seconds, self.num_rows, self.num_cols, tuple(float(e) for e in self.tot_edges))
 
 
 # --------------------------------------------------------------------------
@@ -280,7 +339,7 @@ def _status_values(status: Status) -> dict[str, Any]:
     return {name: value.item() if isinstance(value, np.generic) else value for name, value in status.as_dict().items()}
 
 
-def encode_state(state: EngineState, hub: HubInfo, seq: int) -> list[bytes]:
+def encode_state(state: EngineState, hub: HubInfo, seq: int, windows: WindowBlock | None = None) -> list[bytes]:
     """A state message: ``[b"state", header, *array frames]`` (see the module's docstring).
 
     Parameters
@@ -292,6 +351,8 @@ def encode_state(state: EngineState, hub: HubInfo, seq: int) -> list[bytes]:
         The publisher's identity block.
     seq : int
         The publisher's sequence number of this message.
+    windows : WindowBlock, optional
+        The time windows' slots to send with it (the ``"windows"`` block).
     """
     frames: list[bytes] = []
     histograms = {name: _with_refs(to_uhi(h), frames) for name, h in state.histograms.items()}
@@ -308,7 +369,83 @@ def encode_state(state: EngineState, hub: HubInfo, seq: int) -> list[bytes]:
         "histograms": histograms,
         "rates": rates,
     }
+    if windows is not None:
+        header["windows"] = _encode_window_block(windows, frames)
     return [STATE_TOPIC, json.dumps(header, separators=(",", ":")).encode("utf-8"), *frames]
+
+
+def _index_dtype(num_rows: int, num_cols: int, num_edges: int) -> str:
+    """The dtype of flat per-pixel TOT indices (``pixel * (bins + 2) + bin``) of this layout."""
+    return "<u2" if num_rows * num_cols * (num_edges + 1) <= 1 << 16 else "<u4"
+
+
+def _encode_window_block(block: WindowBlock, frames: list[bytes]) -> dict[str, Any]:
+    """The ``"windows"`` header block of ``block``, its arrays appended to ``frames``.
+
+    ``{generation, head, now, granularity, max_seconds, num_rows, num_cols,
+    tot_edges}`` and, when there are slices, the array refs ``keys`` (int64
+    ``(E, 3)``: second, chip, complete), ``maps`` (int32 ``(E, cells)``),
+    ``tots`` (int32 ``(E, bins + 2)``), ``pixel_lengths`` (int64 ``(E,)``, -1:
+    not kept), ``pixel_index`` (uint16/uint32) and ``pixel_count`` (uint32),
+    the sparse per-pixel counts of every slice one after the other.
+    """
+    out: dict[str, Any] = {
+        "generation": int(block.generation),
+        "head": None if block.head is None else int(block.head),
+        "now": float(block.now),
+        "granularity": float(block.granularity),
+        "max_seconds": float(block.max_seconds),
+        "num_rows": int(block.num_rows),
+        "num_cols": int(block.num_cols),
+        "tot_edges": _array_ref(np.asarray(block.tot_edges, dtype="<f8"), frames),
+    }
+    slices = block.slices
+    if not slices:
+        return out
+    index_dtype = _index_dtype(block.num_rows, block.num_cols, len(block.tot_edges))
+    kept = [sl for sl in slices if sl.pixel_index is not None and sl.pixel_count is not None]
+    out["keys"] = _array_ref(np.array([[sl.second, sl.chip, int(sl.complete)] for sl in slices], dtype="<i8"), frames)
+    out["maps"] = _array_ref(np.stack([sl.maps for sl in slices]).astype("<i4"), frames)
+    out["tots"] = _array_ref(np.stack([sl.tots for sl in slices]).astype("<i4"), frames)
+    lengths = [len(sl.pixel_index) if sl.pixel_index is not None and sl.pixel_count is not None else -1 for sl in slices]
+    out["pixel_lengths"] = _array_ref(np.array(lengths, dtype="<i8"), frames)
+    index = np.concatenate([sl.pixel_index for sl in kept]) if kept else np.zeros(0)
+    count = np.concatenate([sl.pixel_count for sl in kept]) if kept else np.zeros(0)
+    out["pixel_index"] = _array_ref(index.astype(index_dtype), frames)
+    out["pixel_count"] = _array_ref(count.astype("<u4"), frames)
+    return out
+
+
+def encode_history(block: WindowBlock, totals: Sequence[tuple[int, np.ndarray, np.ndarray]], hub_identity: str, seq: int) -> list[bytes]:
+    """A history reply: ``[b"history", header, *arrays]`` (the command socket's answer to ``"history"``).
+
+    The header: ``{"schema", "kind": "history", "ok": true, "hub": identity,
+    "seq": the last state published before it, "windows": the whole ring
+    (a window block), "pixel_totals": {"chips", "lengths", "index", "count"}}``:
+    the whole run's per-pixel TOT spectra, sparse (int64 counts).
+    """
+    frames: list[bytes] = []
+    windows = _encode_window_block(block, frames)
+    index_dtype = _index_dtype(block.num_rows, block.num_cols, len(block.tot_edges))
+    chips = np.array([c for c, _, _ in totals], dtype="<i8")
+    lengths = np.array([len(i) for _, i, _ in totals], dtype="<i8")
+    index = np.concatenate([i for _, i, _ in totals]) if totals else np.zeros(0)
+    count = np.concatenate([n for _, _, n in totals]) if totals else np.zeros(0)
+    header = {
+        "schema": SCHEMA,
+        "kind": "history",
+        "ok": True,
+        "hub": str(hub_identity),
+        "seq": int(seq),
+        "windows": windows,
+        "pixel_totals": {
+            "chips": _array_ref(chips, frames),
+            "lengths": _array_ref(lengths, frames),
+            "index": _array_ref(index.astype(index_dtype), frames),
+            "count": _array_ref(count.astype("<i8"), frames),
+        },
+    }
+    return [HISTORY_TOPIC, json.dumps(header, separators=(",", ":")).encode("utf-8"), *frames]
 
 
 def encode_records(records: Sequence[bytes], hub_identity: str, seq: int) -> list[bytes]:
@@ -391,9 +528,10 @@ def _is_ref(obj: Any) -> bool:
 class _Frames:
     """The frames of one message being decoded, and the elements its arrays may still allocate."""
 
-    def __init__(self, raw: list[bytes]) -> None:
+    def __init__(self, raw: list[bytes], budget: int | None = None) -> None:
         self.raw = raw
-        self.budget = MAX_MESSAGE_ELEMENTS
+        self.limit = MAX_MESSAGE_ELEMENTS if budget is None else int(budget)
+        self.budget = self.limit
 
     def __len__(self) -> int:
         return len(self.raw)
@@ -405,7 +543,7 @@ class _Frames:
         """Count ``elements`` against the message's budget."""
         self.budget -= elements
         if self.budget < 0:
-            msg = f"the message's arrays have more than {MAX_MESSAGE_ELEMENTS} elements in all"
+            msg = f"the message's arrays have more than {self.limit} elements in all"
             raise HubMessageError(msg)
 
 
@@ -575,6 +713,9 @@ def decode_state(frames: Sequence[Any], received_at: float | None = None) -> Hub
     if rates.ndim != 2 or rates.shape[0] != 3 or rates.dtype.kind != "f":
         msg = f"state: rates must be a (3, n) float array, got {rates.shape} {rates.dtype}"
         raise HubMessageError(msg)
+    windows = None
+    if "windows" in header:
+        windows = _decode_window_block(_field(header, "windows", dict, "state"), raw, "state windows")
     return HubState(
         seq=seq,
         time=when,
@@ -585,7 +726,146 @@ def decode_state(frames: Sequence[Any], received_at: float | None = None) -> Hub
         running=running,
         hub=hub,
         received_at=received_at,
+        windows=windows,
     )
+
+
+def _ref_array(block: dict[str, Any], key: str, frames: _Frames, where: str, dtypes: Sequence[str], ndim: int) -> np.ndarray:
+    """The array of ref ``block[key]``, checked to be of one of ``dtypes`` and ``ndim`` dimensions."""
+    ref = _field(block, key, dict, where)
+    if not _is_ref(ref):
+        msg = f"{where}: {key!r} is not an array ref"
+        raise HubMessageError(msg)
+    arr = _array_from_ref(ref, frames)
+    if arr.dtype.str not in dtypes or arr.ndim != ndim:
+        msg = f"{where}: {key!r} must be {ndim}-dimensional {' or '.join(dtypes)}, got {arr.shape} {arr.dtype.str}"
+        raise HubMessageError(msg)
+    return arr
+
+
+def _int_field(block: dict[str, Any], key: str, where: str, low: int, high: int) -> int:
+    value = _field(block, key, int, where)
+    if not low <= value <= high:
+        msg = f"{where}: {key!r} = {value} is not in {low}..{high}"
+        raise HubMessageError(msg)
+    return value
+
+
+def _decode_window_block(block: dict[str, Any], frames: _Frames, where: str) -> WindowBlock:
+    """A window block, every field, shape and index checked (the reverse of :func:`_encode_window_block`)."""
+    generation = _int_field(block, "generation", where, 0, 1 << 62)
+    head = block.get("head")
+    if head is not None and not _is_int(head):
+        msg = f"{where}: 'head' must be an integer or null, got {head!r}"
+        raise HubMessageError(msg)
+    now = _number(block, "now", where)
+    granularity = _number(block, "granularity", where)
+    max_seconds = _number(block, "max_seconds", where)
+    if not (granularity > 0 and granularity <= max_seconds and max_seconds / granularity <= 1 << 20):
+        msg = f"{where}: granularity {granularity!r} and max_seconds {max_seconds!r} do not make a ring"
+        raise HubMessageError(msg)
+    num_rows = _int_field(block, "num_rows", where, 1, _MAX_SIDE)
+    num_cols = _int_field(block, "num_cols", where, 1, _MAX_SIDE)
+    edges = _ref_array(block, "tot_edges", frames, where, ("<f8",), 1)
+    if not 2 <= len(edges) <= _MAX_EDGES or not np.all(np.isfinite(edges)) or not np.all(np.diff(edges) > 0):
+        msg = f"{where}: tot_edges must be 2 to {_MAX_EDGES} increasing finite edges"
+        raise HubMessageError(msg)
+    out = WindowBlock(generation, head, now, granularity, max_seconds, num_rows, num_cols, edges)
+    if "keys" not in block:
+        return out
+    cells, nbins = num_rows * num_cols, len(edges) + 1
+    keys = _ref_array(block, "keys", frames, where, ("<i8",), 2)
+    count = len(keys)
+    maps = _ref_array(block, "maps", frames, where, ("<i4",), 2)
+    tots = _ref_array(block, "tots", frames, where, ("<i4",), 2)
+    lengths = _ref_array(block, "pixel_lengths", frames, where, ("<i8",), 1)
+    index_dtype = _index_dtype(num_rows, num_cols, len(edges))
+    index = _ref_array(block, "pixel_index", frames, where, (index_dtype,), 1)
+    counts = _ref_array(block, "pixel_count", frames, where, ("<u4",), 1)
+    if keys.shape[1:] != (3,) or maps.shape != (count, cells) or tots.shape != (count, nbins) or lengths.shape != (count,):
+        msg = f"{where}: slice arrays of shapes {keys.shape} {maps.shape} {tots.shape} {lengths.shape} do not match {count} slices"
+        raise HubMessageError(msg)
+    if (maps < 0).any() or (tots < 0).any():
+        msg = f"{where}: negative counts"
+        raise HubMessageError(msg)
+    seconds, chips, complete = keys[:, 0], keys[:, 1], keys[:, 2]
+    if (chips < 0).any() or (chips >= 32).any() or not np.isin(complete, (0, 1)).all():
+        msg = f"{where}: slice keys must hold chip_ids 0..31 and complete 0/1"
+        raise HubMessageError(msg)
+    if head is not None and (seconds > head).any():
+        msg = f"{where}: a slice is newer than the head {head}"
+        raise HubMessageError(msg)
+    if (lengths < -1).any() or int(lengths[lengths > 0].sum()) != len(index) or len(index) != len(counts):
+        msg = f"{where}: pixel lengths {int(lengths[lengths > 0].sum())} do not match {len(index)} indices and {len(counts)} counts"
+        raise HubMessageError(msg)
+    if len(index) and int(index.max()) >= cells * nbins:
+        msg = f"{where}: a per-pixel index is beyond {cells} x {nbins}"
+        raise HubMessageError(msg)
+    slices = []
+    start = 0
+    for k in range(count):
+        idx = cnt = None
+        if lengths[k] >= 0:
+            end = start + int(lengths[k])
+            idx, cnt = index[start:end], counts[start:end]
+            if len(idx) > 1 and not np.all(np.diff(idx.astype(np.int64)) > 0):
+                msg = f"{where}: the per-pixel indices of a slice are not strictly increasing"
+                raise HubMessageError(msg)
+            start = end
+        slices.append(SecondSlice(int(seconds[k]), int(chips[k]), maps[k], tots[k], idx, cnt, bool(complete[k])))
+    return dataclasses.replace(out, slices=tuple(slices))
+
+
+@dataclasses.dataclass(frozen=True)
+class HubHistory:
+    """A hub's history reply: its whole ring and whole-run per-pixel spectra (see :func:`encode_history`)."""
+
+    hub: str
+    seq: int
+    windows: WindowBlock
+    pixel_totals: tuple[tuple[int, np.ndarray, np.ndarray], ...]
+
+
+def decode_history(frames: Sequence[Any]) -> HubHistory:
+    """Read a history reply; raises :class:`HubMessageError` on anything malformed or over its budget.
+
+    Every array is checked as a state's are (whitelisted dtypes, sizes
+    against the frames), within :data:`MAX_HISTORY_ELEMENTS` for the whole reply.
+    """
+    header, raw_frames = _read_header(frames, HISTORY_TOPIC, "history")
+    raw = _Frames(raw_frames, MAX_HISTORY_ELEMENTS)  # read at call time (tests lower it)
+    if header.get("ok") is not True:
+        msg = f"history refused: {str(header.get('error', 'no reason given'))[:200]}"
+        raise HubMessageError(msg)
+    identity = _field(header, "hub", str, "history")
+    seq = _int_field(header, "seq", "history", 0, 1 << 62)
+    windows = _decode_window_block(_field(header, "windows", dict, "history"), raw, "history windows")
+    totals_block = _field(header, "pixel_totals", dict, "history")
+    chips = _ref_array(totals_block, "chips", raw, "history pixel_totals", ("<i8",), 1)
+    lengths = _ref_array(totals_block, "lengths", raw, "history pixel_totals", ("<i8",), 1)
+    index_dtype = _index_dtype(windows.num_rows, windows.num_cols, len(windows.tot_edges))
+    index = _ref_array(totals_block, "index", raw, "history pixel_totals", (index_dtype,), 1)
+    counts = _ref_array(totals_block, "count", raw, "history pixel_totals", ("<i8",), 1)
+    flat = windows.num_rows * windows.num_cols * (len(windows.tot_edges) + 1)
+    if len(chips) != len(lengths) or (lengths < 0).any() or int(lengths.sum()) != len(index) or len(index) != len(counts):
+        msg = "history pixel_totals: chips, lengths, indices and counts do not match"
+        raise HubMessageError(msg)
+    if (chips < 0).any() or (chips >= 32).any() or len(set(chips.tolist())) != len(chips) or (counts < 0).any():
+        msg = "history pixel_totals: chip_ids must be distinct in 0..31 and counts >= 0"
+        raise HubMessageError(msg)
+    if len(index) and int(index.max()) >= flat:
+        msg = f"history pixel_totals: an index is beyond {flat}"
+        raise HubMessageError(msg)
+    totals = []
+    start = 0
+    for chip, n in zip(chips.tolist(), lengths.tolist()):
+        idx = index[start : start + n]
+        if len(idx) > 1 and not np.all(np.diff(idx.astype(np.int64)) > 0):
+            msg = "history pixel_totals: indices are not strictly increasing"
+            raise HubMessageError(msg)
+        totals.append((int(chip), idx, counts[start : start + n]))
+        start += n
+    return HubHistory(identity, seq, windows, tuple(totals))
 
 
 def decode_records(frames: Sequence[Any]) -> tuple[dict[str, Any], list[bytes]]:
@@ -862,6 +1142,13 @@ class HubPublisher:
         self.accepted_commands = 0
         self.refused_commands = 0
         self.malformed_commands = 0
+        #: History replies sent, and refused because more than MAX_HISTORY_PER_S were asked.
+        self.history_replies = 0
+        self.history_refused = 0
+        self._history_times: list[float] = []
+        self._win_after: int | None = None  # slots up to this one were sent complete
+        self._win_generation: int | None = None  # None: no state sent yet since the start
+        self._win_head_sig: tuple[Any, ...] = ()
         self._queue: queue.Queue[tuple[int, list[bytes]]] = queue.Queue(maxsize=max(1, int(max_queued_batches)))
         self._records_seq = 0
         self._relaying = False
@@ -897,6 +1184,9 @@ class HubPublisher:
             self.started_at = time.time()
             self._seq = 0
             self._records_seq = 0
+            self._win_after = None
+            self._win_generation = None
+            self._win_head_sig = ()
             self._drain_queue()
             self._thread = threading.Thread(target=self._run, name="astropix-hub-publisher", daemon=True)
             self._thread.start()
@@ -1039,10 +1329,61 @@ class HubPublisher:
 
     def _publish_state(self, pub: zmq.Socket) -> None:
         self._seq += 1
-        frames = encode_state(self.engine.state(), self.info(), self._seq)
+        frames = encode_state(self.engine.state(), self.info(), self._seq, windows=self._window_block())
         with contextlib.suppress(zmq.Again):  # a PUB socket drops at its high-water mark; never waits
             pub.send_multipart(frames, flags=zmq.NOBLOCK)
         self.states_published += 1
+
+    # ------------------------------------------------------------------ time windows
+    def _block(self, data: dict[str, Any], slices: Sequence[SecondSlice]) -> WindowBlock:
+        windows = self.engine.windows
+        return WindowBlock(
+            generation=int(data["generation"]),
+            head=data["head"],
+            now=float(data["now"]),
+            granularity=float(windows.granularity),
+            max_seconds=float(windows.max_seconds),
+            num_rows=int(windows.num_rows),
+            num_cols=int(windows.num_cols),
+            tot_edges=np.asarray(windows.tot_edges, dtype=float),
+            slices=tuple(slices),
+        )
+
+    def _window_block(self) -> WindowBlock | None:
+        """The slots to send with the next state: completed since the last one, and the newest if it changed.
+
+        The first state after a start sends only the newest slot (a viewer
+        asks for the history); after a reset of the engine (its windows'
+        generation changed) the whole, fresh ring. No slice for seconds with
+        no hit, none for an unchanged newest slot: an idle hub sends the
+        block's few numbers only.
+        """
+        engine = self.engine
+        if not hasattr(engine, "window_slices"):
+            return None
+        if self._win_generation is None:
+            head = engine.windows.head
+            data = engine.window_slices(None if head is None else head - 1)
+        else:
+            data = engine.window_slices(self._win_after)
+            if data["generation"] != self._win_generation:
+                data = engine.window_slices(None)
+                self._win_head_sig = ()
+        slices = data["slices"]
+        sig = tuple((sl.second, sl.chip, int(sl.tots.sum())) for sl in slices if not sl.complete)
+        if slices and all(not sl.complete for sl in slices) and sig == self._win_head_sig:
+            slices = []  # only the newest slot, unchanged since the last state
+        elif sig:
+            self._win_head_sig = sig
+        self._win_generation = data["generation"]
+        if data["head"] is not None:
+            self._win_after = int(data["head"]) - 1
+        return self._block(data, slices)
+
+    def _history_reply(self) -> list[bytes]:
+        """The whole ring and the whole run's per-pixel spectra, for a viewer that joins or lost states."""
+        data = self.engine.window_slices(None, totals=True)
+        return encode_history(self._block(data, data["slices"]), data["pixel_totals"], self.identity or "", self._seq)
 
     def _relay_records(self, pub: zmq.Socket, most: int = 200) -> None:
         identity = self.identity or ""
@@ -1063,12 +1404,13 @@ class HubPublisher:
             except zmq.Again:
                 return
             envelope, body = _split_envelope(frames)
-            reply = json.dumps(self._handle_command(body)).encode("utf-8")
+            answer = self._handle_command(body)
+            reply = answer if isinstance(answer, list) else [json.dumps(answer).encode("utf-8")]
             with contextlib.suppress(zmq.ZMQError):  # the asker went away
-                cmd.send_multipart([*envelope, reply], flags=zmq.NOBLOCK)
+                cmd.send_multipart([*envelope, *reply], flags=zmq.NOBLOCK)
 
-    def _handle_command(self, body: list[bytes]) -> dict[str, Any]:
-        """One command's reply (never raises)."""
+    def _handle_command(self, body: list[bytes]) -> dict[str, Any] | list[bytes]:
+        """One command's reply (never raises): a JSON object, or the frames of a history reply."""
         try:
             request = _parse_command(body)
         except HubMessageError as exc:
@@ -1079,6 +1421,8 @@ class HubPublisher:
         name = request["command"]
         if name == "ping":
             return {"ok": True, "command": "ping", "hub": self.info().as_dict(), "running": self.engine.running}
+        if name == "history":
+            return self._answer_history()
         token = request.get("token")
         if not isinstance(token, str) or not hmac.compare_digest(token.encode("utf-8"), self.token.encode("utf-8")):
             self.refused_commands += 1
@@ -1086,6 +1430,22 @@ class HubPublisher:
                 logger.warning("hub: refused %r: wrong or missing token (%d refused so far)", name[:20], self.refused_commands)
             return {"ok": False, "error": "refused: wrong or missing token"}
         return self._act(name)
+
+    def _answer_history(self) -> dict[str, Any] | list[bytes]:
+        """A history reply, at most MAX_HISTORY_PER_S a second (then "busy"); never raises."""
+        now = time.monotonic()
+        self._history_times = [t for t in self._history_times if now - t < 1.0]
+        if len(self._history_times) >= MAX_HISTORY_PER_S or not hasattr(self.engine, "window_slices"):
+            self.history_refused += 1
+            return {"ok": False, "error": "busy: too many history requests, ask again in a second"}
+        self._history_times.append(now)
+        try:
+            reply = self._history_reply()
+        except Exception as exc:  # never let a reply stop the publisher
+            logger.error("hub: history reply failed: %s", exc)
+            return {"ok": False, "error": f"history failed: {type(exc).__name__}"}
+        self.history_replies += 1
+        return reply
 
     def _act(self, name: str) -> dict[str, Any]:
         actions: dict[str, Callable[[], None]] = {"reset": self._reset_engine, "stop": self.engine.stop, "start": self.engine.start}
@@ -1129,6 +1489,40 @@ def _parse_command(body: list[bytes]) -> dict[str, Any]:
         msg = 'expected {"command": NAME, "token": TOKEN}'
         raise HubMessageError(msg)
     return request
+
+
+def request_history(url: str, timeout: float = 5.0) -> list[bytes]:
+    """Ask a hub's command endpoint for its history (no token needed); the reply's frames, for :func:`decode_history`.
+
+    A fresh REQ socket, which accepts at most :data:`MAX_MESSAGE_BYTES` (ZeroMQ
+    drops a larger reply: no reply then).
+
+    Raises
+    ------
+    HubCommandError
+        No reply within ``timeout`` seconds, or a refusal (a one-frame JSON reply, e.g. "busy").
+    """
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        sock.connect(url)
+        sock.send(json.dumps({"command": "history"}).encode("utf-8"))
+        if not sock.poll(int(timeout * 1000), zmq.POLLIN):
+            msg = f"no history from the hub's command endpoint {url} within {timeout:g} s"
+            raise HubCommandError(msg)
+        frames = sock.recv_multipart()
+    finally:
+        sock.close(linger=0)
+    if len(frames) == 1:
+        try:
+            reply = json.loads(frames[0].decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            reply = None
+        error = reply.get("error", "no reason given") if isinstance(reply, dict) else "not a history reply"
+        msg = f"the hub {url} gave no history: {str(error)[:200]}"
+        raise HubCommandError(msg)
+    return frames
 
 
 def request_command(url: str, request: Mapping[str, Any], timeout: float = 5.0) -> dict[str, Any]:
@@ -1215,6 +1609,22 @@ class HubLink:
         self.shown_datagram: float | None = None
         self.was_connected = False
         self.restarted = False
+        # The time windows of this hub (built from its first state's window block).
+        self.windows: WindowedAccumulator | None = None
+        self.pixel_tots: PixelTots | None = None
+        self.win_identity: str | None = None
+        self.win_layout: tuple[Any, ...] | None = None
+        self.win_generation: int | None = None
+        self.win_seq: int | None = None  # the last state whose slices are in the windows
+        self.win_now: float | None = None  # the hub's clock at that state: the windows end there
+        self.win_synced = False  # True once a history was applied (and no state lost since)
+        #: History requests answered and applied, failed (no answer, refused), and malformed (refused by the checks).
+        self.histories = 0
+        self.history_failures = 0
+        self.malformed_histories = 0
+        #: Resynchronisations after a gap in the states' sequence.
+        self.window_resyncs = 0
+        self.history_next_try = 0.0
 
     @property
     def refresh_interval(self) -> float | None:
@@ -1248,6 +1658,154 @@ class HubLink:
         return f"tcp://{tcp[0]}:{advertised[1]}"
 
 
+class ViewerWindows:
+    """A viewer's time windows: the read interface of :class:`~astropix_nbmonitor.windows.WindowedAccumulator`.
+
+    Each hub's ring is read at that hub's clock of its last state (the
+    ``now`` arguments are accepted for the interface and not used), and the
+    hubs are summed. Before any state: empty, with the defaults' layout.
+    """
+
+    def __init__(self, engine: HubEngine) -> None:
+        self._engine = engine
+        self._template = WindowedAccumulator(engine.num_rows, engine.num_cols, tot_edges=TOT_EDGES)
+
+    def _parts(self) -> list[tuple[WindowedAccumulator, float]]:
+        return [
+            (link.windows, link.win_now)
+            for link in self._engine.links.values()
+            if link.windows is not None and link.win_now is not None
+        ]
+
+    def _first(self) -> WindowedAccumulator:
+        for link in self._engine.links.values():
+            if link.windows is not None:
+                return link.windows
+        return self._template
+
+    @property
+    def max_seconds(self) -> float:
+        """The longest window (the hub's)."""
+        return self._first().max_seconds
+
+    @property
+    def granularity(self) -> float:
+        """Seconds per slot (the hub's)."""
+        return self._first().granularity
+
+    @property
+    def tot_edges(self) -> np.ndarray:
+        return self._first().tot_edges
+
+    @property
+    def chips_seen(self) -> tuple[int, ...]:
+        """Chip ids with hits in the windows, sorted."""
+        return tuple(sorted({c for w, _ in self._parts() for c in w.chips_seen}))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(w.nbytes for w, _ in self._parts())
+
+    @property
+    def pixel_nbytes(self) -> int:
+        return sum(w.pixel_nbytes for w, _ in self._parts())
+
+    def counts(self, seconds: float, now: float | None = None) -> np.ndarray:
+        """Hit counts ``(NUM_CHIPS, num_cols, num_rows)`` of the last ``seconds``, summed over the hubs."""
+        out = self._template.counts(seconds, 0.0) if not self._parts() else None
+        for windows, hub_now in self._parts():
+            part = windows.counts(seconds, hub_now)
+            out = part if out is None else out + part
+        return out
+
+    def hit_map(self, seconds: float, chip: int | None = None, now: float | None = None) -> bh.Histogram:
+        out = self._template.hit_map(seconds, chip, 0.0)
+        for windows, hub_now in self._parts():
+            out += windows.hit_map(seconds, chip, hub_now)
+        return out
+
+    def tot_hist(self, seconds: float, chip: int | None = None, now: float | None = None) -> bh.Histogram:
+        parts = self._parts()
+        if not parts:
+            return self._template.tot_hist(seconds, chip, 0.0)
+        out = parts[0][0].tot_hist(seconds, chip, parts[0][1])
+        for windows, hub_now in parts[1:]:
+            out += windows.tot_hist(seconds, chip, hub_now)
+        return out
+
+    def pixel_rate(
+        self, column: int, row: int, chip_id: int | None = None, seconds: float = 60.0, now: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One pixel's hits per second in each slot of the last ``seconds`` (times relative to the hub's clock)."""
+        parts = self._parts()
+        if not parts:
+            return self._template.pixel_rate(column, row, chip_id, seconds, 0.0)
+        times, rates = parts[0][0].pixel_rate(column, row, chip_id, seconds, parts[0][1])
+        for windows, hub_now in parts[1:]:
+            rates = rates + windows.pixel_rate(column, row, chip_id, seconds, hub_now)[1]
+        return times, rates
+
+    def masked_tot_counts(
+        self, seconds: float, pixels: Iterable[tuple[int, int, int]], chip: int | None = None, now: float | None = None
+    ) -> tuple[np.ndarray, bool]:
+        pixels = list(pixels)
+        counts, exact = self._template.masked_tot_counts(seconds, [], chip, 0.0)
+        for windows, hub_now in self._parts():
+            part, part_exact = windows.masked_tot_counts(seconds, pixels, chip, hub_now)
+            counts, exact = counts + part, exact and part_exact
+        return counts, exact and all(link.win_synced for link in self._engine.links.values() if link.windows is not None)
+
+    def pixel_tot_hist(
+        self, seconds: float, column: int, row: int, chip_id: int | None = None, now: float | None = None
+    ) -> bh.Histogram:
+        out = self._template.pixel_tot_hist(seconds, column, row, chip_id, 0.0)
+        for windows, hub_now in self._parts():
+            out += windows.pixel_tot_hist(seconds, column, row, chip_id, hub_now)
+        return out
+
+
+class ViewerPixelTots:
+    """A viewer's whole-run per-pixel TOT spectra: the read interface of :class:`~astropix_nbmonitor.windows.PixelTots`, summed over the hubs."""
+
+    def __init__(self, engine: HubEngine) -> None:
+        self._engine = engine
+        self._template = PixelTots(engine.num_rows, engine.num_cols, tot_edges=TOT_EDGES)
+
+    def _parts(self) -> list[PixelTots]:
+        return [link.pixel_tots for link in self._engine.links.values() if link.pixel_tots is not None]
+
+    @property
+    def tot_edges(self) -> np.ndarray:
+        parts = self._parts()
+        return (parts[0] if parts else self._template).tot_edges
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self._parts())
+
+    @property
+    def chips_seen(self) -> tuple[int, ...]:
+        return tuple(sorted({c for p in self._parts() for c in p.chips_seen}))
+
+    def pixel_counts(self, column: int, row: int, chip_id: int | None = None) -> np.ndarray:
+        out = self._template.pixel_counts(column, row, chip_id)
+        for part in self._parts():
+            out = out + part.pixel_counts(column, row, chip_id)
+        return out
+
+    def pixel_tot_hist(self, column: int, row: int, chip_id: int | None = None) -> bh.Histogram:
+        hist = self._template.pixel_tot_hist(0, 0)
+        hist.view(flow=True)[...] = self.pixel_counts(column, row, chip_id)
+        return hist
+
+    def sum_pixels(self, pixels: Iterable[tuple[int, int, int]]) -> np.ndarray:
+        pixels = list(pixels)
+        out = self._template.sum_pixels([])
+        for part in self._parts():
+            out = out + part.sum_pixels(pixels)
+        return out
+
+
 class HubEngine:
     """A viewer's engine: the interface of a ``MonitorEngine``, fed by one or several hubs.
 
@@ -1268,7 +1826,10 @@ class HubEngine:
         ``process(records)``: called with every relayed batch, in order, on
         the refresh thread.
     command_timeout : float
-        Longest wait for a hub's reply to a command (s).
+        Longest wait for a hub's reply to a command (s), or to a history request.
+    pixel_budget_bytes : int
+        Byte budget of each hub's per-second per-pixel TOT counts kept here
+        (:class:`~astropix_nbmonitor.windows.PixelDeltas`).
 
     Notes
     -----
@@ -1281,6 +1842,23 @@ class HubEngine:
     callbacks run there, serialised by one lock (also taken by
     :meth:`refresh` and :meth:`reset`). ``state()`` and the histograms read
     the latest state received, whichever thread asks.
+
+    Time windows. Each state carries the hub's per-second slots completed
+    since the last state plus its newest one (hit map, TOT spectrum and sparse
+    per-pixel TOT counts per chip: :class:`WindowBlock`); the listener thread
+    sets them into this viewer's own :class:`~astropix_nbmonitor.windows.WindowedAccumulator`
+    and :class:`~astropix_nbmonitor.windows.PixelTots` per hub, so that
+    :attr:`windows`, :meth:`hit_map_window`, :meth:`tot_hist_window`,
+    :meth:`pixel_tot_hist` and :meth:`masked_tot_window` answer as the hub's
+    engine does, at the hub's clock of the last state. At the first state of a
+    hub (a late joiner), after a hub restart (new identity: the windows are
+    cleared) and after a gap in the states' ``seq``, it asks the hub for its
+    history (``"history"`` on the command socket, no token: the whole ring
+    and the whole run's per-pixel spectra, checked like every message and
+    bounded by :data:`MAX_HISTORY_ELEMENTS`); a failed or malformed reply is
+    counted (``history_failures``, ``malformed_histories``) and asked again
+    after :attr:`HISTORY_RETRY_S`. A reset of the hub (its windows'
+    generation) clears them too.
 
     Before the first message, :meth:`state` is an empty state (zero
     histograms of the readout class's matrix, zero counters, ``seq`` 0,
@@ -1295,6 +1873,8 @@ class HubEngine:
     POLL_S = 0.1
     #: Events kept in :attr:`events`.
     MAX_EVENTS = 100
+    #: Seconds before a failed history request is tried again.
+    HISTORY_RETRY_S = 2.0
 
     def __init__(
         self,
@@ -1306,6 +1886,7 @@ class HubEngine:
         records: bool = False,
         process: Callable[[list[bytes]], Any] | None = None,
         command_timeout: float = 5.0,
+        pixel_budget_bytes: int = PIXEL_BUDGET_BYTES,
     ) -> None:
         urls = [hubs] if isinstance(hubs, str) else list(hubs)
         if not urls:
@@ -1350,6 +1931,13 @@ class HubEngine:
         self._combinations = 0
         self._dirty = True
         self._empty = self._empty_state()
+        self.pixel_budget_bytes = int(pixel_budget_bytes)
+        #: The wall clock (alarms, trend): a viewer's windows end at each hub's own clock instead.
+        self.clock: Callable[[], float] = time.time
+        #: The time windows, from the hubs' per-second slices (each hub's read at that hub's clock).
+        self.windows = ViewerWindows(self)
+        #: The whole run's per-pixel TOT spectra, from the hubs' history and slices.
+        self.pixel_tots = ViewerPixelTots(self)
 
     @staticmethod
     def _token_for(token: str | Mapping[str, str] | None, url: str) -> str | None:
@@ -1491,7 +2079,9 @@ class HubEngine:
         try:
             topic = frames[0] if frames else b""
             if topic == STATE_TOPIC:
-                self._accept_state(link, decode_state(frames))
+                state = decode_state(frames)
+                if self._accept_state(link, state):
+                    self._accept_windows(link, state)
             elif topic == RECORDS_TOPIC:
                 header, records = decode_records(frames)
                 self._accept_records(link, header, records)
@@ -1520,7 +2110,7 @@ class HubEngine:
                 self._event(f"hub {link.url} restarted (new identity {identity}): reconnected")
             elif link.last_seq is not None and state.seq <= link.last_seq:
                 logger.debug("hub %s: state %d after %d ignored", link.url, state.seq, link.last_seq)
-                return
+                return False
             if link.last_seq is not None and state.seq > link.last_seq + 1:
                 link.missed_updates += state.seq - link.last_seq - 1
             link.identity = identity
@@ -1529,6 +2119,83 @@ class HubEngine:
             link.received_mono = time.monotonic()
             link.states_received += 1
             self._dirty = True
+        return True
+
+    # ------------------------------------------------------------------ time windows (listener thread)
+    def _new_link_windows(self, link: HubLink, block: WindowBlock, identity: str) -> None:
+        """Fresh, empty windows for ``link`` in the hub's layout (processing lock held)."""
+        windows = WindowedAccumulator(
+            block.num_rows, block.num_cols, tot_edges=block.tot_edges, max_seconds=block.max_seconds,
+            granularity=block.granularity,
+        )
+        pixel_tots = PixelTots(block.num_rows, block.num_cols, tot_edges=block.tot_edges)
+        windows.receive_pixels(pixel_tots, self.pixel_budget_bytes)
+        link.windows, link.pixel_tots = windows, pixel_tots
+        link.win_identity, link.win_layout = identity, block.layout
+        link.win_generation, link.win_seq, link.win_now, link.win_synced = block.generation, None, None, False
+        link.history_next_try = 0.0
+
+    def _accept_windows(self, link: HubLink, state: HubState) -> None:
+        """Set a state's slots into the hub's windows; ask for the history when they are not complete."""
+        block = state.windows
+        if block is None:
+            return
+        with self._processing_lock:
+            identity = state.hub.identity
+            if link.windows is None or link.win_identity != identity or link.win_layout != block.layout:
+                self._new_link_windows(link, block, identity)  # a new hub, or a restarted one: start again
+            if link.win_seq is not None and state.seq <= link.win_seq:
+                return  # already in the history applied
+            if block.generation != link.win_generation:
+                link.windows.reset()  # the hub was reset: this state brings its whole (fresh) ring
+                link.pixel_tots.reset()
+                link.win_generation = block.generation
+            if link.win_seq is not None and state.seq > link.win_seq + 1 and link.win_synced:
+                link.win_synced = False  # states were lost: their slots too
+                link.window_resyncs += 1
+            self._load_block(link, block, state.seq)
+            if link.win_synced:
+                return
+        self._fetch_history(link)
+
+    def _load_block(self, link: HubLink, block: WindowBlock, seq: int, *, add_to_totals: bool = True) -> None:
+        link.windows.load(block.slices, add_to_totals=add_to_totals)
+        if block.head is not None:
+            link.windows.advance_to(block.head)
+        link.win_now = block.now
+        link.win_seq = seq
+
+    def _fetch_history(self, link: HubLink) -> None:
+        """Ask the hub for its history and apply it (listener thread; at most every HISTORY_RETRY_S)."""
+        if time.monotonic() < link.history_next_try:
+            return
+        link.history_next_try = time.monotonic() + self.HISTORY_RETRY_S
+        try:
+            history = decode_history(request_history(link.command_url, self.command_timeout))
+        except HubMessageError as exc:
+            link.malformed_histories += 1
+            if _log_limited(link.malformed_histories):
+                logger.warning("malformed history from hub %s (%d so far): %s", link.url, link.malformed_histories, exc)
+            return
+        except (HubCommandError, zmq.ZMQError) as exc:
+            link.history_failures += 1
+            if _log_limited(link.history_failures):
+                logger.warning("no history from hub %s (%d failures so far): %s", link.url, link.history_failures, exc)
+            return
+        block = history.windows
+        with self._processing_lock:
+            if history.hub != link.win_identity or block.layout != link.win_layout:
+                link.history_failures += 1  # the hub restarted in between: its next state starts again
+                return
+            link.windows.reset()
+            link.pixel_tots.reset()
+            for chip, index, count in history.pixel_totals:
+                link.pixel_tots.add_sparse(chip, index, count)
+            self._load_block(link, block, history.seq, add_to_totals=False)
+            link.win_generation = block.generation
+            link.win_synced = True
+            link.histories += 1
+        self._event(f"time windows of hub {link.url}: history of {len(block.slices)} slices received")
 
     def _accept_records(self, link: HubLink, header: dict[str, Any], records: list[bytes]) -> None:
         with self._lock:
@@ -1623,8 +2290,8 @@ class HubEngine:
                     link.shown_datagram = shown
 
     # ------------------------------------------------------------------ data out
-    def state(self) -> HubState:
-        """The latest state (several hubs: their sum, see :func:`combine_states`); empty before any."""
+    def _latest(self) -> HubState:
+        """The latest state (several hubs: their sum); empty before any."""
         with self._lock:
             if not self._dirty and self._combined is not None:
                 return self._combined
@@ -1646,7 +2313,73 @@ class HubEngine:
 
     def status(self) -> Status:
         """Every counter of the hub (several: summed); zeros before the first message."""
-        return self.state().status
+        return self._latest().status
+
+    def state(self, window: float | None = None) -> HubState:
+        """The latest state (several hubs: their sum, see :func:`combine_states`); empty before any.
+
+        ``window`` (seconds): ``hit_map``, ``tot_hist``, ``chip_hit_map`` and
+        ``chip_tot_hist`` are those of the last ``window`` seconds, from this
+        viewer's :attr:`windows` (as ``MonitorEngine.state(window=)``).
+        """
+        base = self._latest()
+        window = float(window or 0.0)
+        if not window:
+            return base
+        with self._processing_lock:
+            maps = base.histograms["chip_hit_map"].copy()
+            tots = base.histograms["chip_tot_hist"].copy()
+            maps.view()[...] = self.windows.counts(window)
+            flow = tots.view(flow=True)
+            flow[...] = 0
+            for chip in self.windows.chips_seen:
+                flow[chip] = self.windows.tot_hist(window, chip).values(flow=True)
+        histograms = {"hit_map": maps[sum, :, :], "tot_hist": tots[sum, :], "chip_hit_map": maps, "chip_tot_hist": tots}
+        state = dataclasses.replace(base, histograms=histograms)
+        object.__setattr__(state, "window", window)  # frozen: set once, here (as MonitorEngine.state)
+        return state
+
+    def hit_map_window(self, seconds: float, chip: int | None = None) -> bh.Histogram:
+        """The hit map (axes column, row) of the last ``seconds`` at the hub's clock, all chips or one chip_id."""
+        with self._processing_lock:
+            return self.windows.hit_map(seconds, chip)
+
+    def tot_hist_window(self, seconds: float, chip: int | None = None) -> bh.Histogram:
+        """The TOT spectrum (us, with under/overflow) of the last ``seconds`` at the hub's clock."""
+        with self._processing_lock:
+            return self.windows.tot_hist(seconds, chip)
+
+    def masked_tot_window(
+        self, seconds: float, pixels: Any, chip: int | None = None, now: float | None = None
+    ) -> tuple[np.ndarray, bool]:
+        """TOT counts of ``(chip_id, column, row)`` pixels in the last ``seconds``, and exact (see ``MonitorEngine``).
+
+        Not exact either while a hub's history has not been received.
+        """
+        with self._processing_lock:
+            return self.windows.masked_tot_counts(seconds, list(pixels), chip)
+
+    def pixel_tot_hist(self, column: int, row: int, chip_id: int | None = None, seconds: float | None = None) -> bh.Histogram:
+        """The TOT spectrum of pixel (column, row): the whole run, or the last ``seconds``."""
+        with self._processing_lock:
+            if seconds:
+                return self.windows.pixel_tot_hist(seconds, column, row, chip_id)
+            return self.pixel_tots.pixel_tot_hist(column, row, chip_id)
+
+    @property
+    def windows_synced(self) -> bool:
+        """True when every hub's history was received and no state was lost since (the windows are complete)."""
+        return all(link.win_synced for link in self.links.values())
+
+    @property
+    def history_failures(self) -> int:
+        """History requests that got no (or a refused) answer, over the hubs."""
+        return sum(link.history_failures for link in self.links.values())
+
+    @property
+    def malformed_histories(self) -> int:
+        """History replies refused by the checks (malformed, over the element budget), over the hubs."""
+        return sum(link.malformed_histories for link in self.links.values())
 
     def hub_statuses(self) -> dict[str, Status]:
         """Each hub's own counters, by URL (zeros before its first message)."""

@@ -185,8 +185,8 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
     #: Seconds between two display refreshes.
     refresh_interval = Float(0.5)
     #: The time window the histogram views show: 0 = the whole run, otherwise
-    #: the last ``window`` seconds (at most the engine's ``max_window``; not
-    #: available on a viewer of a hub).
+    #: the last ``window`` seconds (at most the engine's ``max_window``; on a
+    #: viewer of a hub, the hub's, at the hub's clock of its last state).
     window = Float(0.0)
     #: The latched alarms, oldest first: dicts of name, message, first, last,
     #: count, active, acknowledged (see :mod:`astropix_nbmonitor.alarms`).
@@ -510,8 +510,8 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
 
     @property
     def windows_available(self) -> bool:
-        """True when the engine keeps time windows (False for a viewer of a hub)."""
-        return self.hub is None and hasattr(self.engine, "windows")
+        """True when the engine keeps time windows (a local monitor's, or a viewer's from the hub's slices)."""
+        return hasattr(self.engine, "windows")
 
     def view_state(self) -> EngineState:
         """The state the views draw: the histograms of the chosen :attr:`window` (0: the whole run)."""
