@@ -40,6 +40,7 @@ from astropix_nbmonitor.hub import (  # noqa: E402
     HubMessageError,
     HubPublisher,
     HubState,
+    decode_history,
     decode_records,
     decode_state,
     describe_hub_exposure,
@@ -726,3 +727,215 @@ def test_copy_of_state_frames_is_not_mutated_by_decoding(good_state_frames):
     frames = copy.deepcopy(good_state_frames)
     decode_state(frames)
     assert frames == good_state_frames
+
+
+# --------------------------------------------------------------------------
+# Time windows through a hub (issue 12): slices with every state, history for late joiners
+# --------------------------------------------------------------------------
+
+
+class _FakeClock:
+    """The hub engine's wall clock, moved by the test (the windows' seconds)."""
+
+    def __init__(self, start: float) -> None:
+        self.now = float(start)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clocked_hub():
+    """A running engine with a fake clock, publishing every 0.1 s."""
+    clock = _FakeClock(1_000_000.3)
+    engine = MonitorEngine(port=0, refresh_interval=0.1)
+    engine.clock = clock
+    engine.start()
+    publisher = HubPublisher(engine, "tcp://127.0.0.1:0", refresh_interval=0.1).start()
+    try:
+        yield engine, publisher, clock
+    finally:
+        publisher.stop()
+        engine.stop()
+    assert _hub_threads() == []
+
+
+def _windows_equal(viewer: HubEngine, engine: MonitorEngine, pixels=((8, 4), (12, 27), (3, 3))) -> bool:
+    """The viewer's 10 s and 60 s windows, per-pixel spectra and masked counts equal the hub engine's."""
+    masked = [(0, c, r) for c, r in pixels]
+    for seconds in (10, 60):
+        if viewer.hit_map_window(seconds) != engine.hit_map_window(seconds):
+            return False
+        if viewer.tot_hist_window(seconds) != engine.tot_hist_window(seconds):
+            return False
+        a, b = viewer.masked_tot_window(seconds, masked), engine.masked_tot_window(seconds, masked)
+        if not (np.array_equal(a[0], b[0]) and a[1] and b[1]):
+            return False
+    return all(
+        viewer.pixel_tot_hist(c, r) == engine.pixel_tot_hist(c, r)
+        and viewer.pixel_tot_hist(c, r, 0, seconds=10) == engine.pixel_tot_hist(c, r, 0, seconds=10)
+        for c, r in pixels
+    )
+
+
+def _beam_seconds(engine: MonitorEngine, clock: _FakeClock, seconds: range, center, seed: int, start_id: int) -> int:
+    """One batch of a beam at ``center`` per fake second; returns the next readout id."""
+    for k, _ in enumerate(seconds):
+        run = AstroPix4Simulator(
+            seed=seed + k, beam_center=center, beam_sigma=(1.0, 1.0), beam_fraction=1.0, start_id=start_id
+        ).generate(150)
+        before = engine.num_readouts
+        send_paced(engine.port, run.records)
+        wait_for(lambda: engine.num_readouts == before + 150, what="the hub to process the second")
+        start_id += 150
+        clock.now += 1.0
+    return start_id
+
+
+def test_viewers_windows_equal_the_hubs_from_the_start_and_when_joining_late(clocked_hub):
+    engine, publisher, clock = clocked_hub
+    with _viewer(publisher.publish_url) as early:
+        wait_for(lambda: early.connected, what="the first state")
+        next_id = _beam_seconds(engine, clock, range(12), (4.0, 8.0), seed=40, start_id=0)  # (row, column)
+        _beam_seconds(engine, clock, range(13), (27.0, 12.0), seed=60, start_id=next_id)  # the beam moved
+        clock.now -= 0.5
+        wait_for(lambda: _windows_equal(early, engine), what="the early viewer's windows to equal the hub's")
+        with _viewer(publisher.publish_url) as late:
+            wait_for(lambda: late.windows_synced and _windows_equal(late, engine), what="the late viewer's windows")
+            assert late.links[publisher.publish_url].histories == 1
+            for viewer in (early, late):
+                window = viewer.hit_map_window(10).values()
+                whole = viewer.hit_map().values()
+                assert window[8, 4] == 0 and whole[8, 4] > 0  # the first spot: gone from the window, kept in the run
+                assert window[12, 27] == np.max(window) > 0  # the new spot
+                assert viewer.hit_map_window(60) == engine.hit_map_window(60)
+                assert viewer.windows.pixel_rate(12, 27, 0, 10)[1].sum() == window[12, 27]
+                state = viewer.state(window=10)
+                assert state.window == 10 and np.array_equal(state.hit_map.values(), window)
+                assert viewer.malformed_histories == 0 and viewer.history_failures == 0 and viewer.error_count == 0
+            assert early.links[publisher.publish_url].histories == 1 and early.windows_synced
+    assert publisher.history_replies == 2
+
+
+def test_an_idle_hub_sends_no_slices_and_a_busy_one_only_the_last_seconds(clocked_hub):
+    engine, publisher, clock = clocked_hub
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    try:
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"state")
+        sub.connect(publisher.publish_url)
+        assert sub.poll(20_000)
+        _beam_seconds(engine, clock, range(3), (10.0, 5.0), seed=1, start_id=0)
+        states = []
+        while len(states) < 6:
+            assert sub.poll(20_000), "no state within 20 s"
+            states.append(decode_state(sub.recv_multipart()))
+    finally:
+        sub.close(linger=0)
+    last = states[-1]
+    assert last.windows is not None and last.windows.slices == ()  # idle: the block's numbers only
+    assert last.windows.now == clock.now and last.windows.head == int(clock.now - 1)
+    header = json.loads(encode_state(engine.state(), _info(), 1, windows=last.windows)[1])
+    assert "keys" not in header["windows"] and len(encode_state(engine.state(), _info(), 1, windows=last.windows)) == 2 + 6
+
+
+def test_a_hub_reset_and_a_hub_restart_clear_a_viewers_windows(clocked_hub):
+    engine, publisher, clock = clocked_hub
+    url = publisher.publish_url
+    with _viewer(url, token=publisher.token) as viewer:
+        wait_for(lambda: viewer.connected, what="the first state")
+        _beam_seconds(engine, clock, range(3), (10.0, 5.0), seed=2, start_id=0)
+        wait_for(lambda: viewer.hit_map_window(10).sum() > 0 and _windows_equal(viewer, engine), what="the windows")
+        viewer.command("reset")
+        wait_for(lambda: viewer.hit_map_window(10).sum() == 0 and viewer.pixel_tots.nbytes == 0, what="a cleared window")
+        _beam_seconds(engine, clock, range(2), (20.0, 3.0), seed=3, start_id=0)
+        wait_for(lambda: viewer.hit_map_window(10).sum() > 0 and _windows_equal(viewer, engine), what="windows after the reset")
+        # A restarted hub (a new identity, a new engine on the same endpoint): the viewer starts its windows again.
+        publisher.stop()
+        engine.stop()
+        fresh = MonitorEngine(port=0, refresh_interval=0.1)
+        fresh.clock = clock
+        fresh.start()
+        again = HubPublisher(fresh, url, refresh_interval=0.1).start()
+        try:
+            wait_for(lambda: viewer.hub_restarts == 1 and viewer.windows_synced, what="the viewer to follow the restart")
+            assert viewer.hit_map_window(10).sum() == 0 and viewer.pixel_tots.pixel_counts(5, 10).sum() == 0
+            _beam_seconds(fresh, clock, range(2), (30.0, 1.0), seed=4, start_id=0)
+            wait_for(lambda: _windows_equal(viewer, fresh), what="the restarted hub's windows")
+        finally:
+            again.stop()
+            fresh.stop()
+
+
+def _good_history(engine: MonitorEngine) -> list[bytes]:
+    publisher = HubPublisher(engine, "tcp://127.0.0.1:0")
+    publisher.identity = "abc"
+    return publisher._history_reply()
+
+
+def _history_case(frames: list[bytes], path: tuple, value) -> list[bytes]:
+    header = json.loads(frames[1])
+    node = header
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return [frames[0], json.dumps(header).encode(), *frames[2:]]
+
+
+def test_every_malformed_history_reply_raises_hub_message_error():
+    engine = MonitorEngine(port=0)
+    clock = _FakeClock(2_000_000.5)
+    engine.clock = clock
+    for second in range(3):
+        engine.replay(AstroPix4Simulator(seed=second, start_id=100 * second).generate(100).records, refresh=False)
+        clock.now += 1
+    good = _good_history(engine)
+    history = decode_history(good)
+    assert len(history.windows.slices) == 3 and history.pixel_totals[0][0] == 0
+    assert sum(int(c.sum()) for _, _, c in history.pixel_totals) == engine.pixel_tots.sum_pixels(
+        [(0, c, r) for c in range(16) for r in range(35)]
+    ).sum()
+    header = json.loads(good[1])
+    w, t = header["windows"], header["pixel_totals"]
+    index_frame = w["pixel_index"]["frame"]
+    cases = [
+        [good[0], b"{not json", *good[2:]],
+        _history_case(good, ("ok",), False),
+        _history_case(good, ("windows", "num_rows"), 0),
+        _history_case(good, ("windows", "head"), "x"),
+        _history_case(good, ("windows", "head"), w["head"] - 5),  # slices newer than the head
+        _history_case(good, ("windows", "keys", "dtype"), "<f8"),
+        _history_case(good, ("windows", "maps", "shape"), [3, 559]),
+        _history_case(good, ("windows", "pixel_lengths", "frame"), 999),
+        _history_case(good, ("pixel_totals", "index", "dtype"), "<u4"),
+        _history_case(good, ("pixel_totals", "chips", "shape"), [2]),
+        _history_case(good, ("windows", "granularity"), 0),
+        [*good[:index_frame], np.full(len(good[index_frame]) // 2, 65535, "<u2").tobytes(), *good[index_frame + 1 :]],
+        [*good[:index_frame], good[index_frame][::-1], *good[index_frame + 1 :]],  # not increasing
+        [*good[: t["count"]["frame"]], np.full(len(good[t["count"]["frame"]]) // 8, -1, "<i8").tobytes(),
+         *good[t["count"]["frame"] + 1 :]],  # negative counts
+        [b"state", *good[1:]],
+    ]  # fmt: skip
+    for k, frames in enumerate(cases):
+        with pytest.raises(HubMessageError):
+            decode_history(frames)
+            pytest.fail(f"case {k} was accepted")
+
+
+def test_a_malformed_or_oversized_history_reply_is_counted_and_refused(clocked_hub, monkeypatch):
+    engine, publisher, clock = clocked_hub
+    _beam_seconds(engine, clock, range(2), (10.0, 5.0), seed=5, start_id=0)
+    real = publisher._history_reply
+    replies = iter([
+        [b"history", b"\xff not json"],
+        [b"history", json.dumps({"schema": 1, "kind": "history", "ok": True, "hub": publisher.identity}).encode()],
+    ])  # fmt: skip
+    monkeypatch.setattr(publisher, "_history_reply", lambda: next(replies, None) or real())
+    monkeypatch.setattr(hubmod, "MAX_HISTORY_ELEMENTS", 50)  # the real reply is over this budget
+    with _viewer(publisher.publish_url) as viewer:
+        viewer.HISTORY_RETRY_S = 0.05
+        wait_for(lambda: viewer.malformed_histories >= 3, what="three refused history replies")
+        assert not viewer.windows_synced and viewer.running and viewer.error_count == 0
+        monkeypatch.setattr(hubmod, "MAX_HISTORY_ELEMENTS", 1 << 25)
+        wait_for(lambda: viewer.windows_synced and _windows_equal(viewer, engine), what="the viewer to sync at last")
+    assert publisher.running and publisher.history_replies >= 4
