@@ -482,19 +482,33 @@ def test_several_chips_get_their_own_rates_out_of_matrix_hits_noisy_pixels_and_m
     assert "chip 3" in monitor.pixel_panel.figure.title
 
 
-def test_a_viewer_of_a_hub_has_no_windows_and_says_so():
+def test_a_viewer_of_a_hub_has_the_hubs_windows_and_drill_down():
     pytest.importorskip("zmq")
-    mon = AstroPix4SimpleMonitor(port=0).start(refresh_interval=0.1)
+    mon = AstroPix4SimpleMonitor(port=0)
+    clock = FakeClock()
+    mon.engine.clock = clock
+    mon.start(refresh_interval=0.1)
     publisher = mon.publish("tcp://127.0.0.1:0", refresh_interval=0.1)
     viewer = AstroPix4SimpleMonitor(hub=publisher.publish_url).start(refresh_interval=0.1)
     try:
-        send_paced(mon.port, AstroPix4Simulator(seed=13, noisy_pixels=[(30, 2)], noisy_rate=0.5).generate(2000).records)
-        wait_for(lambda: viewer.num_readouts == 2000, what="the viewer to show the hub's readouts")
-        assert viewer.window_selector.disabled and "hub" in viewer.window_selector.tooltip
-        with pytest.raises(RuntimeError, match="hub"):
-            viewer.hit_map_window(10)
+        _send_and_wait(mon, AstroPix4Simulator(seed=13, noisy_pixels=[(30, 2)], noisy_rate=0.5).generate(2000).records)
+        clock.now += 30.0  # the first run leaves a 10 s window ...
+        _send_and_wait(mon, AstroPix4Simulator(seed=14, start_id=2000).generate(1000).records)
+        wait_for(
+            lambda: viewer.num_readouts == 3000 and viewer.hit_map_window(10) == mon.hit_map_window(10),
+            what="the viewer to show the hub's readouts and window",
+        )
+        assert not viewer.window_selector.disabled
+        assert viewer.hit_map_window(10).sum() == len(decode_batch(AstroPix4Simulator(seed=14, start_id=2000).generate(1000).records))
+        assert viewer.hit_map_window(60) == viewer.hit_map  # ... and stays in a 60 s one
+        assert viewer.tot_hist_window(10) == mon.tot_hist_window(10)
         viewer.refresh()
-        assert [p.pixel for p in viewer.noisy_pixels()] == [(0, 2, 30)]  # from the hub's whole-run map
+        assert [p.pixel for p in viewer.noisy_pixels(0)] == [(0, 2, 30)]  # from the hub's whole-run map
+        assert viewer.noisy_pixels(10) == []  # ... not in the last 10 s
+        wait_for(lambda: viewer.pixel_tot_hist(2, 30) == mon.pixel_tot_hist(2, 30), what="the pixel's spectrum")
+        viewer.selected_pixel = (2, 30)
+        viewer.refresh()
+        assert np.array_equal(viewer.pixel_panel.bars.y, mon.pixel_tot_hist(2, 30).values())
         assert viewer.error_count == 0, viewer.last_error
     finally:
         viewer.close()

@@ -167,3 +167,77 @@ def test_publishing_is_stated_on_the_dashboard_and_stops_with_close():
     finally:
         mon.close()
     assert [t.name for t in threading.enumerate() if t.name in _THREADS] == []
+
+
+class _FakeClock:
+    def __init__(self, start: float) -> None:
+        self.now = float(start)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_viewer_has_the_hubs_windows_noisy_pixels_viewer_masks_drill_down_and_alarms():
+    mon = AstroPix4SimpleMonitor(port=0)
+    clock = _FakeClock(1_000_000.3)
+    mon.engine.clock = clock  # the hub's seconds, moved by the test
+    mon.start(refresh_interval=0.1)
+    publisher = mon.publish("tcp://127.0.0.1:0", refresh_interval=0.1)
+    viewer = AstroPix4SimpleMonitor(hub=publisher.publish_url).start(refresh_interval=0.1)
+    try:
+        wait_for(lambda: viewer.hub_connected, what="the first update")
+        assert not viewer.window_selector.disabled
+        next_id = 0
+        for second in range(20):  # the pixel (column 2, row 30) turns noisy after 8 s
+            noisy = [(30, 2)] if second >= 8 else []
+            run = AstroPix4Simulator(seed=70 + second, noisy_pixels=noisy, noisy_rate=0.3, start_id=next_id).generate(200)
+            before = mon.num_readouts
+            send_paced(mon.port, run.records)
+            wait_for(lambda: mon.num_readouts == before + 200, what="the hub to process the second")
+            next_id += 200
+            clock.now += 1.0
+        hub_window = mon.hit_map_window(10)
+        wait_for(
+            lambda: viewer.engine.windows_synced
+            and viewer.hit_map_window(10) == hub_window
+            and viewer.tot_hist_window(10) == mon.tot_hist_window(10)
+            and viewer.pixel_tot_hist(2, 30) == mon.pixel_tot_hist(2, 30),
+            what="the viewer's windows to equal the hub's",
+        )
+        # The window selector and traitlet: the viewer draws the hub's last 10 s.
+        viewer.window_selector.value = 10.0
+        assert viewer.window == 10
+        viewer.refresh()
+        assert np.array_equal(viewer.heatmap.color, hub_window.values().T)
+        assert "last 10 s" in viewer.figures[0].title
+        # Noisy pixels over the window, and the latched alarm of a new one.
+        assert [p.pixel for p in viewer.noisy_pixels()] == [p.pixel for p in mon.noisy_pixels(10)] == [(0, 2, 30)]
+        wait_for(lambda: any(a["name"] == "noisy" for a in viewer.alarms), what="the viewer's noisy alarm")
+        # A viewer's mask is its own: the window's spectrum leaves the pixel out, the hub keeps its view.
+        viewer.mask_noisy()
+        viewer.refresh()  # a running viewer redraws at its next refresh: this one, now
+        assert viewer.masked_pixels == {(0, 2, 30)} and mon.masked_pixels == set()
+        counts, exact = mon.engine.masked_tot_window(10, [(0, 2, 30)])
+        expected = mon.tot_hist_window(10).values(flow=True) - counts
+        assert exact and counts.sum() == hub_window.values()[2, 30] > 0
+        assert np.array_equal(viewer.tot_bars.y, expected[1:-1])
+        assert "masked pixels out" in viewer.figures[1].title
+        assert np.isnan(np.asarray(viewer.heatmap.color)[30, 2])
+        viewer.refresh()
+        assert viewer.shift_figures.masked_hits == hub_window.values()[2, 30]
+        # The hub's own monitor, given the same mask and window, draws the same spectrum.
+        mon.mask_pixels([(0, 2, 30)])
+        mon.window = 10
+        mon.refresh()
+        assert np.array_equal(mon.tot_bars.y, viewer.tot_bars.y)
+        # Drill-down: a click selects the pixel; its spectrum and its rate over the window are the hub's.
+        viewer.click_pixel(2, 30)
+        viewer.refresh()
+        assert viewer.selected_pixel == (2, 30)
+        panel = viewer.pixel_panel
+        assert np.array_equal(panel.bars.y, mon.pixel_tot_hist(2, 30).values())
+        assert panel.rate_line.y.sum() == hub_window.values()[2, 30]
+        assert viewer.error_count == 0, viewer.last_error
+    finally:
+        viewer.close()
+        mon.close()
