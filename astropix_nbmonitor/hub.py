@@ -22,6 +22,15 @@ their size has been checked against the frame's length.
     publisher's own sequence (1 for its first message after a start); the UHI
     dicts are :func:`boost_histogram.serialization.to_uhi` with every numpy
     array replaced by an *array ref*.
+    A state may also hold ``"windows"``: the time windows' slots completed
+    since the last state and the newest one (see :func:`_encode_window_block`
+    and :class:`WindowBlock`); no slot with no hit, no unchanged newest slot,
+    so an idle hub sends only the block's few numbers.
+``[b"history", header, *arrays]`` (the reply to the ``"history"`` command)
+    ``{"schema": 1, "kind": "history", "ok": true, "hub": identity, "seq",
+    "windows": the whole ring, "pixel_totals": the whole run's per-pixel TOT
+    spectra, sparse}`` (:func:`encode_history`); read with a larger element
+    budget (:data:`MAX_HISTORY_ELEMENTS`) and the same checks.
 ``[b"records", header, lengths, data]``
     ``{"schema": 1, "kind": "records", "hub": identity, "seq", "count"}``;
     ``lengths`` is ``count`` uint32 (little-endian), ``data`` the records
@@ -78,6 +87,7 @@ __all__ = [
     "DEFAULT_PUBLISH",
     "SCHEMA",
     "HubAddressInUseError",
+    "HubBusyError",
     "HubCommandError",
     "HubEngine",
     "HubInfo",
@@ -156,6 +166,10 @@ class HubMessageError(ValueError):
 
 class HubCommandError(RuntimeError):
     """A hub refused a command, or did not answer within the time limit."""
+
+
+class HubBusyError(HubCommandError):
+    """A hub answered "busy" to a history request (too many at once): ask again later."""
 
 
 class HubAddressInUseError(AddressInUseError):
@@ -384,9 +398,12 @@ def _encode_window_block(block: WindowBlock, frames: list[bytes]) -> dict[str, A
 
     ``{generation, head, now, granularity, max_seconds, num_rows, num_cols,
     tot_edges}`` and, when there are slices, the array refs ``keys`` (int64
-    ``(E, 3)``: second, chip, complete), ``maps`` (int32 ``(E, cells)``),
+    ``(E, 3)``: second, chip, complete), ``maps`` (int32 ``(B, cells)``: the hit
+    maps of the B slices without per-pixel counts only; the others' are the
+    sums of their per-pixel counts over the TOT bins),
     ``tots`` (int32 ``(E, bins + 2)``), ``pixel_lengths`` (int64 ``(E,)``, -1:
-    not kept), ``pixel_index`` (uint16/uint32) and ``pixel_count`` (uint32),
+    not kept), ``pixel_index`` (uint16/uint32) and ``pixel_count`` (uint16
+    when every count fits, else uint32),
     the sparse per-pixel counts of every slice one after the other.
     """
     out: dict[str, Any] = {
@@ -405,14 +422,18 @@ def _encode_window_block(block: WindowBlock, frames: list[bytes]) -> dict[str, A
     index_dtype = _index_dtype(block.num_rows, block.num_cols, len(block.tot_edges))
     kept = [sl for sl in slices if sl.pixel_index is not None and sl.pixel_count is not None]
     out["keys"] = _array_ref(np.array([[sl.second, sl.chip, int(sl.complete)] for sl in slices], dtype="<i8"), frames)
-    out["maps"] = _array_ref(np.stack([sl.maps for sl in slices]).astype("<i4"), frames)
+    # A slice's hit map is the sum of its per-pixel TOT counts over the bins: sent only for slices without them.
+    bare = [sl.maps for sl in slices if sl.pixel_index is None or sl.pixel_count is None]
+    cells = block.num_rows * block.num_cols
+    out["maps"] = _array_ref(np.stack(bare).astype("<i4") if bare else np.zeros((0, cells), "<i4"), frames)
     out["tots"] = _array_ref(np.stack([sl.tots for sl in slices]).astype("<i4"), frames)
     lengths = [len(sl.pixel_index) if sl.pixel_index is not None and sl.pixel_count is not None else -1 for sl in slices]
     out["pixel_lengths"] = _array_ref(np.array(lengths, dtype="<i8"), frames)
     index = np.concatenate([sl.pixel_index for sl in kept]) if kept else np.zeros(0)
     count = np.concatenate([sl.pixel_count for sl in kept]) if kept else np.zeros(0)
     out["pixel_index"] = _array_ref(index.astype(index_dtype), frames)
-    out["pixel_count"] = _array_ref(count.astype("<u4"), frames)
+    # Counts of one (pixel, bin) in one second: uint16 when they fit (almost always), else uint32.
+    out["pixel_count"] = _array_ref(count.astype("<u2" if not len(count) or int(count.max()) < 1 << 16 else "<u4"), frames)
     return out
 
 
@@ -781,8 +802,9 @@ def _decode_window_block(block: dict[str, Any], frames: _Frames, where: str) -> 
     lengths = _ref_array(block, "pixel_lengths", frames, where, ("<i8",), 1)
     index_dtype = _index_dtype(num_rows, num_cols, len(edges))
     index = _ref_array(block, "pixel_index", frames, where, (index_dtype,), 1)
-    counts = _ref_array(block, "pixel_count", frames, where, ("<u4",), 1)
-    if keys.shape[1:] != (3,) or maps.shape != (count, cells) or tots.shape != (count, nbins) or lengths.shape != (count,):
+    counts = _ref_array(block, "pixel_count", frames, where, ("<u2", "<u4"), 1).astype("<u4")
+    bare = int(np.count_nonzero(lengths < 0))
+    if keys.shape[1:] != (3,) or maps.shape != (bare, cells) or tots.shape != (count, nbins) or lengths.shape != (count,):
         msg = f"{where}: slice arrays of shapes {keys.shape} {maps.shape} {tots.shape} {lengths.shape} do not match {count} slices"
         raise HubMessageError(msg)
     if (maps < 0).any() or (tots < 0).any():
@@ -803,6 +825,7 @@ def _decode_window_block(block: dict[str, Any], frames: _Frames, where: str) -> 
         raise HubMessageError(msg)
     slices = []
     start = 0
+    bare_rows = iter(maps)
     for k in range(count):
         idx = cnt = None
         if lengths[k] >= 0:
@@ -812,7 +835,13 @@ def _decode_window_block(block: dict[str, Any], frames: _Frames, where: str) -> 
                 msg = f"{where}: the per-pixel indices of a slice are not strictly increasing"
                 raise HubMessageError(msg)
             start = end
-        slices.append(SecondSlice(int(seconds[k]), int(chips[k]), maps[k], tots[k], idx, cnt, bool(complete[k])))
+            hit_map = np.bincount(idx.astype(np.intp) // nbins, weights=cnt, minlength=cells).astype("<i4")
+            if int(cnt.sum(dtype=np.int64)) > int(tots[k].sum(dtype=np.int64)):
+                msg = f"{where}: a slice's per-pixel counts exceed its TOT counts"
+                raise HubMessageError(msg)
+        else:
+            hit_map = next(bare_rows)
+        slices.append(SecondSlice(int(seconds[k]), int(chips[k]), hit_map, tots[k], idx, cnt, bool(complete[k])))
     return dataclasses.replace(out, slices=tuple(slices))
 
 
@@ -1437,7 +1466,7 @@ class HubPublisher:
         self._history_times = [t for t in self._history_times if now - t < 1.0]
         if len(self._history_times) >= MAX_HISTORY_PER_S or not hasattr(self.engine, "window_slices"):
             self.history_refused += 1
-            return {"ok": False, "error": "busy: too many history requests, ask again in a second"}
+            return {"ok": False, "busy": True, "error": "busy: too many history requests, ask again in a second"}
         self._history_times.append(now)
         try:
             reply = self._history_reply()
@@ -1521,6 +1550,8 @@ def request_history(url: str, timeout: float = 5.0) -> list[bytes]:
             reply = None
         error = reply.get("error", "no reason given") if isinstance(reply, dict) else "not a history reply"
         msg = f"the hub {url} gave no history: {str(error)[:200]}"
+        if isinstance(reply, dict) and reply.get("busy") is True:
+            raise HubBusyError(msg)
         raise HubCommandError(msg)
     return frames
 
@@ -2169,9 +2200,14 @@ class HubEngine:
         """Ask the hub for its history and apply it (listener thread; at most every HISTORY_RETRY_S)."""
         if time.monotonic() < link.history_next_try:
             return
-        link.history_next_try = time.monotonic() + self.HISTORY_RETRY_S
+        # Jittered, so that viewers refused together ("busy") do not all ask again together.
+        link.history_next_try = time.monotonic() + self.HISTORY_RETRY_S * (1.0 + secrets.randbelow(1000) / 1000)
         try:
             history = decode_history(request_history(link.command_url, self.command_timeout))
+        except HubBusyError as exc:
+            link.history_failures += 1
+            logger.debug("hub %s is busy, history asked again later: %s", link.url, exc)
+            return
         except HubMessageError as exc:
             link.malformed_histories += 1
             if _log_limited(link.malformed_histories):

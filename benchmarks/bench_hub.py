@@ -18,6 +18,10 @@ Run: ``python benchmarks/bench_hub.py [--quick]``. Prints, side by side in one r
 3. the time of ``encode_state`` and ``decode_state`` of one one-chip state
    with a full rate history (in this process).
 
+The state message sizes are the mean of 10 consecutive states, with the
+part of them that is the time-window block (issue 12: the seconds completed
+since the last state and the newest one, with their sparse per-pixel TOT).
+
 Targets (issue 11): 50 viewers cost the hub < 5% of one core more than none;
 one chip's state message < 100 kB; p99 latency < refresh interval + 100 ms.
 Nothing is asserted: the figures go to benchmarks/README.md.
@@ -144,19 +148,31 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _state_size(url: str) -> tuple[int, int]:
-    """Bytes of one state message and of its JSON header."""
+def _window_bytes(frames: list[bytes]) -> int:
+    """Bytes of a state's time-window block: its JSON and the array frames it refers to."""
+    block = json.loads(frames[1]).get("windows")
+    if block is None:
+        return 0
+    refs = [v["frame"] for v in block.values() if isinstance(v, dict) and "frame" in v]
+    return len(json.dumps(block, separators=(",", ":"))) + sum(len(frames[k]) for k in refs)
+
+
+def _state_size(url: str, count: int = 10) -> tuple[int, int, int]:
+    """Mean bytes of ``count`` consecutive state messages, of their JSON header, and of their time-window part."""
     sub = zmq.Context.instance().socket(zmq.SUB)
+    sizes = []
     try:
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.SUBSCRIBE, b"state")
         sub.connect(url)
-        if not sub.poll(10_000):
-            raise RuntimeError("no state message within 10 s")
-        frames = sub.recv_multipart()
+        while len(sizes) < count:
+            if not sub.poll(10_000):
+                raise RuntimeError("no state message within 10 s")
+            frames = sub.recv_multipart()
+            sizes.append((sum(map(len, frames)), len(frames[1]), _window_bytes(frames)))
     finally:
         sub.close(linger=0)
-    return sum(map(len, frames)), len(frames[1])
+    return tuple(round(statistics.fmean(column)) for column in zip(*sizes))
 
 
 def _start_viewers(url: str, n: int, per_process: int) -> list[subprocess.Popen]:
@@ -196,7 +212,7 @@ def measure_cpu(hub_pid: int, url: str, n: int, window: float, per_process: int)
         wall0, cpu0 = time.monotonic(), _cpu_seconds(hub_pid)
         time.sleep(window)
         wall1, cpu1 = time.monotonic(), _cpu_seconds(hub_pid)
-        size, header = _state_size(url)
+        size, header, windows = _state_size(url)
     finally:
         states, missed = _stop_viewers(procs)
     return {
@@ -204,6 +220,7 @@ def measure_cpu(hub_pid: int, url: str, n: int, window: float, per_process: int)
         "cpu_pct": 100.0 * (cpu1 - cpu0) / (wall1 - wall0),
         "size": size,
         "header": header,
+        "windows": windows,
         "states": states,
         "missed": missed,
     }
@@ -289,12 +306,13 @@ def main() -> None:
 
     print(f"\nhub at refresh {REFRESH_S} s, stream {args.rate:,.0f} readouts/s, {window:.0f} s windows")
     print(f"{'viewers':>8} {'hub CPU % of a core':>20} {'vs 0 viewers':>13} {'state msg bytes':>16} "
-          f"{'(JSON header)':>14} {'states rcvd':>12} {'missed':>7}")  # fmt: skip
+          f"{'(JSON header)':>14} {'(windows)':>10} {'states rcvd':>12} {'missed':>7}")  # fmt: skip
     base = rows[0]["cpu_pct"] if rows and rows[0]["viewers"] == 0 else None
     for row in rows:
         extra = "" if base is None else f"{row['cpu_pct'] - base:+.2f}"
         print(f"{row['viewers']:>8} {row['cpu_pct']:>20.2f} {extra:>13} {row['size']:>16,} "
-              f"{row['header']:>14,} {row['states']:>12,} {row['missed']:>7,}")  # fmt: skip
+              f"{row['header']:>14,} {row['windows']:>10,} {row['states']:>12,} {row['missed']:>7,}")  # fmt: skip
+    print("(state bytes: the mean of 10 consecutive states; windows: their time-window block, JSON and arrays)")
     print(f"\ndatagram at the hub -> hit in a viewer's hit_map ({len(latencies)} marked readouts, random phase):")
     print(f"  p50 {1000 * _percentile(latencies, 50):.0f} ms, p99 {1000 * _percentile(latencies, 99):.0f} ms, "
           f"max {1000 * max(latencies):.0f} ms, mean {1000 * statistics.fmean(latencies):.0f} ms "

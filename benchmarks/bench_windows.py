@@ -11,7 +11,12 @@ one run (the three fills timed in turn on the same batches, best of N):
 2. the time to build windows from a full 600 s ring: the hit map and TOT
    spectrum of the last 600 s and 10 s, ``counts(60)`` followed by
    ``find_noisy``, and ``pixel_rate`` over 600 s, with one and four chips;
-3. the memory of each structure.
+3. the memory of each structure;
+4. the per-pixel deltas of masked windows (``track_pixels``): the cost of one
+   second's rollover (the only per-pixel work: once a second, never per
+   batch) with 1 and 4 chips at 2,000 and 20,000 hits/s, the read of a
+   masked window (``masked_tot_counts``) from a full 600 s ring, and the
+   bytes the ring of deltas takes at those rates.
 """
 
 from __future__ import annotations
@@ -97,6 +102,33 @@ def bench_reads(chips: tuple[int, ...], repeat: int) -> dict[str, float]:
     return {name: _best(fn, repeat) * 1e3 for name, fn in reads.items()}
 
 
+def bench_rollover(chips: tuple[int, ...], hits_per_second: int, seconds: int = 600) -> dict[str, float]:
+    """Median ms of a rollover, ms of masked window reads, and bytes of the deltas, over ``seconds`` s of a run."""
+    win, pix = WindowedAccumulator(NUM_ROWS, NUM_COLS), PixelTots(NUM_ROWS, NUM_COLS)
+    deltas = win.track_pixels(pix)
+    sim = AstroPix4Simulator(seed=3, hits_per_readout=2.0, chip_ids=chips)
+    rolls = []
+    for second in range(seconds):
+        hits = sim.generate(hits_per_second // 2).truth
+        bins = win.tot_bins(hits["tot_us"])
+        win.fill(hits, now=T0 + second + 0.5, tot_bins=bins)
+        pix.fill(hits, tot_bins=bins)
+        start = time.perf_counter()
+        win.advance_to(int(T0) + second + 1)  # the next second's first fill would do this
+        rolls.append(time.perf_counter() - start)
+    now = T0 + seconds - 0.5
+    masked = [(chips[0], 8, 17), (chips[-1], 3, 4)]
+    return {
+        "rollover ms (median)": float(np.median(rolls)) * 1e3,
+        "rollover ms (max)": max(rolls) * 1e3,
+        "masked_tot_counts(10) ms": _best(lambda: win.masked_tot_counts(10, masked, now=now), 20) * 1e3,
+        "masked_tot_counts(600) ms": _best(lambda: win.masked_tot_counts(600, masked, now=now), 5) * 1e3,
+        "deltas bytes": float(deltas.nbytes),
+        "copies bytes": float(deltas.copies_nbytes),
+        "dropped seconds": float(deltas.dropped_seconds),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer hits and repeats")
@@ -120,6 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"   WindowedAccumulator (600 s, 1 s): {win.bytes_per_chip:,} bytes a chip seen "
           f"(32 chips: {32 * win.bytes_per_chip:,})")
     print(f"   PixelTots: {pix.bytes_per_chip:,} bytes a chip seen (32 chips: {32 * pix.bytes_per_chip:,})")
+    seconds = 120 if args.quick else 600
+    print(f"\n4. per-pixel deltas of masked windows ({seconds} s of a run, the clock driven; 32 MiB budget)")
+    print(f"{'chips':>6} {'hits/s':>8} {'rollover ms':>12} {'(max)':>7} {'masked 10 s':>12} {'masked 600 s':>13}"
+          f" {'deltas bytes':>13} {'copies bytes':>13} {'dropped s':>10}")
+    for chips in ((0,), (0, 1, 2, 3)):
+        for rate in (2_000, 20_000):
+            r = bench_rollover(chips, rate, seconds)
+            print(f"{len(chips):>6} {rate:>8,} {r['rollover ms (median)']:>12.3f} {r['rollover ms (max)']:>7.2f}"
+                  f" {r['masked_tot_counts(10) ms']:>12.3f} {r['masked_tot_counts(600) ms']:>13.3f}"
+                  f" {r['deltas bytes']:>13,.0f} {r['copies bytes']:>13,.0f} {r['dropped seconds']:>10,.0f}")
     return 0
 
 

@@ -939,3 +939,31 @@ def test_a_malformed_or_oversized_history_reply_is_counted_and_refused(clocked_h
         monkeypatch.setattr(hubmod, "MAX_HISTORY_ELEMENTS", 1 << 25)
         wait_for(lambda: viewer.windows_synced and _windows_equal(viewer, engine), what="the viewer to sync at last")
     assert publisher.running and publisher.history_replies >= 4
+
+
+def test_a_window_block_round_trips_slices_with_and_without_per_pixel_counts():
+    from astropix_nbmonitor.hub import WindowBlock
+    from astropix_nbmonitor.windows import SecondSlice
+
+    engine = MonitorEngine(port=0)
+    clock = _FakeClock(3_000_000.2)
+    engine.clock = clock
+    for second in range(4):
+        engine.replay(AstroPix4Simulator(seed=9 + second, start_id=50 * second, chip_ids=(0, 2)).generate(50).records, refresh=False)
+        clock.now += 1
+    data = engine.window_slices(None)
+    slices = list(data["slices"])
+    slices[1] = SecondSlice(slices[1].second, slices[1].chip, slices[1].maps, slices[1].tots)  # not kept: the map travels
+    w = engine.windows
+    block = WindowBlock(data["generation"], data["head"], data["now"], w.granularity, w.max_seconds, w.num_rows, w.num_cols,
+                        w.tot_edges, tuple(slices))  # fmt: skip
+    back = decode_state(encode_state(engine.state(), _info(), 1, windows=block)).windows
+    assert back.head == data["head"] and back.now == data["now"] and back.generation == data["generation"]
+    assert len(back.slices) == len(slices) == 8 and {s.chip for s in back.slices} == {0, 2}
+    for sent, got in zip(slices, back.slices):
+        assert (got.second, got.chip, got.complete) == (sent.second, sent.chip, sent.complete)
+        assert np.array_equal(got.maps, sent.maps) and np.array_equal(got.tots, sent.tots)
+        assert (got.pixel_index is None) == (sent.pixel_index is None)
+        if sent.pixel_index is not None:
+            assert np.array_equal(got.pixel_index, sent.pixel_index) and np.array_equal(got.pixel_count, sent.pixel_count)
+    assert not back.slices[-1].complete and back.slices[0].complete
