@@ -2231,6 +2231,7 @@ class HubEngine:
             link.win_generation = block.generation
             link.win_synced = True
             link.histories += 1
+            link.history_next_try = 0.0  # the wait is for failures only
         self._event(f"time windows of hub {link.url}: history of {len(block.slices)} slices received")
 
     def _accept_records(self, link: HubLink, header: dict[str, Any], records: list[bytes]) -> None:

@@ -34,6 +34,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import boost_histogram as bh
 import numpy as np
@@ -241,6 +242,9 @@ class PixelDeltas:
         self.kept_from: int | None = None
         self.dropped_seconds = 0
         self.mismatches = 0
+        # The selected cells' counts of each stored second, for the last selection read
+        # (a mask read at every refresh sums 600 small arrays, not 600 sparse entries).
+        self._caches: dict[Any, dict[int, np.ndarray]] = {}  # selection -> second -> counts (4 selections at most)
 
     # ------------------------------------------------------------------ sizes and state
     @property
@@ -262,6 +266,11 @@ class PixelDeltas:
         self.kept_from = None
         self.dropped_seconds = 0
         self.mismatches = 0
+        self._caches = {}
+
+    def _forget_cached(self, second: int) -> None:
+        for cache in self._caches.values():
+            cache.pop(second, None)
 
     def _entry_bytes(self, idx: np.ndarray, cnt: np.ndarray) -> int:
         return int(idx.nbytes + cnt.nbytes) + _ENTRY_OVERHEAD
@@ -275,6 +284,7 @@ class PixelDeltas:
     def put(self, second: int, chip: int, idx: np.ndarray, cnt: np.ndarray) -> None:
         """Store (or replace) a second of one chip; add it to :attr:`totals`, then keep the budget."""
         second, chip = int(second), int(chip)
+        self._forget_cached(second)
         chips = self._entries.setdefault(second, {})
         old = chips.pop(chip, None)
         if old is not None:
@@ -296,6 +306,7 @@ class PixelDeltas:
         """Drop the oldest seconds (never the newest one) until the entries fit the budget."""
         while self.nbytes > self.budget_bytes and len(self._entries) > 1:
             oldest = min(self._entries)
+            self._forget_cached(oldest)
             for idx, cnt in self._entries.pop(oldest).values():
                 self.nbytes -= self._entry_bytes(idx, cnt)
             self.dropped_seconds += 1
@@ -310,6 +321,7 @@ class PixelDeltas:
     def evict_before(self, second: int) -> None:
         """Forget the seconds before ``second`` (out of every window: not counted as dropped)."""
         for old in [s for s in self._entries if s < second]:
+            self._forget_cached(old)
             for idx, cnt in self._entries.pop(old).values():
                 self.nbytes -= self._entry_bytes(idx, cnt)
         self._mismatched = {s for s in self._mismatched if s >= second}
@@ -397,28 +409,45 @@ class PixelDeltas:
             lut = np.zeros(self.num_cells, dtype=bool)
             lut[np.asarray(cells, dtype=np.intp)] = True
             luts[chip] = lut
+        key = tuple(sorted((-1 if k is None else k, tuple(sorted(set(np.asarray(v).tolist())))) for k, v in cells_by_chip.items()))
+        cache = self._caches.pop(key, None)
+        if cache is None:
+            cache = {}
+            while len(self._caches) >= 4:
+                del self._caches[next(iter(self._caches))]  # the least recently read selection
+        self._caches[key] = cache
         if self.source is not None:
             self.source._lock.acquire()
         try:
             for n in numbers:
-                for chip in self.chips_of(n, head):
-                    lut = luts.get(chip, luts.get(None))
-                    if lut is None:
-                        continue
-                    found = self.entry(n, chip, head)
-                    if found is None:
-                        continue
-                    idx, cnt = found
-                    idx = idx.astype(np.intp)
-                    sel = lut[idx // self.nbins_flow]
-                    if sel.any():
-                        out += np.bincount(idx[sel] % self.nbins_flow, weights=cnt[sel], minlength=self.nbins_flow).astype(
-                            np.int64
-                        )
+                live = self.source is not None and n == head  # the second still filling: never cached
+                cached = None if live else cache.get(n)
+                if cached is None:
+                    cached = self._second_counts(n, head, luts)
+                    if not live and n in self._entries:
+                        cache[n] = cached
+                out += cached
         finally:
             if self.source is not None:
                 self.source._lock.release()
         return out, self.exact(numbers)
+
+    def _second_counts(self, n: int, head: int | None, luts: dict[int | None, np.ndarray]) -> np.ndarray:
+        """The selected cells' TOT counts of second ``n`` (locks held)."""
+        out = np.zeros(self.nbins_flow, dtype=np.int64)
+        for chip in self.chips_of(n, head):
+            lut = luts.get(chip, luts.get(None))
+            if lut is None:
+                continue
+            found = self.entry(n, chip, head)
+            if found is None:
+                continue
+            idx, cnt = found
+            idx = idx.astype(np.intp)
+            sel = lut[idx // self.nbins_flow]
+            if sel.any():
+                out += np.bincount(idx[sel] % self.nbins_flow, weights=cnt[sel], minlength=self.nbins_flow).astype(np.int64)
+        return out
 
 
 def _log_limited(count: int) -> bool:

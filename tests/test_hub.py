@@ -967,3 +967,32 @@ def test_a_window_block_round_trips_slices_with_and_without_per_pixel_counts():
         if sent.pixel_index is not None:
             assert np.array_equal(got.pixel_index, sent.pixel_index) and np.array_equal(got.pixel_count, sent.pixel_count)
     assert not back.slices[-1].complete and back.slices[0].complete
+
+
+def test_a_viewer_that_lost_a_state_asks_for_the_history_again(clocked_hub):
+    engine, publisher, clock = clocked_hub
+    viewer = HubEngine(publisher.publish_url)  # not started: the test hands it the states, and loses one
+    link = viewer.links[publisher.publish_url]
+    sub = zmq.Context.instance().socket(zmq.SUB)
+
+    def next_state() -> list[bytes]:
+        assert sub.poll(20_000), "no state within 20 s"
+        return sub.recv_multipart()
+
+    try:
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"state")
+        sub.connect(publisher.publish_url)
+        viewer._handle(link, next_state())
+        assert link.histories == 1 and viewer.windows_synced
+        _beam_seconds(engine, clock, range(3), (10.0, 5.0), seed=6, start_id=0)
+        while not decode_state(lost := next_state()).windows.slices:
+            viewer._handle(link, lost)
+        assert not _windows_equal(viewer, engine)  # the lost state had slots the viewer does not have
+        viewer._handle(link, next_state())  # the next one shows the gap: the history is asked again
+        assert link.window_resyncs == 1 and link.histories == 2 and viewer.windows_synced
+        assert _windows_equal(viewer, engine)
+        assert viewer.missed_updates >= 1
+    finally:
+        sub.close(linger=0)
+        viewer.close()

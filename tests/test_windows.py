@@ -373,3 +373,29 @@ def test_a_reset_clears_the_per_pixel_deltas_and_counts_a_generation():
     assert win.pixels.nbytes == 0 and win.generation == 1
     _fill_both(win, pix, _hits([1], [2]), T0 + 10)
     assert win.masked_tot_counts(10, [(0, 1, 2)], now=T0 + 10)[0].sum() == 1
+
+
+def test_loaded_slices_replace_their_second_in_windows_reads_and_whole_run_spectra():
+    """A viewer's ring: a second loaded again (the hub's newest, still filling) replaces what it held."""
+    from astropix_nbmonitor.windows import SecondSlice
+
+    hub_win, hub_pix = _tracked()
+    viewer, viewer_pix = WindowedAccumulator(NUM_ROWS, NUM_COLS), PixelTots(NUM_ROWS, NUM_COLS)
+    viewer.receive_pixels(viewer_pix)
+    k, c, r = NOISY
+    masked = [NOISY]
+    for step in range(6):  # three batches in each of two seconds; the viewer loads after each batch
+        second = step // 3
+        _fill_both(hub_win, hub_pix, _hits([c, 1], [r, 2], [NOISY_TOT, 50.0 + step], [k, 0]), T0 + second)
+        after = None if step == 0 else int(np.floor(T0)) + second - 2
+        viewer.load(hub_win.export(after))
+        now = T0 + second + 0.25
+        for length in (1, 10):
+            assert np.array_equal(
+                viewer.masked_tot_counts(length, masked, now=now)[0], hub_win.masked_tot_counts(length, masked, now=now)[0]
+            )
+            assert viewer.tot_hist(length, now=now) == hub_win.tot_hist(length, now=now)
+        assert np.array_equal(viewer_pix.pixel_counts(c, r, k), hub_pix.pixel_counts(c, r, k))
+        assert np.array_equal(viewer_pix.pixel_counts(1, 2, 0), hub_pix.pixel_counts(1, 2, 0))
+    assert viewer.masked_tot_counts(10, masked, now=T0 + 1.25)[0].sum() == 6
+    assert isinstance(hub_win.export()[0], SecondSlice)
