@@ -776,8 +776,8 @@ def _decode_window_block(block: dict[str, Any], frames: _Frames, where: str) -> 
     """A window block, every field, shape and index checked (the reverse of :func:`_encode_window_block`)."""
     generation = _int_field(block, "generation", where, 0, 1 << 62)
     head = block.get("head")
-    if head is not None and not _is_int(head):
-        msg = f"{where}: 'head' must be an integer or null, got {head!r}"
+    if head is not None and not (_is_int(head) and abs(head) < 1 << 62):
+        msg = f"{where}: 'head' must be an integer (below 2**62) or null, got {head!r}"
         raise HubMessageError(msg)
     now = _number(block, "now", where)
     granularity = _number(block, "granularity", where)
@@ -2112,7 +2112,10 @@ class HubEngine:
             if topic == STATE_TOPIC:
                 state = decode_state(frames)
                 if self._accept_state(link, state):
-                    self._accept_windows(link, state)
+                    try:
+                        self._accept_windows(link, state)
+                    except Exception as exc:  # a state that passed the checks but not the windows: counted, never fatal
+                        self.note_error(exc)
             elif topic == RECORDS_TOPIC:
                 header, records = decode_records(frames)
                 self._accept_records(link, header, records)
