@@ -81,6 +81,7 @@ from .fmt import AbstractAstroPixReadout, AstroPix4Readout, decoder_for
 from .hist import TOT_EDGES, HitAccumulator
 from .sock import AddressInUseError
 from .status import STATUS_TABLE, Status
+from .trend import RateTrend
 from .windows import PIXEL_BUDGET_BYTES, PixelTots, SecondSlice, WindowedAccumulator
 
 __all__ = [
@@ -437,13 +438,21 @@ def _encode_window_block(block: WindowBlock, frames: list[bytes]) -> dict[str, A
     return out
 
 
-def encode_history(block: WindowBlock, totals: Sequence[tuple[int, np.ndarray, np.ndarray]], hub_identity: str, seq: int) -> list[bytes]:
+def encode_history(
+    block: WindowBlock,
+    totals: Sequence[tuple[int, np.ndarray, np.ndarray]],
+    hub_identity: str,
+    seq: int,
+    trend: np.ndarray | None = None,
+) -> list[bytes]:
     """A history reply: ``[b"history", header, *arrays]`` (the command socket's answer to ``"history"``).
 
     The header: ``{"schema", "kind": "history", "ok": true, "hub": identity,
     "seq": the last state published before it, "windows": the whole ring
     (a window block), "pixel_totals": {"chips", "lengths", "index", "count"}}``:
-    the whole run's per-pixel TOT spectra, sparse (int64 counts).
+    the whole run's per-pixel TOT spectra, sparse (int64 counts), and
+    ``"trend"``: the whole run's rate trend, float64 ``(3, n)`` (time,
+    readouts/s, hits/s: the points of the hub's ``RateTrend``).
     """
     frames: list[bytes] = []
     windows = _encode_window_block(block, frames)
@@ -466,6 +475,8 @@ def encode_history(block: WindowBlock, totals: Sequence[tuple[int, np.ndarray, n
             "count": _array_ref(count.astype("<i8"), frames),
         },
     }
+    if trend is not None:
+        header["trend"] = _array_ref(np.asarray(trend, dtype="<f8").reshape(3, -1), frames)
     return [HISTORY_TOPIC, json.dumps(header, separators=(",", ":")).encode("utf-8"), *frames]
 
 
@@ -853,6 +864,7 @@ class HubHistory:
     seq: int
     windows: WindowBlock
     pixel_totals: tuple[tuple[int, np.ndarray, np.ndarray], ...]
+    trend: np.ndarray | None = None
 
 
 def decode_history(frames: Sequence[Any]) -> HubHistory:
@@ -894,7 +906,13 @@ def decode_history(frames: Sequence[Any]) -> HubHistory:
             raise HubMessageError(msg)
         totals.append((int(chip), idx, counts[start : start + n]))
         start += n
-    return HubHistory(identity, seq, windows, tuple(totals))
+    trend = None
+    if "trend" in header:
+        trend = _ref_array(header, "trend", raw, "history", ("<f8",), 2)
+        if trend.shape[0] != 3 or trend.shape[1] > 1 << 16 or not np.all(np.isfinite(trend)):
+            msg = f"history trend must be (3, n <= 65536) finite float64, got {trend.shape}"
+            raise HubMessageError(msg)
+    return HubHistory(identity, seq, windows, tuple(totals), trend)
 
 
 def decode_records(frames: Sequence[Any]) -> tuple[dict[str, Any], list[bytes]]:
@@ -1412,7 +1430,14 @@ class HubPublisher:
     def _history_reply(self) -> list[bytes]:
         """The whole ring and the whole run's per-pixel spectra, for a viewer that joins or lost states."""
         data = self.engine.window_slices(None, totals=True)
-        return encode_history(self._block(data, data["slices"]), data["pixel_totals"], self.identity or "", self._seq)
+        trend = getattr(self.engine, "trend", None)
+        points = None
+        if trend is not None:
+            with self.engine._processing_lock:
+                arrays = trend.arrays()
+            points = np.vstack([arrays.t, arrays.readout_rate, arrays.hit_rate])
+        block = self._block(data, data["slices"])
+        return encode_history(block, data["pixel_totals"], self.identity or "", self._seq, points)
 
     def _relay_records(self, pub: zmq.Socket, most: int = 200) -> None:
         identity = self.identity or ""
@@ -1656,6 +1681,9 @@ class HubLink:
         #: Resynchronisations after a gap in the states' sequence.
         self.window_resyncs = 0
         self.history_next_try = 0.0
+        #: The hub's whole-run rates: its trend's points from the history, then one point per state.
+        self.trend = RateTrend(MonitorEngine.TREND_POINTS)
+        self.trend_last: float | None = None
 
     @property
     def refresh_interval(self) -> float | None:
@@ -2173,9 +2201,15 @@ class HubEngine:
         """Set a state's slots into the hub's windows; ask for the history when they are not complete."""
         block = state.windows
         if block is None:
+            with self._processing_lock:
+                self._add_trend_point(link, state)
             return
         with self._processing_lock:
             identity = state.hub.identity
+            if link.win_identity is not None and (link.win_identity != identity or block.generation != link.win_generation):
+                link.trend.clear()  # a restarted or reset hub: a new run
+                link.trend_last = None
+            self._add_trend_point(link, state)
             if link.windows is None or link.win_identity != identity or link.win_layout != block.layout:
                 self._new_link_windows(link, block, identity)  # a new hub, or a restarted one: start again
             if link.win_seq is not None and state.seq <= link.win_seq:
@@ -2191,6 +2225,17 @@ class HubEngine:
             if link.win_synced:
                 return
         self._fetch_history(link)
+
+    @staticmethod
+    def _add_trend_point(link: HubLink, state: HubState) -> None:
+        """One point of the hub's rates per state while it runs, after those of the history (processing lock held)."""
+        when = float(state.windows.now if state.windows is not None else state.time)  # the hub engine's clock
+        if not state.running or (link.trend_last is not None and when <= link.trend_last):
+            return
+        readout_rate = float(state.status.get("readout_rate", 0.0) or 0.0)
+        hit_rate = float(state.status.get("hit_rate", 0.0) or 0.0)
+        link.trend.add(when, readout_rate, hit_rate)
+        link.trend_last = when
 
     def _load_block(self, link: HubLink, block: WindowBlock, seq: int, *, add_to_totals: bool = True) -> None:
         link.windows.load(block.slices, add_to_totals=add_to_totals)
@@ -2231,6 +2276,17 @@ class HubEngine:
             for chip, index, count in history.pixel_totals:
                 link.pixel_tots.add_sparse(chip, index, count)
             self._load_block(link, block, history.seq, add_to_totals=False)
+            if history.trend is not None:
+                newer = link.trend.arrays()  # points of states received meanwhile, after the history's
+                link.trend.clear()
+                for t, r, h in history.trend.T:
+                    link.trend.add(float(t), float(r), float(h))
+                last = float(history.trend[0, -1]) if history.trend.shape[1] else None
+                for t, r, h in zip(newer.t, newer.readout_rate, newer.hit_rate):
+                    if last is None or t > last:
+                        link.trend.add(float(t), float(r), float(h))
+                        last = float(t)
+                link.trend_last = last
             link.win_generation = block.generation
             link.win_synced = True
             link.histories += 1
@@ -2405,6 +2461,11 @@ class HubEngine:
             if seconds:
                 return self.windows.pixel_tot_hist(seconds, column, row, chip_id)
             return self.pixel_tots.pixel_tot_hist(column, row, chip_id)
+
+    @property
+    def trend(self) -> RateTrend:
+        """The (first) hub's whole-run rates, downsampled (``RateTrend``): its trend's points from the history, then one per state."""
+        return self.links[self.hubs[0]].trend
 
     @property
     def windows_synced(self) -> bool:

@@ -241,3 +241,44 @@ def test_a_viewer_has_the_hubs_windows_noisy_pixels_viewer_masks_drill_down_and_
     finally:
         viewer.close()
         mon.close()
+
+
+def test_a_viewer_shows_the_hubs_whole_run_rates_also_when_it_joins_late():
+    from astropix_nbmonitor.hub import HubEngine
+    from astropix_nbmonitor.monitor import RatePanel
+
+    mon = AstroPix4SimpleMonitor(port=0)
+    clock = _FakeClock(2_000_000.0)
+    mon.engine.clock = clock
+    mon.start(refresh_interval=0.1)
+    publisher = mon.publish("tcp://127.0.0.1:0", refresh_interval=0.1)
+    try:
+        for second in range(5):
+            run = AstroPix4Simulator(seed=90 + second, start_id=300 * second).generate(300)
+            before = mon.num_readouts
+            send_paced(mon.port, run.records)
+            wait_for(lambda: mon.num_readouts == before + 300, what="the hub to process the second")
+            clock.now += 1.0
+            wait_for(lambda: mon.engine.trend.num_added >= second + 1, what="a trend point")  # noqa: B023
+        hub_first = float(mon.engine.trend.arrays().t[0])
+        late = HubEngine(publisher.publish_url, refresh_interval=0.1).start()
+        try:
+            wait_for(lambda: late.windows_synced and len(late.trend), what="the late viewer's history")
+            arrays = late.trend.arrays()
+            assert arrays.t[0] == hub_first  # the hub's points from before the viewer attached
+            assert np.all(np.diff(arrays.t) > 0) and arrays.hit_rate.max() > 0
+        finally:
+            late.close()
+        viewer = AstroPix4SimpleMonitor(hub=publisher.publish_url).start(refresh_interval=0.1)
+        try:
+            wait_for(lambda: viewer.engine.windows_synced and len(viewer.engine.trend) > 0, what="the viewer's trend")
+            panel = viewer.panel(RatePanel)
+            assert not panel.span_toggle.disabled
+            panel.span_toggle.value = "whole run"
+            viewer.refresh()
+            assert viewer.figures[2].title == "Rates: whole run"
+            assert 0 < len(viewer.rate_lines.x) <= len(viewer.engine.trend)
+        finally:
+            viewer.close()
+    finally:
+        mon.close()
