@@ -152,6 +152,17 @@ def test_a_viewer_of_two_hubs_shows_their_sum_and_each_hubs_counters():
         shown = viewer.dashboard.value
         assert pub1.publish_url in shown and pub2.publish_url in shown
         assert shown.count("apx-hub-status") == 2
+        # The time windows are summed too, each hub's ring read at that hub's clock.
+        wait_for(
+            lambda: viewer.engine.windows_synced
+            and viewer.hit_map_window(600) == first.hit_map_window(600) + second.hit_map_window(600)
+            and np.array_equal(
+                viewer.pixel_tot_hist(3, 7).values(flow=True),
+                first.pixel_tot_hist(3, 7).values(flow=True) + second.pixel_tot_hist(3, 7).values(flow=True),
+            ),
+            what="the sum of both hubs' windows and pixel spectra",
+        )
+        assert viewer.hit_map_window(600).sum() == total.sum()
     finally:
         viewer.close()
         first.close()
