@@ -102,9 +102,12 @@ def test_memory_stays_bounded_over_two_hours_of_windowed_run():
         engine.accumulate(hits)
         engine.refresh(1.0, paced=True)
         if second in (700, 7199):
-            sizes.append((engine.windows.nbytes, engine.pixel_tots.nbytes, len(engine.trend)))
+            sizes.append((engine.windows.nbytes, engine.pixel_tots.nbytes, len(engine.trend), engine.windows.pixel_nbytes))
     engine.close()
     assert sizes[0][:2] == sizes[1][:2]  # the ring and the spectra do not grow
+    deltas = engine.windows.pixels  # the per-second per-pixel TOT of masked windows: a ring too
+    assert sizes[0][3] == sizes[1][3] <= deltas.budget_bytes + 2 * engine.pixel_tots.bytes_per_chip
+    assert len(deltas.seconds) == 599 and deltas.dropped_seconds == 0 and deltas.mismatches == 0
     assert sizes[0][0] == 2 * engine.windows.bytes_per_chip
     assert len(engine.trend) <= engine.TREND_POINTS
     assert engine.trend.num_added == 7200
