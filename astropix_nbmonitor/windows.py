@@ -245,6 +245,7 @@ class PixelDeltas:
         # The selected cells' counts of each stored second, for the last selection read
         # (a mask read at every refresh sums 600 small arrays, not 600 sparse entries).
         self._caches: dict[Any, dict[int, np.ndarray]] = {}  # selection -> second -> counts (4 selections at most)
+        self.rolled_head: int | None = None  # the ring's newest slot at the last roll (source mode)
 
     # ------------------------------------------------------------------ sizes and state
     @property
@@ -267,6 +268,7 @@ class PixelDeltas:
         self.dropped_seconds = 0
         self.mismatches = 0
         self._caches = {}
+        self.rolled_head = None
 
     def _forget_cached(self, second: int) -> None:
         for cache in self._caches.values():
@@ -333,16 +335,18 @@ class PixelDeltas:
             logger.warning("per-pixel TOT of second %d is inexact: %s (%d so far)", second, why, self.mismatches)
 
     # ------------------------------------------------------------------ the source (an engine's PixelTots)
-    def roll(self, head: int | None, maps_rows: dict[int, np.ndarray]) -> None:
+    def roll(self, head: int | None, maps_rows: dict[int, np.ndarray], new_head: int | None = None) -> None:
         """The newest slot ``head`` ended: store the source's change since the last roll (window lock held).
 
         ``maps_rows``: the ring's hit counts of ``head``, per chip, to check
         the per-pixel counts against. ``head`` None (the ring's first fill):
-        only the copies are taken.
+        only the copies are taken. ``new_head``: the slot now filling (what
+        the partial counts belong to; :meth:`in_step` checks it).
         """
         src = self.source
         if src is None:
             return
+        self.rolled_head = new_head
         with src._lock:
             for chip, arr in src._spectra.items():
                 flat = arr.reshape(-1)
@@ -385,6 +389,15 @@ class PixelDeltas:
         if self.source is not None and second == head:
             return list(self.source._spectra)
         return list(self._entries.get(int(second), {}))
+
+    def in_step(self, head: int | None) -> bool:
+        """Whether the last roll was at the ring's newest slot ``head`` (source mode; always True otherwise).
+
+        False means the ring moved without a roll (a fill path that does not
+        go through ``WindowedAccumulator._advance``): the partial second
+        would hold several seconds, so windows are reported inexact.
+        """
+        return self.source is None or head is None or self.rolled_head == head
 
     def exact(self, numbers: Iterable[int]) -> bool:
         """Whether every second of ``numbers`` is fully kept (none dropped, none mismatched)."""
@@ -612,7 +625,7 @@ class WindowedAccumulator:
         pixels = self._pixels
         if pixels is not None:
             rows = {} if head is None else {chip: ring.maps[head % self.num_slots] for chip, ring in self._rings.items()}
-            pixels.roll(head, rows)
+            pixels.roll(head, rows, number)
         if head is None or number - head >= self.num_slots:
             for ring in self._rings.values():
                 ring.clear(slice(None))
@@ -650,7 +663,7 @@ class WindowedAccumulator:
             pixels = PixelDeltas(self.num_cols * self.num_rows, self._binner.nbins_flow, budget_bytes)
             pixels.source = pixel_tots
             if self._head is not None:
-                pixels.roll(None, {})  # from now on: the head is counted from here
+                pixels.roll(None, {}, self._head)  # from now on: the head is counted from here
             self._pixels = pixels
             return pixels
 
@@ -748,7 +761,11 @@ class WindowedAccumulator:
                 return np.zeros(self._binner.nbins_flow, dtype=np.int64), True
             if self._pixels is None:
                 return np.zeros(self._binner.nbins_flow, dtype=np.int64), False
-            return self._pixels.window_counts(numbers, self._head, cells)
+            counts, exact = self._pixels.window_counts(numbers, self._head, cells)
+            if not self._pixels.in_step(self._head):
+                self._pixels._note_mismatch(self._head, "the ring moved on without a rollover of the per-pixel counts")
+                exact = False
+            return counts, exact
 
     # ------------------------------------------------------------------ slices (a hub and its viewers)
     def export(self, after: int | None = None) -> list[SecondSlice]:
@@ -777,7 +794,7 @@ class WindowedAccumulator:
                         if not tots.any():
                             continue
                         idx = cnt = None
-                        if pixels is not None and pixels.exact([n]):
+                        if pixels is not None and pixels.exact([n]) and pixels.in_step(head):
                             found = pixels.entry(n, chip, head)
                             idx, cnt = found if found is not None else (
                                 np.zeros(0, pixels.index_dtype), np.zeros(0, "<u4"))

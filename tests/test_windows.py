@@ -399,3 +399,14 @@ def test_loaded_slices_replace_their_second_in_windows_reads_and_whole_run_spect
         assert np.array_equal(viewer_pix.pixel_counts(1, 2, 0), hub_pix.pixel_counts(1, 2, 0))
     assert viewer.masked_tot_counts(10, masked, now=T0 + 1.25)[0].sum() == 6
     assert isinstance(hub_win.export()[0], SecondSlice)
+
+
+def test_a_ring_moved_without_its_rollover_is_reported_inexact():
+    """A fill path that moves the newest slot without WindowedAccumulator._advance is caught, not trusted."""
+    win, pix = _tracked()
+    _fill_both(win, pix, _hits([1], [3]), T0)
+    assert win.masked_tot_counts(10, [(0, 1, 3)], now=T0)[1] is True
+    win._head += 1  # what such a fill path would leave: the ring moved, the per-pixel counts did not roll
+    counts, exact = win.masked_tot_counts(10, [(0, 1, 3)], now=T0 + 1)
+    assert exact is False and win.pixels.mismatches >= 1
+    assert all(sl.pixel_index is None for sl in win.export())  # a hub sends no per-pixel counts it cannot vouch for
