@@ -293,3 +293,20 @@ def test_a_viewer_shows_the_hubs_whole_run_rates_also_when_it_joins_late():
             viewer.close()
     finally:
         mon.close()
+
+
+def test_a_viewer_without_the_hubs_history_says_its_windows_are_incomplete(hub, monkeypatch):
+    mon, publisher, _ = hub
+    monkeypatch.setattr(publisher, "_history_reply", lambda: [b"history", b"{not json"])
+    viewer = AstroPix4SimpleMonitor(hub=publisher.publish_url).start(refresh_interval=0.1)
+    try:
+        wait_for(lambda: viewer.engine.malformed_histories >= 1, what="a refused history")
+        viewer.refresh()
+        assert "apx-windows-warning" in viewer.dashboard.value and "refused as malformed" in viewer.dashboard.value
+        monkeypatch.undo()  # the hub answers again: the viewer asks 2 to 4 s later and the warning goes
+        wait_for(lambda: viewer.engine.windows_synced, timeout=30, what="the history at last")
+        viewer.refresh()
+        assert "apx-windows-warning" not in viewer.dashboard.value
+        assert viewer.hit_map_window(600) == mon.hit_map_window(600)
+    finally:
+        viewer.close()

@@ -13,6 +13,7 @@ bqplot figures, usually filled by :mod:`.panels`.
 
 from __future__ import annotations
 
+import html
 import logging
 import threading
 from abc import ABCMeta, abstractmethod
@@ -732,7 +733,7 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
             last_error=self.engine.last_error,
         )
         if self.hub is not None:
-            lines = board.viewer_html(self.engine) + lines
+            lines = board.viewer_html(self.engine) + self._viewer_windows_html() + lines
         lines = board.alarms_html(self.alarms) + lines + board.shift_html(
             self.shift_figures, self.masked_pixels, getattr(self, "shown_chip", None)
         )
@@ -741,6 +742,18 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
         if self.reference is not None:
             lines += self._reference_html()
         return lines + board.messages_html(self._messages)
+
+    def _viewer_windows_html(self) -> str:
+        """A viewer whose time windows are not complete yet (no history from the hub): one warning line, else ``""``."""
+        engine = self.engine
+        if getattr(engine, "windows_synced", True) or not engine.connected:
+            return ""
+        text = (
+            "time windows incomplete: the hub's history has not arrived "
+            f"({engine.history_failures} unanswered, {engine.malformed_histories} refused as malformed); "
+            "windows hold only the seconds received since"
+        )
+        return f'<div class="apx-windows-warning" style="color:#c0392b">&#9888; {html.escape(text)}</div>'
 
     def _render_dashboard(self, status: Status | None = None) -> None:
         text = self._dashboard_html(status)
