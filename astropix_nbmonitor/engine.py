@@ -27,11 +27,12 @@ locks of their own.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import boost_histogram as bh
@@ -39,7 +40,7 @@ import numpy as np
 
 from .astropix4.layout import NUM_COLS, NUM_ROWS
 from .fmt import AbstractAstroPixReadout, AstroPix4Readout, decoder_for
-from .hist import TOT_EDGES, HitAccumulator, RateHistory, hits_as_array
+from .hist import FILL_DTYPE, TOT_EDGES, HitAccumulator, RateHistory, bin_hits, hits_as_array
 from .listener import Listener
 from .sock import DEFAULT_PORT, LOCAL_HOST
 from .status import Status, StatusSources
@@ -127,6 +128,21 @@ class EngineState:
     def tot_edges(self) -> np.ndarray:
         """The TOT bin edges, in us."""
         return np.asarray(self.histograms["tot_hist"].axes[0].edges)
+
+
+def _concatenated(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Hit arrays joined into as few as possible (one per dtype; the fields the accumulators read)."""
+    if len(arrays) <= 1:
+        return arrays
+    if all(a.dtype == arrays[0].dtype for a in arrays):
+        return [np.concatenate(arrays)]
+    out = np.empty(sum(len(a) for a in arrays), dtype=FILL_DTYPE)
+    at = 0
+    for a in arrays:
+        for name in FILL_DTYPE.names:
+            out[name][at : at + len(a)] = a[name]
+        at += len(a)
+    return [out]
 
 
 class MonitorEngine:
@@ -234,6 +250,10 @@ class MonitorEngine:
         self._errors = 0
         self._last_error = ""
         self._seq = 0
+        #: Turns of the processing loop since creation (it sleeps while idle:
+        #: about two a refresh then, one more a burst of records).
+        self.process_wakeups = 0
+        self._pending: list[tuple[Any, float | None]] | None = None  # see collecting()
 
     # ------------------------------------------------------------------ identity
     @property
@@ -340,6 +360,7 @@ class MonitorEngine:
             if self._listen_thread is not None and self._listen_thread is not current:
                 self._listen_thread.join(timeout)
             self._stop_event.set()
+            self.listener.wake()  # a processing thread waiting for records returns at once
             if self._process_thread is not None and self._process_thread is not current:
                 self._process_thread.join(self.STOP_GRACE_S + timeout)
             self.listener.stop()
@@ -424,16 +445,65 @@ class MonitorEngine:
         """Fill the histograms with hits: a ``HIT_DTYPE`` array or hit objects.
 
         The cumulative histograms, the time windows (at ``now``, default
-        :attr:`clock`) and the per-pixel TOT spectra get the same hits.
+        :attr:`clock`) and the per-pixel TOT spectra get the same hits: the
+        batch's cells and TOT bins are computed once for all three.
+
+        Inside :meth:`collecting` (the per-readout path of a monitor's
+        ``process_batch``), the hits are kept and filled together when the
+        batch ends, with the clock read once for the batch as the batch path
+        does.
         """
+        pending = self._pending
+        if pending is not None:
+            pending.append((hits, now))
+            return
         if not isinstance(hits, np.ndarray):
             hits = hits_as_array(list(hits))
         if len(hits) == 0:
             return
-        self.accumulator.fill(hits)
-        bins = self.windows.tot_bins(hits["tot_us"])  # the same edges: binned once for both
-        self.windows.fill(hits, self.clock() if now is None else now, tot_bins=bins)
-        self.pixel_tots.fill(hits, tot_bins=bins)
+        binned = bin_hits(hits, self.num_rows, self.num_cols, self.windows.tot_bins)
+        self.accumulator.fill_binned(binned)
+        self.windows._fill_binned(binned, self.clock() if now is None else now)
+        self.pixel_tots._fill_binned(binned)
+
+    @contextlib.contextmanager
+    def collecting(self) -> Iterator[None]:
+        """Within this block, :meth:`accumulate` collects hits; they are filled at its end, in one go.
+
+        For a ``process_batch`` that calls a user's ``process_readout`` per
+        readout: a readout's few hits would otherwise be filled one readout at
+        a time into four accumulators, at a fixed cost each. Every hit ends up
+        in the same bins (hits with an explicit ``now`` at that time, the
+        others at the clock read when the block began). Nested blocks collect
+        into the outermost. The hits are filled even if the block raises.
+        """
+        if self._pending is not None:
+            yield
+            return
+        pending: list[tuple[Any, float | None]] = []
+        self._pending = pending
+        began = self.clock()
+        try:
+            yield
+        finally:
+            self._pending = None
+            self._fill_collected(pending, began)
+
+    def _fill_collected(self, pending: list[tuple[Any, float | None]], began: float) -> None:
+        """Fill what :meth:`collecting` kept: hit objects together, arrays together, per arrival time."""
+        groups: dict[float, tuple[list[Any], list[np.ndarray]]] = {}
+        for hits, now in pending:
+            objects, arrays = groups.setdefault(began if now is None else float(now), ([], []))
+            if isinstance(hits, np.ndarray):
+                if len(hits):
+                    arrays.append(hits)
+            elif hits:
+                objects.extend(hits)
+        for now, (objects, arrays) in groups.items():
+            if objects:
+                self.accumulate(hits_as_array(objects), now)
+            for array in _concatenated(arrays):
+                self.accumulate(array, now)
 
     def count_processed(self, readouts: int, hits: int) -> None:
         """Add to the readout and hit counters."""
@@ -642,12 +712,22 @@ class MonitorEngine:
         return limit
 
     def _process_loop(self) -> None:
+        """The processing thread: drain and process, refresh on time, sleep while there is nothing to do.
+
+        It never polls: when a drain left the listener's buffer empty it
+        blocks in :meth:`Listener.wait_for_records` until the listener buffers
+        the next burst, the next refresh is due, or :meth:`stop` wakes it. The
+        listener's coalescing pause (``coalesce``, 4 ms by default) makes the
+        bursts of a slow stream hold several readouts, so a batch is rarely
+        one readout. :attr:`process_wakeups` counts the loop's turns.
+        """
         last = time.monotonic()
         limit = self.FIRST_BATCH
         listener = self.listener
         stop = self._stop_event
         try:
             while not stop.is_set():
+                self.process_wakeups += 1
                 records = listener.drain(limit)
                 if records:
                     limit = self._next_limit(limit, len(records), self._process_timed(records))
@@ -657,8 +737,8 @@ class MonitorEngine:
                     last = now
                     if self.update_pause:
                         stop.wait(self.update_pause)
-                elif not records:
-                    stop.wait(min(0.005, self.refresh_interval))
+                elif len(records) < limit:  # the buffer is empty: sleep until records, the refresh or stop
+                    listener.wait_for_records(last + self.refresh_interval - now)
             self._finish_backlog(limit)
         finally:
             self._running = False

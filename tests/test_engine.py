@@ -70,6 +70,7 @@ def test_a_live_stream_is_counted_and_histogrammed_exactly(engine):
     assert engine.running
     send_paced(engine.port, run.records)
     wait_for(lambda: engine.num_readouts == run.num_readouts, what="every readout processed")
+    wait_for(lambda: len(engine.history) >= 1, what="a refresh with a rate point")  # the stream may end before one
     engine.stop()
     st = engine.status()
     inside = run.truth[(run.truth["column"] < 16) & (run.truth["row"] < 35)]
