@@ -355,6 +355,42 @@ def _record_fate(record: bytes, data_limit: int) -> str | None:
     return problem
 
 
+class _WakeUp:
+    """A descriptor that poll() sees readable once :meth:`set`: an eventfd (Linux), else a socket pair."""
+
+    def __init__(self) -> None:
+        self._event_fd: int | None = None
+        self._pair: tuple[socket.socket, socket.socket] | None = None
+        if hasattr(os, "eventfd"):
+            self._event_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        else:  # pragma: no cover - not Linux
+            reader, writer = socket.socketpair()
+            reader.setblocking(False)
+            writer.setblocking(False)
+            self._pair = (reader, writer)
+
+    def fileno(self) -> int:
+        return self._event_fd if self._event_fd is not None else self._pair[0].fileno()
+
+    def set(self) -> None:
+        try:
+            if self._event_fd is not None:
+                os.eventfd_write(self._event_fd, 1)
+            else:  # pragma: no cover - not Linux
+                self._pair[1].send(b"\0")
+        except OSError:  # full: it is readable already
+            pass
+
+    def close(self) -> None:
+        if self._event_fd is not None:
+            os.close(self._event_fd)
+            self._event_fd = None
+        elif self._pair is not None:  # pragma: no cover - not Linux
+            for end in self._pair:
+                end.close()
+            self._pair = None
+
+
 class Listener:
     """Receive readout records on a thread into a bounded buffer.
 
@@ -486,10 +522,10 @@ class Listener:
         self._buffered_bytes = 0
         # Set when records are buffered (and by wake()): what a consumer waits on.
         self._records_ready = threading.Event()
-        # The loop's wake-up socket pair (made by each run of the loop, closed at
-        # its end; request_stop() sends a byte so that poll() returns at once).
+        # The loop's wake-up descriptor (made by each run of the loop, closed at
+        # its end; request_stop() sets it so that poll() returns at once).
         self._wake_lock = threading.Lock()
-        self._wake_pair: tuple[socket.socket, socket.socket] | None = None
+        self._wake: _WakeUp | None = None
         #: How many times the loop returned from a wait (poll or pause): a
         #: measure of its wake-ups (the idle loop wakes once per ``timeout``).
         self.loop_wakeups = 0
@@ -715,13 +751,9 @@ class Listener:
     def request_stop(self) -> None:
         """Ask the loop to end; a waiting loop wakes at once and ends."""
         self._stop_requested = True
-        with self._wake_lock:
-            pair = self._wake_pair
-            if pair is not None:
-                try:
-                    pair[1].send(b"\0")
-                except OSError:  # full (a stop already asked) or closed: the flag is set anyway
-                    pass
+        with self._wake_lock:  # the loop closes its wake-up under this lock: never a stale descriptor
+            if self._wake is not None:
+                self._wake.set()
 
     @property
     def running(self) -> bool:
@@ -862,21 +894,19 @@ class Listener:
         ``coalesce`` seconds (watching only the wake-up socket) so that the
         next datagrams arrive together (see the ``coalesce`` parameter).
         """
-        wake_r, wake_w = socket.socketpair()  # before reading fd: a close of sock cannot hand its number to the pair
+        wake = _WakeUp()  # before reading fd: a close of sock cannot hand its number to the wake-up
         try:
             fd = sock.fileno()
             if fd < 0:  # closed under the loop before it began
                 self._warn_closed()
                 return
-            wake_r.setblocking(False)
-            wake_w.setblocking(False)
             with self._wake_lock:
-                self._wake_pair = (wake_r, wake_w)
+                self._wake = wake
             poller = select.poll()
             poller.register(fd, select.POLLIN)
-            poller.register(wake_r.fileno(), select.POLLIN)
+            poller.register(wake.fileno(), select.POLLIN)
             pauser = select.poll()
-            pauser.register(wake_r.fileno(), select.POLLIN)
+            pauser.register(wake.fileno(), select.POLLIN)
             wait_ms = max(1, round(self.timeout * 1000))
             pause_ms = round(self.coalesce * 1000)
             pause_below = self._pause_below(sock)
@@ -895,9 +925,8 @@ class Listener:
             self._receive_queued(sock)
         finally:
             with self._wake_lock:
-                self._wake_pair = None
-            wake_r.close()
-            wake_w.close()
+                self._wake = None
+                wake.close()
             self._pause_ids()
 
     def _receive_queued(self, sock: socket.socket) -> None:

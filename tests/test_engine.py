@@ -270,3 +270,93 @@ def test_records_callbacks_see_every_processed_record_in_order(engine):
     send_paced(engine.port, more)
     wait_for(lambda: len(seen) == 800, what="the live records")
     assert seen[500:] == more
+
+
+# --------------------------------------------------------------------------
+# CPU (issue 14, point 4): no polling while idle, coalesced batches exact
+
+
+def test_the_processing_thread_and_the_listener_sleep_while_idle():
+    """Idle, the processing loop turns about twice a refresh and the listener once a timeout (it polled every 5 ms)."""
+    eng = MonitorEngine(port=0, refresh_interval=0.1)
+    try:
+        eng.start()
+        time.sleep(0.2)
+        turns, wakeups, began = eng.process_wakeups, eng.listener.loop_wakeups, time.monotonic()
+        time.sleep(1.0)
+        elapsed = time.monotonic() - began
+        refreshes = elapsed / 0.1
+        assert eng.process_wakeups - turns <= 2 * (refreshes + 2)  # polling every 5 ms: 200 in that second
+        assert eng.listener.loop_wakeups - wakeups <= elapsed / eng.listener.timeout + 2
+        assert eng.running
+    finally:
+        eng.stop()
+    assert _engine_threads() == []
+
+
+def test_a_listener_with_a_long_timeout_still_stops_at_once():
+    """The stop wakes the loop's poll (an eventfd beside the socket): no wait for the 30 s timeout."""
+    from astropix_nbmonitor.listener import Listener
+
+    listener = Listener(port=0, timeout=30.0).start()
+    time.sleep(0.05)  # the loop is in its poll
+    assert listener.stop(timeout=5.0) is True
+    assert not listener.running
+
+
+def test_slow_stream_batches_are_coalesced_and_processed_exactly():
+    """Datagrams a few at a time: the listener gathers them (4 ms pause), every hit lands once."""
+    run = AstroPix4Simulator(seed=31, hits_per_readout=2.0, faults={"split": 0.05, "out_of_matrix": 0.02}).generate(600)
+    eng = MonitorEngine(port=0, refresh_interval=0.05)
+    batches = []
+    eng.add_records_callback(lambda records: batches.append(len(records)))
+    try:
+        eng.start()
+        from astropix_nbmonitor.sock import MulticastSender
+
+        with MulticastSender("127.0.0.1", eng.port) as sender:
+            for i, record in enumerate(run.records):
+                sender.send_data(record)
+                if i % 3 == 2:
+                    time.sleep(0.001)
+        wait_for(lambda: eng.num_readouts == run.num_readouts, what="every readout processed")
+    finally:
+        eng.stop()
+    assert sum(batches) == run.num_readouts
+    assert len(batches) < run.num_readouts  # batches of several readouts, not one each
+    state = eng.state()
+    assert np.array_equal(state.hit_map.values(), _expected_map(run.truth))
+    assert state.tot_hist.sum(flow=True) == len(run.truth) == eng.num_hits
+    assert eng.status()["recovered_hits"] == run.num_split
+    assert int(eng.windows.counts(600.0).sum()) == int(state.hit_map.sum())
+    assert sum(int(eng.pixel_tots.pixel_counts(c, r).sum()) for c in range(16) for r in range(35)) == int(state.hit_map.sum())
+
+
+def test_collecting_fills_every_hit_once_at_the_end_of_the_block():
+    """accumulate() inside collecting() is filled once at the block's end (the per-readout path), even on an error."""
+    run = AstroPix4Simulator(seed=32, hits_per_readout=3.0, chip_ids=(0, 2), faults={"out_of_matrix": 0.05}).generate(300)
+    direct = MonitorEngine(port=0)
+    collected = MonitorEngine(port=0)
+    for eng in (direct, collected):
+        eng.clock = lambda: 1000.5
+    objects = [direct.decoder.decode_readout(AstroPix4Readout.from_bytes(r)) for r in run.records]
+    for hits in objects:
+        direct.accumulate(hits)
+    with pytest.raises(ZeroDivisionError):
+        with collected.collecting():
+            for k, hits in enumerate(objects):
+                collected.accumulate(hits)
+                if k == 150:
+                    with collected.collecting():  # nested: collects into the outer block
+                        collected.accumulate(np.zeros(0, dtype=run.truth.dtype))
+                assert collected.accumulator.num_filled == 0  # nothing filled inside the block
+            raise ZeroDivisionError
+    for a, b in ((direct.hit_map(), collected.hit_map()), (direct.tot_hist(), collected.tot_hist())):
+        assert np.array_equal(a.values(flow=True), b.values(flow=True))
+    assert direct.chips_seen == collected.chips_seen == [0, 2]
+    assert direct.out_of_matrix == collected.out_of_matrix > 0
+    assert np.array_equal(direct.windows.counts(10.0, 1000.5), collected.windows.counts(10.0, 1000.5))
+    for chip in (0, 2):
+        assert np.array_equal(direct.pixel_tots.pixel_counts(3, 4, chip), collected.pixel_tots.pixel_counts(3, 4, chip))
+    assert np.array_equal(direct.pixel_tots.sum_pixels([(c, 3, 7) for c in (0, 2)]),
+                          collected.pixel_tots.sum_pixels([(c, 3, 7) for c in (0, 2)]))
