@@ -39,7 +39,8 @@ import boost_histogram as bh
 import numpy as np
 
 from .astropix4.layout import NUM_COLS, NUM_ROWS
-from .fmt import AbstractAstroPixReadout, AstroPix4Readout, decoder_for
+from .astropix4.batch import BatchDecoder
+from .fmt import AbstractAstroPixReadout, AstroPix4Readout, ChainedDecoder, decoder_for
 from .hist import FILL_DTYPE, TOT_EDGES, HitAccumulator, RateHistory, bin_hits, hits_as_array
 from .listener import Listener
 from .sock import DEFAULT_PORT, LOCAL_HOST
@@ -195,6 +196,12 @@ class MonitorEngine:
     FIRST_BATCH = 64
     #: The batch size adapts so that one processing step takes about this long (s).
     BATCH_SECONDS = 0.05
+    #: Batches of at most this many records are decoded readout by readout
+    #: (see :meth:`process_records`).
+    SMALL_RECORDS = 12
+    #: At most this many hits are filled one by one rather than with array
+    #: operations (see :meth:`accumulate`).
+    SMALL_FILL = 24
     #: After a stop is asked, the processing thread goes on with the backlog
     #: for at most this long (s); what is left is dropped and counted.
     STOP_GRACE_S = 0.5
@@ -254,6 +261,8 @@ class MonitorEngine:
         #: about two a refresh then, one more a burst of records).
         self.process_wakeups = 0
         self._pending: list[tuple[Any, float | None]] | None = None  # see collecting()
+        self._batches = 0  # batches processed (change_mark)
+        self._resets = 0
 
     # ------------------------------------------------------------------ identity
     @property
@@ -389,6 +398,7 @@ class MonitorEngine:
         accumulators).
         """
         with self._processing_lock:
+            self._resets += 1
             if also is not None:
                 also()
             self.listener.reset_counters()
@@ -426,10 +436,19 @@ class MonitorEngine:
             self.refresh()
 
     def process_records(self, records: Sequence[bytes]) -> None:
-        """Decode records (chaining split hits) and fill the histograms: the default step."""
+        """Decode records (chaining split hits) and fill the histograms: the default step.
+
+        A batch of at most :attr:`SMALL_RECORDS` records (a slow stream) is
+        decoded readout by readout (:meth:`ChainedDecoder.decode`, the same
+        hits and counters as the batch decoder, which the tests check) and
+        filled hit by hit: cheaper than the array operations' fixed cost.
+        """
         decoder = self.decoder
         before = decoder.num_readouts
-        hits = decoder.decode(records)
+        if len(records) <= self.SMALL_RECORDS and isinstance(decoder, BatchDecoder):
+            hits = ChainedDecoder.decode(decoder, records)
+        else:
+            hits = decoder.decode(records)
         self.accumulate(hits)
         self.count_processed(decoder.num_readouts - before, len(hits))
 
@@ -461,10 +480,27 @@ class MonitorEngine:
             hits = hits_as_array(list(hits))
         if len(hits) == 0:
             return
+        if len(hits) <= self.SMALL_FILL:
+            self._fill_small(hits, now)
+            return
         binned = bin_hits(hits, self.num_rows, self.num_cols, self.windows.tot_bins)
         self.accumulator.fill_binned(binned)
         self.windows._fill_binned(binned, self.clock() if now is None else now)
         self.pixel_tots._fill_binned(binned)
+
+    def _fill_small(self, hits: np.ndarray, now: float | None) -> None:
+        """A few hits: filled one by one into the three accumulators, the same bins as the array path.
+
+        Below :attr:`SMALL_FILL` hits, a dozen array operations cost more
+        than a loop over the hits (what a slow stream's batches hold).
+        """
+        chips = hits["chip_id"].tolist()
+        cols = hits["column"].tolist()
+        rows = hits["row"].tolist()
+        bins = self.windows.tot_bins(hits["tot_us"]).tolist()
+        self.accumulator._fill_scalar(chips, cols, rows, bins)
+        self.windows._fill_scalar(chips, cols, rows, bins, self.clock() if now is None else now)
+        self.pixel_tots._fill_scalar(chips, cols, rows, bins)
 
     @contextlib.contextmanager
     def collecting(self) -> Iterator[None]:
@@ -677,9 +713,21 @@ class MonitorEngine:
             self._rates = (0.0, 0.0)
         self._last_counts = counts
 
+    def change_mark(self) -> tuple[int, int, int]:
+        """A value that changes whenever the histograms or counters may have: compare two to skip work.
+
+        Equal marks mean no record was processed, no datagram received and
+        no reset done in between, so the histograms and the counters (rates
+        and uptime aside, which follow the clock) are as they were: a
+        refresh may reuse what it drew (e.g. a view skipping an unchanged
+        ``state()`` copy).
+        """
+        return (self._resets, self._batches, self.listener._datagrams)
+
     def _process(self, records: list[bytes]) -> None:
         if not records:
             return
+        self._batches += 1
         for callback in self._records_callbacks:
             try:
                 callback(records)

@@ -215,6 +215,29 @@ class HitAccumulator:
             if len(chips) > 1 or chips[0] not in self.chips_seen:
                 self.chips_seen.update(chips)
 
+    def _fill_scalar(self, chips: list[int], cols: list[int], rows: list[int], bins: list[int]) -> None:
+        """A few hits as lists (flow-inclusive TOT bins): the counts of :meth:`fill_binned`, one hit at a time."""
+        maps, tots = self._flat_maps, self._flat_tots
+        s_chip, s_col, s_row = self._map_strides
+        t_chip, t_tot = self._tot_strides
+        num_cols, num_rows = self.num_cols, self.num_rows
+        out = 0
+        with self._lock:
+            for chip, col, row, tot_bin in zip(chips, cols, rows, bins):
+                known = chip < NUM_CHIPS
+                if col < num_cols and row < num_rows:
+                    if known:
+                        maps[chip * s_chip + col * s_col + row * s_row] += 1
+                else:
+                    out += 1
+                if known:
+                    tots[chip * t_chip + tot_bin * t_tot] += 1
+            self.out_of_matrix += out
+            seen = self.chips_seen
+            for chip in chips:
+                if chip not in seen:
+                    seen.add(chip)
+
     def _offline_binning(self, tot: np.ndarray) -> np.ndarray:
         """``tot`` with values equal to the last edge moved into the last bin."""
         at_edge = tot == self._last_edge

@@ -292,6 +292,17 @@ class WindowedAccumulator:
                 np.add.at(ring.maps[slot], cell[sel if inside is None else sel & inside], _ONE32)
                 np.add.at(ring.tots[slot], tot_bin[sel], _ONE32)
 
+    def _fill_scalar(self, chips: list[int], cols: list[int], rows: list[int], bins: list[int], now: float) -> None:
+        """A few hits as lists (flow-inclusive TOT bins) at ``now``: the counts of :meth:`_fill_binned`, one at a time."""
+        num_cols, num_rows = self.num_cols, self.num_rows
+        with self._lock:
+            slot = self._advance(self._slot_number(now)) % self.num_slots
+            for chip, col, row, tot_bin in zip(chips, cols, rows, bins):
+                ring = self._ring(chip)
+                if col < num_cols and row < num_rows:
+                    ring.maps[slot, col * num_rows + row] += 1
+                ring.tots[slot, tot_bin] += 1
+
     def _cells(self, hits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Flat pixel index ``column * num_rows + row`` of each hit, and which are inside."""
         col = hits["column"].astype(np.intp)
@@ -520,6 +531,17 @@ class PixelTots:
                 return
             for c in chips:
                 np.add.at(self._chip(c).reshape(-1), flat[chip == c], _ONE64)
+
+    def _fill_scalar(self, chips: list[int], cols: list[int], rows: list[int], bins: list[int]) -> None:
+        """A few hits as lists (flow-inclusive TOT bins): the counts of :meth:`_fill_binned`, one at a time."""
+        num_cols, num_rows, num_chips = self.num_cols, self.num_rows, self.num_chips
+        with self._lock:
+            for chip, col, row, tot_bin in zip(chips, cols, rows, bins):
+                if col < num_cols and row < num_rows:
+                    if chip < num_chips:
+                        self._chip(chip)[col * num_rows + row, tot_bin] += 1
+                    else:
+                        self.ignored += 1
 
     def _chip(self, chip: int) -> np.ndarray:
         """The spectra of ``chip``, allocated at its first hit (lock held)."""
