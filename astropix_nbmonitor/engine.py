@@ -41,7 +41,7 @@ import numpy as np
 from .astropix4.layout import NUM_COLS, NUM_ROWS
 from .astropix4.batch import BatchDecoder
 from .fmt import AbstractAstroPixReadout, AstroPix4Readout, ChainedDecoder, decoder_for
-from .hist import FILL_DTYPE, TOT_EDGES, HitAccumulator, RateHistory, bin_hits, hits_as_array
+from .hist import FILL_DTYPE, TOT_EDGES, HitAccumulator, RateHistory, bin_hits, hits_as_array, scalar_tot_binner
 from .listener import Listener
 from .sock import DEFAULT_PORT, LOCAL_HOST
 from .status import Status, StatusSources
@@ -228,6 +228,8 @@ class MonitorEngine:
         self.num_rows = int(num_rows if num_rows is not None else getattr(readout_class, "NUM_ROWS", NUM_ROWS))
         self.num_cols = int(num_cols if num_cols is not None else getattr(readout_class, "NUM_COLS", NUM_COLS))
         self.accumulator = HitAccumulator(self.num_rows, self.num_cols, tot_edges=tot_edges)
+        # The TOT bin of one hit in plain Python (the small batches' fill), the same bins as the arrays'.
+        self._scalar_tot_bin = scalar_tot_binner(self.accumulator._tot_axis, self.accumulator._last_edge)
         self.history = RateHistory(history_seconds)
         #: The wall clock of the time windows and the trend (tests inject a fake one).
         self.clock: Callable[[], float] = time.time
@@ -442,14 +444,16 @@ class MonitorEngine:
         decoded readout by readout (:meth:`ChainedDecoder.decode`, the same
         hits and counters as the batch decoder, which the tests check) and
         filled hit by hit: cheaper than the array operations' fixed cost.
+        A decoder whose ``decode`` is overridden always gets the batch.
         """
         decoder = self.decoder
         before = decoder.num_readouts
-        if len(records) <= self.SMALL_RECORDS and isinstance(decoder, BatchDecoder):
+        if len(records) <= self.SMALL_RECORDS and type(decoder).decode is BatchDecoder.decode:  # (not overridden)
             hits = ChainedDecoder.decode(decoder, records)
+            self._fill_hit_objects(hits)
         else:
             hits = decoder.decode(records)
-        self.accumulate(hits)
+            self.accumulate(hits)
         self.count_processed(decoder.num_readouts - before, len(hits))
 
     def decode_readout(self, readout: AbstractAstroPixReadout) -> list[Any]:
@@ -492,12 +496,23 @@ class MonitorEngine:
         """A few hits: filled one by one into the three accumulators, the same bins as the array path.
 
         Below :attr:`SMALL_FILL` hits, a dozen array operations cost more
-        than a loop over the hits (what a slow stream's batches hold).
+        than a loop over the hits (what a slow stream's batches hold), the
+        more so on a thread just woken, whose caches other work has emptied.
         """
-        chips = hits["chip_id"].tolist()
-        cols = hits["column"].tolist()
-        rows = hits["row"].tolist()
-        bins = self.windows.tot_bins(hits["tot_us"]).tolist()
+        self._fill_lists(hits["chip_id"].tolist(), hits["column"].tolist(), hits["row"].tolist(),
+                         hits["tot_us"].tolist(), now)
+
+    def _fill_hit_objects(self, hits: list[Any]) -> None:
+        """The AstroPix 4 hit objects of :meth:`process_records`' small path, filled like :meth:`accumulate`."""
+        if self._pending is not None or len(hits) > self.SMALL_FILL:
+            self.accumulate(hits)
+        elif hits:
+            self._fill_lists([h.chip_id for h in hits], [h.column for h in hits], [h.row for h in hits],
+                             [h.tot_us for h in hits], None)
+
+    def _fill_lists(self, chips: list[int], cols: list[int], rows: list[int], tots: list[float], now: float | None) -> None:
+        to_bin = self._scalar_tot_bin
+        bins = [to_bin(t) for t in tots]
         self.accumulator._fill_scalar(chips, cols, rows, bins)
         self.windows._fill_scalar(chips, cols, rows, bins, self.clock() if now is None else now)
         self.pixel_tots._fill_scalar(chips, cols, rows, bins)

@@ -10,6 +10,7 @@ consistent copies through the ``hit_map``/``tot_hist`` properties.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import deque
@@ -22,7 +23,7 @@ import numpy as np
 from .astropix4.layout import NUM_CHIPS
 from .fmt import AbstractAstroPixHit
 
-__all__ = ["BinnedHits", "HitAccumulator", "RateHistory", "TOT_EDGES", "NUM_CHIPS", "bin_hits", "flow_tot_bins"]
+__all__ = ["BinnedHits", "HitAccumulator", "RateHistory", "TOT_EDGES", "NUM_CHIPS", "bin_hits", "flow_tot_bins", "scalar_tot_binner"]
 
 #: The collaboration's TOT binning: edges ``linspace(0, 500, 100)`` in us.
 TOT_EDGES = np.linspace(0.0, 500.0, 100)
@@ -123,6 +124,45 @@ def flow_tot_bins(axis: bh.axis.Axis, last_edge: float, tot: np.ndarray) -> np.n
         index[at_edge] = axis.size - 1
     index += 1
     return index
+
+
+def scalar_tot_binner(axis: bh.axis.Axis, last_edge: float) -> Callable[[float], int]:
+    """One TOT value to its flow-inclusive bin, in plain Python: the bins of :func:`flow_tot_bins`.
+
+    For a few hits a call into boost-histogram costs more than the
+    arithmetic, the more so on a thread that has just woken (its code and
+    data out of the caches). The arithmetic is boost-histogram's own: a
+    regular axis computes ``z = (x - lower) / (upper - lower)`` and takes
+    ``int(z * bins)`` for ``0 <= z < 1``; a variable axis searches its edges
+    (``bisect_right``); NaN goes to overflow. The tests check it against
+    :func:`flow_tot_bins` at every edge and next to it.
+    """
+    size = int(axis.size)
+    edges = [float(e) for e in axis.edges]
+    lower, upper = edges[0], edges[-1]
+    if isinstance(axis, bh.axis.Regular) and not axis.transform:
+        delta = upper - lower
+
+        def regular(x: float) -> int:
+            if x == last_edge:
+                return size
+            z = (x - lower) / delta
+            if z < 1:
+                return int(z * size) + 1 if z >= 0 else 0
+            return size + 1
+
+        return regular
+
+    def variable(x: float) -> int:
+        if x == last_edge:
+            return size
+        if x != x or x >= upper:  # NaN or at/after the last edge
+            return size + 1
+        if x < lower:
+            return 0
+        return bisect.bisect_right(edges, x)
+
+    return variable
 
 
 class HitAccumulator:

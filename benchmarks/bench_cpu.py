@@ -134,12 +134,16 @@ def _make(kind: str):
     if kind == "engine":
         from astropix_nbmonitor.engine import MonitorEngine
 
-        eng = MonitorEngine(port=0)
-        return eng, eng
-    from astropix_nbmonitor.monitor import AstroPix4SimpleMonitor
+        mon = eng = MonitorEngine(port=0)
+    else:
+        from astropix_nbmonitor.monitor import AstroPix4SimpleMonitor
 
-    mon = AstroPix4SimpleMonitor(port=0)
-    return mon, mon.engine
+        mon = AstroPix4SimpleMonitor(port=0)
+        eng = mon.engine
+    coalesce = os.environ.get("BENCH_CPU_COALESCE")
+    if coalesce is not None and hasattr(eng.listener, "coalesce"):
+        eng.listener.coalesce = float(coalesce)  # read when the listener's loop starts
+    return mon, eng
 
 
 def _start_sender(port: int, rate: float, seconds: float, probes: bool = False) -> subprocess.Popen:

@@ -158,3 +158,19 @@ def test_bin_hits_is_what_every_accumulator_fills_from():
     assert binned.tot_bin.tolist() == [1, 99, 99, 100]  # 500 = the last edge: the last bin (99); 700: overflow
     one_chip = bin_hits(hits[:2], 35, 16, acc.tot_bins)
     assert one_chip.chips == (2,) and one_chip.inside is None
+
+
+@pytest.mark.parametrize(
+    "edges", [TOT_EDGES, np.array([0.0, 1.0, 5.0, 20.0, 500.0]), np.linspace(-3.0, 7.3, 17), np.linspace(0.1, 0.7, 7)]
+)
+def test_the_plain_python_tot_bin_is_boost_histograms_bin(edges):
+    """scalar_tot_binner (the small batches' fill) against the axis itself, at every edge, next to it, NaN and inf."""
+    from astropix_nbmonitor.hist import flow_tot_bins, scalar_tot_binner
+
+    acc = HitAccumulator(35, 16, tot_edges=edges)
+    axis, last = acc._tot_axis, float(edges[-1])
+    rng = np.random.default_rng(5)
+    values = np.concatenate([edges, np.nextafter(edges, -np.inf), np.nextafter(edges, np.inf),
+                             rng.uniform(edges[0] - 3, edges[-1] + 3, 20_000), [np.nan, np.inf, -np.inf, 0.0, -0.0]])
+    to_bin = scalar_tot_binner(axis, last)
+    assert [to_bin(float(v)) for v in values] == flow_tot_bins(axis, last, values).tolist()
