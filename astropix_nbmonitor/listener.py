@@ -910,17 +910,20 @@ class Listener:
             wait_ms = max(1, round(self.timeout * 1000))
             pause_ms = round(self.coalesce * 1000)
             pause_below = self._pause_below(sock)
+            paused = False
             while not self._stop_requested:
-                readable = self._wait_readable(poller.poll, wait_ms, fd)
-                if readable is None:
-                    return
-                if not readable:
-                    continue
+                if not paused:  # after a pause the datagrams are there: receive without asking poll() first
+                    readable = self._wait_readable(poller.poll, wait_ms, fd)
+                    if readable is None:
+                        return
+                    if not readable:
+                        continue
                 got = self._receive_and_publish(sock)
                 if got is None:
                     return
-                if pause_ms and 0 < got < pause_below and not self._stop_requested:
-                    pauser.poll(pause_ms)  # the stop's byte ends the pause at once
+                paused = bool(pause_ms and 0 < got < pause_below and not self._stop_requested)
+                if paused:
+                    pauser.poll(pause_ms)  # the stop's wake-up ends the pause at once
                     self.loop_wakeups += 1
             self._receive_queued(sock)
         finally:
