@@ -202,6 +202,10 @@ class MonitorEngine:
     #: At most this many hits are filled one by one rather than with array
     #: operations (see :meth:`accumulate`).
     SMALL_FILL = 24
+    #: Inside :meth:`collecting`, the hits kept are filled whenever they reach
+    #: this many (a batch of dense readouts would otherwise keep hundreds of
+    #: thousands of hit objects alive, which slows the garbage collector).
+    COLLECT_HITS = 4096
     #: After a stop is asked, the processing thread goes on with the backlog
     #: for at most this long (s); what is left is dropped and counted.
     STOP_GRACE_S = 0.5
@@ -263,6 +267,8 @@ class MonitorEngine:
         #: about two a refresh then, one more a burst of records).
         self.process_wakeups = 0
         self._pending: list[tuple[Any, float | None]] | None = None  # see collecting()
+        self._pending_hits = 0
+        self._pending_began = 0.0
         self._batches = 0  # batches processed (change_mark)
         self._resets = 0
 
@@ -479,6 +485,14 @@ class MonitorEngine:
         pending = self._pending
         if pending is not None:
             pending.append((hits, now))
+            self._pending_hits += len(hits)
+            if self._pending_hits >= self.COLLECT_HITS:  # bounded: many live hit objects slow the garbage collector
+                self._pending, self._pending_hits = None, 0
+                try:
+                    self._fill_collected(pending, self._pending_began)
+                finally:
+                    pending.clear()
+                    self._pending = pending
             return
         if not isinstance(hits, np.ndarray):
             hits = hits_as_array(list(hits))
@@ -525,15 +539,16 @@ class MonitorEngine:
         readout: a readout's few hits would otherwise be filled one readout at
         a time into four accumulators, at a fixed cost each. Every hit ends up
         in the same bins (hits with an explicit ``now`` at that time, the
-        others at the clock read when the block began). Nested blocks collect
-        into the outermost. The hits are filled even if the block raises.
+        others at the clock read when the block began), every
+        :attr:`COLLECT_HITS` hits and at the end. Nested blocks collect into
+        the outermost. The hits are filled even if the block raises.
         """
         if self._pending is not None:
             yield
             return
         pending: list[tuple[Any, float | None]] = []
-        self._pending = pending
-        began = self.clock()
+        self._pending, self._pending_hits = pending, 0
+        began = self._pending_began = self.clock()
         try:
             yield
         finally:

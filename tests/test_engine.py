@@ -332,11 +332,14 @@ def test_slow_stream_batches_are_coalesced_and_processed_exactly():
     assert sum(int(eng.pixel_tots.pixel_counts(c, r).sum()) for c in range(16) for r in range(35)) == int(state.hit_map.sum())
 
 
-def test_collecting_fills_every_hit_once_at_the_end_of_the_block():
-    """accumulate() inside collecting() is filled once at the block's end (the per-readout path), even on an error."""
+@pytest.mark.parametrize("collect_hits", [MonitorEngine.COLLECT_HITS, 50])
+def test_collecting_fills_every_hit_once_at_the_end_of_the_block(collect_hits):
+    """accumulate() inside collecting() is filled at the block's end (the per-readout path), or every
+    COLLECT_HITS hits, even on an error."""
     run = AstroPix4Simulator(seed=32, hits_per_readout=3.0, chip_ids=(0, 2), faults={"out_of_matrix": 0.05}).generate(300)
     direct = MonitorEngine(port=0)
     collected = MonitorEngine(port=0)
+    collected.COLLECT_HITS = collect_hits
     for eng in (direct, collected):
         eng.clock = lambda: 1000.5
     objects = [direct.decoder.decode_readout(AstroPix4Readout.from_bytes(r)) for r in run.records]
@@ -349,7 +352,10 @@ def test_collecting_fills_every_hit_once_at_the_end_of_the_block():
                 if k == 150:
                     with collected.collecting():  # nested: collects into the outer block
                         collected.accumulate(np.zeros(0, dtype=run.truth.dtype))
-                assert collected.accumulator.num_filled == 0  # nothing filled inside the block
+                if collect_hits > 900:
+                    assert collected.accumulator.num_filled == 0  # nothing filled inside the block
+            if collect_hits < 900:
+                assert collected.accumulator.num_filled > 0  # filled on the way, every 50 hits
             raise ZeroDivisionError
     for a, b in ((direct.hit_map(), collected.hit_map()), (direct.tot_hist(), collected.tot_hist())):
         assert np.array_equal(a.values(flow=True), b.values(flow=True))
