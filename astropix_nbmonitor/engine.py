@@ -182,7 +182,7 @@ class MonitorEngine:
     **listener_options
         Passed to :class:`~astropix_nbmonitor.listener.Listener`
         (``buffer_size``, ``buffer_bytes``, ``rcvbuf``, ``interface``,
-        ``batch_receive``, ``max_data_bytes``...).
+        ``batch_receive``, ``max_data_bytes``, ``coalesce``, ``timeout``...).
     """
 
     #: Most readouts handed to one processing step.
