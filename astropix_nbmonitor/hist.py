@@ -236,7 +236,7 @@ class HitAccumulator:
         boost-histogram's per-call conversions. Hits of a chip_id outside
         the chip axis are left out, as a fill would.
         """
-        chip, cell, inside, tot_bin, chips = binned.chip, binned.cell, binned.inside, binned.tot_bin, binned.chips
+        chip, inside, tot_bin, chips = binned.chip, binned.inside, binned.tot_bin, binned.chips
         n_out = 0 if inside is None else int(len(chip) - np.count_nonzero(inside))
         known = chips[-1] < NUM_CHIPS
         if not known:  # a chip_id the axis has no bin for (hit objects of another readout class)
