@@ -34,11 +34,12 @@ test: install-test chromium
 	if [ $$rc -eq 5 ]; then echo "pytest ran no test: failing"; exit 1; fi; \
 	exit $$rc
 
-# Every benchmark, one after the other (about 12 minutes); figures in benchmarks/README.md.
+# Every benchmark, one after the other (about 16 minutes); figures in benchmarks/README.md.
 bench: install-test
 	$(PYTHON) benchmarks/bench_decode.py
 	$(PYTHON) benchmarks/bench_udp.py
 	$(PYTHON) benchmarks/bench_monitor.py
+	$(PYTHON) benchmarks/bench_cpu.py
 	$(PYTHON) benchmarks/bench_stop.py
 	$(PYTHON) benchmarks/bench_hub.py
 	$(PYTHON) benchmarks/bench_windows.py

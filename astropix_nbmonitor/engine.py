@@ -27,19 +27,21 @@ locks of their own.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import boost_histogram as bh
 import numpy as np
 
 from .astropix4.layout import NUM_COLS, NUM_ROWS
-from .fmt import AbstractAstroPixReadout, AstroPix4Readout, decoder_for
-from .hist import TOT_EDGES, HitAccumulator, RateHistory, hits_as_array
+from .astropix4.batch import BatchDecoder
+from .fmt import AbstractAstroPixReadout, AstroPix4Readout, ChainedDecoder, decoder_for
+from .hist import FILL_DTYPE, TOT_EDGES, HitAccumulator, RateHistory, bin_hits, hits_as_array, scalar_tot_binner
 from .listener import Listener
 from .sock import DEFAULT_PORT, LOCAL_HOST
 from .status import Status, StatusSources
@@ -131,6 +133,21 @@ class EngineState:
         return np.asarray(self.histograms["tot_hist"].axes[0].edges)
 
 
+def _concatenated(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Hit arrays joined into as few as possible (one per dtype; the fields the accumulators read)."""
+    if len(arrays) <= 1:
+        return arrays
+    if all(a.dtype == arrays[0].dtype for a in arrays):
+        return [np.concatenate(arrays)]
+    out = np.empty(sum(len(a) for a in arrays), dtype=FILL_DTYPE)
+    at = 0
+    for a in arrays:
+        for name in FILL_DTYPE.names:
+            out[name][at : at + len(a)] = a[name]
+        at += len(a)
+    return [out]
+
+
 class MonitorEngine:
     """Receive a readout stream, decode it, histogram it and count everything.
 
@@ -167,7 +184,7 @@ class MonitorEngine:
     **listener_options
         Passed to :class:`~astropix_nbmonitor.listener.Listener`
         (``buffer_size``, ``buffer_bytes``, ``rcvbuf``, ``interface``,
-        ``batch_receive``, ``max_data_bytes``...).
+        ``batch_receive``, ``max_data_bytes``, ``coalesce``, ``timeout``...).
     """
 
     #: Most readouts handed to one processing step.
@@ -181,6 +198,16 @@ class MonitorEngine:
     FIRST_BATCH = 64
     #: The batch size adapts so that one processing step takes about this long (s).
     BATCH_SECONDS = 0.05
+    #: Batches of at most this many records are decoded readout by readout
+    #: (see :meth:`process_records`).
+    SMALL_RECORDS = 12
+    #: At most this many hits are filled one by one rather than with array
+    #: operations (see :meth:`accumulate`).
+    SMALL_FILL = 24
+    #: Inside :meth:`collecting`, the hits kept are filled whenever they reach
+    #: this many (a batch of dense readouts would otherwise keep hundreds of
+    #: thousands of hit objects alive, which slows the garbage collector).
+    COLLECT_HITS = 4096
     #: After a stop is asked, the processing thread goes on with the backlog
     #: for at most this long (s); what is left is dropped and counted.
     STOP_GRACE_S = 0.5
@@ -207,6 +234,8 @@ class MonitorEngine:
         self.num_rows = int(num_rows if num_rows is not None else getattr(readout_class, "NUM_ROWS", NUM_ROWS))
         self.num_cols = int(num_cols if num_cols is not None else getattr(readout_class, "NUM_COLS", NUM_COLS))
         self.accumulator = HitAccumulator(self.num_rows, self.num_cols, tot_edges=tot_edges)
+        # The TOT bin of one hit in plain Python (the small batches' fill), the same bins as the arrays'.
+        self._scalar_tot_bin = scalar_tot_binner(self.accumulator._tot_axis, self.accumulator._last_edge)
         self.history = RateHistory(history_seconds)
         #: The wall clock of the time windows and the trend (tests inject a fake one).
         self.clock: Callable[[], float] = time.time
@@ -238,6 +267,14 @@ class MonitorEngine:
         self._errors = 0
         self._last_error = ""
         self._seq = 0
+        #: Turns of the processing loop since creation (it sleeps while idle:
+        #: about two a refresh then, one more a burst of records).
+        self.process_wakeups = 0
+        self._pending: list[tuple[Any, float | None]] | None = None  # see collecting()
+        self._pending_hits = 0
+        self._pending_began = 0.0
+        self._batches = 0  # batches processed (change_mark)
+        self._resets = 0
 
     # ------------------------------------------------------------------ identity
     @property
@@ -344,6 +381,7 @@ class MonitorEngine:
             if self._listen_thread is not None and self._listen_thread is not current:
                 self._listen_thread.join(timeout)
             self._stop_event.set()
+            self.listener.wake()  # a processing thread waiting for records returns at once
             if self._process_thread is not None and self._process_thread is not current:
                 self._process_thread.join(self.STOP_GRACE_S + timeout)
             self.listener.stop()
@@ -372,6 +410,7 @@ class MonitorEngine:
         accumulators).
         """
         with self._processing_lock:
+            self._resets += 1
             if also is not None:
                 also()
             self.listener.reset_counters()
@@ -409,11 +448,22 @@ class MonitorEngine:
             self.refresh()
 
     def process_records(self, records: Sequence[bytes]) -> None:
-        """Decode records (chaining split hits) and fill the histograms: the default step."""
+        """Decode records (chaining split hits) and fill the histograms: the default step.
+
+        A batch of at most :attr:`SMALL_RECORDS` records (a slow stream) is
+        decoded readout by readout (:meth:`ChainedDecoder.decode`, the same
+        hits and counters as the batch decoder, which the tests check) and
+        filled hit by hit: cheaper than the array operations' fixed cost.
+        A decoder whose ``decode`` is overridden always gets the batch.
+        """
         decoder = self.decoder
         before = decoder.num_readouts
-        hits = decoder.decode(records)
-        self.accumulate(hits)
+        if len(records) <= self.SMALL_RECORDS and type(decoder).decode is BatchDecoder.decode:  # (not overridden)
+            hits = ChainedDecoder.decode(decoder, records)
+            self._fill_hit_objects(hits)
+        else:
+            hits = decoder.decode(records)
+            self.accumulate(hits)
         self.count_processed(decoder.num_readouts - before, len(hits))
 
     def decode_readout(self, readout: AbstractAstroPixReadout) -> list[Any]:
@@ -428,16 +478,102 @@ class MonitorEngine:
         """Fill the histograms with hits: a ``HIT_DTYPE`` array or hit objects.
 
         The cumulative histograms, the time windows (at ``now``, default
-        :attr:`clock`) and the per-pixel TOT spectra get the same hits.
+        :attr:`clock`) and the per-pixel TOT spectra get the same hits: the
+        batch's cells and TOT bins are computed once for all three.
+
+        Inside :meth:`collecting` (the per-readout path of a monitor's
+        ``process_batch``), the hits are kept and filled together when the
+        batch ends, with the clock read once for the batch as the batch path
+        does.
         """
+        pending = self._pending
+        if pending is not None:
+            pending.append((hits, now))
+            self._pending_hits += len(hits)
+            if self._pending_hits >= self.COLLECT_HITS:  # bounded: many live hit objects slow the garbage collector
+                self._pending, self._pending_hits = None, 0
+                try:
+                    self._fill_collected(pending, self._pending_began)
+                finally:
+                    pending.clear()
+                    self._pending = pending
+            return
         if not isinstance(hits, np.ndarray):
             hits = hits_as_array(list(hits))
         if len(hits) == 0:
             return
-        self.accumulator.fill(hits)
-        bins = self.windows.tot_bins(hits["tot_us"])  # the same edges: binned once for both
-        self.windows.fill(hits, self.clock() if now is None else now, tot_bins=bins)
-        self.pixel_tots.fill(hits, tot_bins=bins)
+        if len(hits) <= self.SMALL_FILL:
+            self._fill_small(hits, now)
+            return
+        binned = bin_hits(hits, self.num_rows, self.num_cols, self.windows.tot_bins)
+        self.accumulator.fill_binned(binned)
+        self.windows._fill_binned(binned, self.clock() if now is None else now)
+        self.pixel_tots._fill_binned(binned)
+
+    def _fill_small(self, hits: np.ndarray, now: float | None) -> None:
+        """A few hits: filled one by one into the three accumulators, the same bins as the array path.
+
+        Below :attr:`SMALL_FILL` hits, a dozen array operations cost more
+        than a loop over the hits (what a slow stream's batches hold), the
+        more so on a thread just woken, whose caches other work has emptied.
+        """
+        self._fill_lists(hits["chip_id"].tolist(), hits["column"].tolist(), hits["row"].tolist(),
+                         hits["tot_us"].tolist(), now)
+
+    def _fill_hit_objects(self, hits: list[Any]) -> None:
+        """The AstroPix 4 hit objects of :meth:`process_records`' small path, filled like :meth:`accumulate`."""
+        if self._pending is not None or len(hits) > self.SMALL_FILL:
+            self.accumulate(hits)
+        elif hits:
+            self._fill_lists([h.chip_id for h in hits], [h.column for h in hits], [h.row for h in hits],
+                             [h.tot_us for h in hits], None)
+
+    def _fill_lists(self, chips: list[int], cols: list[int], rows: list[int], tots: list[float], now: float | None) -> None:
+        to_bin = self._scalar_tot_bin
+        bins = [to_bin(t) for t in tots]
+        self.accumulator._fill_scalar(chips, cols, rows, bins)
+        self.windows._fill_scalar(chips, cols, rows, bins, self.clock() if now is None else now)
+        self.pixel_tots._fill_scalar(chips, cols, rows, bins)
+
+    @contextlib.contextmanager
+    def collecting(self) -> Iterator[None]:
+        """Within this block, :meth:`accumulate` collects hits; they are filled at its end, in one go.
+
+        For a ``process_batch`` that calls a user's ``process_readout`` per
+        readout: a readout's few hits would otherwise be filled one readout at
+        a time into four accumulators, at a fixed cost each. Every hit ends up
+        in the same bins (hits with an explicit ``now`` at that time, the
+        others at the clock read when the block began), every
+        :attr:`COLLECT_HITS` hits and at the end. Nested blocks collect into
+        the outermost. The hits are filled even if the block raises.
+        """
+        if self._pending is not None:
+            yield
+            return
+        pending: list[tuple[Any, float | None]] = []
+        self._pending, self._pending_hits = pending, 0
+        began = self._pending_began = self.clock()
+        try:
+            yield
+        finally:
+            self._pending = None
+            self._fill_collected(pending, began)
+
+    def _fill_collected(self, pending: list[tuple[Any, float | None]], began: float) -> None:
+        """Fill what :meth:`collecting` kept: hit objects together, arrays together, per arrival time."""
+        groups: dict[float, tuple[list[Any], list[np.ndarray]]] = {}
+        for hits, now in pending:
+            objects, arrays = groups.setdefault(began if now is None else float(now), ([], []))
+            if isinstance(hits, np.ndarray):
+                if len(hits):
+                    arrays.append(hits)
+            elif hits:
+                objects.extend(hits)
+        for now, (objects, arrays) in groups.items():
+            if objects:
+                self.accumulate(hits_as_array(objects), now)
+            for array in _concatenated(arrays):
+                self.accumulate(array, now)
 
     def count_processed(self, readouts: int, hits: int) -> None:
         """Add to the readout and hit counters."""
@@ -659,9 +795,21 @@ class MonitorEngine:
             self._rates = (0.0, 0.0)
         self._last_counts = counts
 
+    def change_mark(self) -> tuple[int, int, int]:
+        """A value that changes whenever the histograms or counters may have: compare two to skip work.
+
+        Equal marks mean no record was processed, no datagram received and
+        no reset done in between, so the histograms and the counters (rates
+        and uptime aside, which follow the clock) are as they were: a
+        refresh may reuse what it drew (e.g. a view skipping an unchanged
+        ``state()`` copy).
+        """
+        return (self._resets, self._batches, self.listener._datagrams)
+
     def _process(self, records: list[bytes]) -> None:
         if not records:
             return
+        self._batches += 1
         for callback in self._records_callbacks:
             try:
                 callback(records)
@@ -694,12 +842,22 @@ class MonitorEngine:
         return limit
 
     def _process_loop(self) -> None:
+        """The processing thread: drain and process, refresh on time, sleep while there is nothing to do.
+
+        It never polls: when a drain left the listener's buffer empty it
+        blocks in :meth:`Listener.wait_for_records` until the listener buffers
+        the next burst, the next refresh is due, or :meth:`stop` wakes it. The
+        listener's coalescing pause (``coalesce``, 4 ms by default) makes the
+        bursts of a slow stream hold several readouts, so a batch is rarely
+        one readout. :attr:`process_wakeups` counts the loop's turns.
+        """
         last = time.monotonic()
         limit = self.FIRST_BATCH
         listener = self.listener
         stop = self._stop_event
         try:
             while not stop.is_set():
+                self.process_wakeups += 1
                 records = listener.drain(limit)
                 if records:
                     limit = self._next_limit(limit, len(records), self._process_timed(records))
@@ -709,8 +867,8 @@ class MonitorEngine:
                     last = now
                     if self.update_pause:
                         stop.wait(self.update_pause)
-                elif not records:
-                    stop.wait(min(0.005, self.refresh_interval))
+                elif len(records) < limit:  # the buffer is empty: sleep until records, the refresh or stop
+                    listener.wait_for_records(last + self.refresh_interval - now)
             self._finish_backlog(limit)
         finally:
             self._running = False

@@ -130,6 +130,20 @@ RESTART_FORWARD_JUMP = 1 << 24
 _GAP_MEMORY = 16
 #: Most datagrams received between two publications of the counters.
 _BURST = 256
+#: Default of ``Listener(coalesce=...)``: after a small burst that emptied the
+#: socket, the loop lets datagrams gather this long (s) before it receives
+#: again, so that a slow stream wakes it (and the consumer it signals) a few
+#: hundred times a second rather than once a datagram.
+DEFAULT_COALESCE_S = 0.004
+#: The loop only pauses after a burst of fewer datagrams than this (and than
+#: an eighth of what the granted socket buffer holds): a faster stream is
+#: received without pauses.
+_COALESCE_BELOW = 64
+#: Most bursts taken from the socket after a stop was asked (what was sent before it).
+_FINAL_BURSTS = 16
+#: Bytes of socket buffer a small datagram takes (the kernel's accounting,
+#: header and bookkeeping included), to bound the pause by the buffer granted.
+_DATAGRAM_TRUESIZE = 1024
 #: Most records :meth:`Listener.ingest` checks while holding the id lock (the
 #: loop waits meanwhile).
 _INGEST_CHUNK = 4096
@@ -341,6 +355,42 @@ def _record_fate(record: bytes, data_limit: int) -> str | None:
     return problem
 
 
+class _WakeUp:
+    """A descriptor that poll() sees readable once :meth:`set`: an eventfd (Linux), else a socket pair."""
+
+    def __init__(self) -> None:
+        self._event_fd: int | None = None
+        self._pair: tuple[socket.socket, socket.socket] | None = None
+        if hasattr(os, "eventfd"):
+            self._event_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        else:  # pragma: no cover - not Linux
+            reader, writer = socket.socketpair()
+            reader.setblocking(False)
+            writer.setblocking(False)
+            self._pair = (reader, writer)
+
+    def fileno(self) -> int:
+        return self._event_fd if self._event_fd is not None else self._pair[0].fileno()
+
+    def set(self) -> None:
+        try:
+            if self._event_fd is not None:
+                os.eventfd_write(self._event_fd, 1)
+            else:  # pragma: no cover - not Linux
+                self._pair[1].send(b"\0")
+        except OSError:  # full: it is readable already
+            pass
+
+    def close(self) -> None:
+        if self._event_fd is not None:
+            os.close(self._event_fd)
+            self._event_fd = None
+        elif self._pair is not None:  # pragma: no cover - not Linux
+            for end in self._pair:
+                end.close()
+            self._pair = None
+
+
 class Listener:
     """Receive readout records on a thread into a bounded buffer.
 
@@ -362,7 +412,17 @@ class Listener:
         datagrams' size (of a flood of 64 kB datagrams it holds about five
         hundred).
     timeout : float
-        Longest wait for data before the loop looks at its stop flag (s).
+        Longest idle wait of the loop (s); :meth:`request_stop` wakes it at
+        once whatever this is (a wake-up socket is polled beside the UDP one).
+    coalesce : float
+        Seconds the loop lets datagrams gather after a small burst that
+        emptied the socket (default :data:`DEFAULT_COALESCE_S`, 4 ms; 0: no
+        pause). A slow stream is then received and handed over in a few
+        hundred bursts a second instead of one per datagram, which is what
+        keeps the CPU low at 1,000-10,000 readouts/s; it delays a datagram by
+        at most this long. A fast stream (bursts of :data:`_COALESCE_BELOW`
+        datagrams or more, or more than an eighth of what the socket buffer
+        granted holds) is received without pauses.
     rcvbuf : int or None
         Socket receive buffer to ask for (see :class:`~astropix_nbmonitor.sock.MulticastReceiver`).
     interface : str or None
@@ -397,7 +457,8 @@ class Listener:
         *,
         buffer_size: int = 200_000,
         buffer_bytes: int = DEFAULT_BUFFER_BYTES,
-        timeout: float = 0.1,
+        timeout: float = 1.0,
+        coalesce: float = DEFAULT_COALESCE_S,
         rcvbuf: int | None = DEFAULT_RCVBUF,
         interface: str | None = None,
         batch_receive: bool | None = None,
@@ -409,6 +470,9 @@ class Listener:
                 raise ValueError(msg)
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
             msg = f"invalid timeout {timeout!r}: expected a positive number of seconds"
+            raise ValueError(msg)
+        if not isinstance(coalesce, (int, float)) or isinstance(coalesce, bool) or not 0 <= coalesce < 1:
+            msg = f"invalid coalesce {coalesce!r}: expected seconds, at least 0 and below 1"
             raise ValueError(msg)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             msg = f"invalid port {port!r}: expected an integer from 0 to 65535"
@@ -433,6 +497,7 @@ class Listener:
         self.buffer_size = buffer_size
         self.buffer_bytes = buffer_bytes
         self.timeout = float(timeout)
+        self.coalesce = float(coalesce)
         self.rcvbuf_request = rcvbuf
         self.interface = interface
         #: Largest data of a record kept (bytes), None: no bound.
@@ -455,6 +520,15 @@ class Listener:
         self._expect = -1  # the next expected id; -1: no baseline yet
         self._buffer: list[bytes] = []
         self._buffered_bytes = 0
+        # Set when records are buffered (and by wake()): what a consumer waits on.
+        self._records_ready = threading.Event()
+        # The loop's wake-up descriptor (made by each run of the loop, closed at
+        # its end; request_stop() sets it so that poll() returns at once).
+        self._wake_lock = threading.Lock()
+        self._wake: _WakeUp | None = None
+        #: How many times the loop returned from a wait (poll or pause): a
+        #: measure of its wake-ups (the idle loop wakes once per ``timeout``).
+        self.loop_wakeups = 0
         self._zero_counters()
         self._next_log = 0.0  # time.monotonic() of the next log message allowed
 
@@ -558,6 +632,23 @@ class Listener:
             self._dropped += count
         return count
 
+    def wait_for_records(self, timeout: float | None = None) -> bool:
+        """Block until records are buffered, :meth:`wake` is called or ``timeout`` (s) passes.
+
+        Returns True if records are buffered then. For a consumer thread that
+        would otherwise poll :meth:`drain`: it calls this when a drain left the
+        buffer empty, and sleeps until the loop buffers the next burst.
+        """
+        ready = self._records_ready
+        if not ready.is_set() and not ready.wait(timeout):
+            return False
+        ready.clear()  # before the next drain: records buffered after it set it again
+        return bool(self._buffer)
+
+    def wake(self) -> None:
+        """Make :meth:`wait_for_records` return now (a consumer being stopped)."""
+        self._records_ready.set()
+
     # -- records from elsewhere --------------------------------------------------------
 
     def ingest(self, records: Iterable[bytes], *, received_at: float | None = None) -> list[bytes]:
@@ -658,8 +749,11 @@ class Listener:
         return self
 
     def request_stop(self) -> None:
-        """Ask the loop to end; it does within ``timeout`` seconds."""
+        """Ask the loop to end; a waiting loop wakes at once and ends."""
         self._stop_requested = True
+        with self._wake_lock:  # the loop closes its wake-up under this lock: never a stale descriptor
+            if self._wake is not None:
+                self._wake.set()
 
     @property
     def running(self) -> bool:
@@ -794,40 +888,108 @@ class Listener:
         The socket is in blocking mode without a timeout: a receive with
         MSG_DONTWAIT is one system call (a socket timeout would add a poll()
         before every receive), and poll() waits, with the time limit, only
-        when the socket is empty.
+        when the socket is empty. poll() also watches a wake-up socket that
+        :meth:`request_stop` writes to, so a long idle wait never delays a
+        stop. After a small burst that emptied the socket, the loop pauses
+        ``coalesce`` seconds (watching only the wake-up socket) so that the
+        next datagrams arrive together (see the ``coalesce`` parameter).
         """
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLIN)
-        wait_ms = max(1, round(self.timeout * 1000))
+        wake = _WakeUp()  # before reading fd: a close of sock cannot hand its number to the wake-up
         try:
+            fd = sock.fileno()
+            if fd < 0:  # closed under the loop before it began
+                self._warn_closed()
+                return
+            with self._wake_lock:
+                self._wake = wake
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.register(wake.fileno(), select.POLLIN)
+            pauser = select.poll()
+            pauser.register(wake.fileno(), select.POLLIN)
+            wait_ms = max(1, round(self.timeout * 1000))
+            pause_ms = round(self.coalesce * 1000)
+            pause_below = self._pause_below(sock)
+            paused = False
             while not self._stop_requested:
-                readable = self._wait_readable(poller.poll, wait_ms)
-                if readable is None:
-                    break
-                if readable and not self._receive_and_publish(sock):
-                    break
+                if not paused:  # after a pause the datagrams are there: receive without asking poll() first
+                    readable = self._wait_readable(poller.poll, wait_ms, fd)
+                    if readable is None:
+                        return
+                    if not readable:
+                        continue
+                got = self._receive_and_publish(sock)
+                if got is None:
+                    return
+                paused = bool(pause_ms and 0 < got < pause_below and not self._stop_requested)
+                if paused:
+                    pauser.poll(pause_ms)  # the stop's wake-up ends the pause at once
+                    self.loop_wakeups += 1
+            self._receive_queued(sock)
         finally:
+            with self._wake_lock:
+                self._wake = None
+                wake.close()
             self._pause_ids()
 
-    def _wait_readable(self, poll: Callable[[int], list[tuple[int, int]]], wait_ms: int) -> bool | None:
-        """Wait at most ``wait_ms`` for data: True if some, False if none, None if the socket is gone."""
+    def _receive_queued(self, sock: socket.socket) -> None:
+        """On a stop: take what the socket already holds (at most :data:`_FINAL_BURSTS` bursts, no waiting).
+
+        Datagrams sent before the stop are then received and processed, as
+        when a stop found the loop about to receive them; what arrives later
+        counts as missed while stopped.
+        """
+        for _ in range(_FINAL_BURSTS):
+            got = self._receive_and_publish(sock)
+            if not got or got < _BURST:
+                return
+
+    def _pause_below(self, sock: socket.socket) -> int:
+        """Bursts smaller than this are followed by the coalescing pause.
+
+        An eighth of the datagrams the socket buffer granted holds (so that a
+        stream speeding up during a pause is not lost), at most
+        :data:`_COALESCE_BELOW`.
+        """
+        try:
+            granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        except OSError:
+            granted = 0
+        return max(1, min(_COALESCE_BELOW, granted // _DATAGRAM_TRUESIZE // 8))
+
+    def _wait_readable(
+        self, poll: Callable[[int], list[tuple[int, int]]], wait_ms: int, fd: int | None = None
+    ) -> bool | None:
+        """Wait at most ``wait_ms`` for data: True if some, False if none (or woken), None if the socket is gone.
+
+        ``fd``: the UDP socket's descriptor when the poll also watches the
+        wake-up socket (whose event means a stop was asked).
+        """
         events = poll(wait_ms)
+        self.loop_wakeups += 1
         if not events:
             return False
-        if events[0][1] & select.POLLNVAL:
-            self._warn_closed()
-            return None
-        return True
+        for event_fd, mask in events:
+            if fd is not None and event_fd != fd:
+                continue
+            if mask & select.POLLNVAL:
+                self._warn_closed()
+                return None
+            return True
+        return False
 
-    def _receive_and_publish(self, sock: socket.socket) -> bool:
-        """One burst: receive, check, publish; False if the loop must end."""
+    def _receive_and_publish(self, sock: socket.socket) -> int | None:
+        """One burst: receive, check, publish; the datagrams received, or None if the loop must end."""
         with self._ids_lock:
             burst = self._receive_burst(sock)
             if burst is None:
-                return False
-            if burst.records or burst.oversize or any(burst.bad):
+                return None
+            got = len(burst.records) + burst.oversize + sum(burst.bad)
+            if got:
                 self._publish(burst, received_at=time.time())
-        return burst.error is None or not self._socket_error(burst.error)
+        if burst.error is not None and self._socket_error(burst.error):
+            return None
+        return got
 
     def _receive_burst(self, sock: socket.socket) -> _Burst | None:
         """A burst by the path in use (recvmmsg or recv); None if the socket was closed under the loop."""
@@ -1020,6 +1182,8 @@ class Listener:
         if n <= space and good_bytes <= room:
             buffer.extend(records)
             self._buffered_bytes += good_bytes
+            if n:
+                self._records_ready.set()
             return
         kept = kept_bytes = 0
         for record in records[: max(space, 0)]:
@@ -1030,6 +1194,8 @@ class Listener:
         buffer.extend(records[:kept])
         self._buffered_bytes += kept_bytes
         self._dropped += n - kept
+        if kept:
+            self._records_ready.set()
 
     def _log_bad_input(self, malformed: dict[str, int], oversize: int, restarts: int) -> None:
         """Say what was wrong with the input so far, at most every :data:`_LOG_INTERVAL` seconds."""

@@ -40,7 +40,7 @@ import boost_histogram as bh
 import numpy as np
 
 from .astropix4.layout import NUM_CHIPS
-from .hist import TOT_EDGES
+from .hist import TOT_EDGES, BinnedHits, bin_hits
 
 __all__ = ["PIXEL_BUDGET_BYTES", "PixelDeltas", "PixelTots", "SecondSlice", "WindowedAccumulator"]
 
@@ -131,6 +131,18 @@ def _check_chip(chip: int) -> int:
         msg = f"chip_id must be in 0..{NUM_CHIPS - 1}, got {chip}"
         raise ValueError(msg)
     return chip
+
+
+def _given(tot_bins: np.ndarray):
+    """A binner that returns bins already computed (a fill's ``tot_bins=``)."""
+    return lambda _tot: tot_bins
+
+
+def _check_shape(binned: BinnedHits, num_rows: int, num_cols: int) -> None:
+    """ValueError when a reduced batch was made for another matrix."""
+    if binned.shape != (num_rows, num_cols):
+        msg = f"hits binned for a {binned.shape} matrix, this one is {(num_rows, num_cols)} (rows, columns)"
+        raise ValueError(msg)
 
 
 def _chip_groups(chip: np.ndarray) -> list[tuple[int, np.ndarray | None]]:
@@ -579,19 +591,42 @@ class WindowedAccumulator:
             with self._lock:
                 self._advance(self._slot_number(now))
             return
-        cells, inside = self._cells(hits)
-        if tot_bins is None:
-            tot_bins = self._binner(hits["tot_us"])
-        groups = _chip_groups(hits["chip_id"])
+        binner = self._binner if tot_bins is None else _given(tot_bins)
+        self._fill_binned(bin_hits(hits, self.num_rows, self.num_cols, binner), now)
+
+    def _fill_binned(self, binned: BinnedHits, now: float) -> None:
+        """Add a batch reduced by :func:`~astropix_nbmonitor.hist.bin_hits` (this matrix, these edges) at ``now``.
+
+        The engine reduces each batch once for the cumulative histograms, this
+        ring and :class:`PixelTots`; :meth:`fill` does it for its own caller.
+        """
+        _check_shape(binned, self.num_rows, self.num_cols)
+        chip, cell, inside, tot_bin, chips = binned.chip, binned.cell, binned.inside, binned.tot_bin, binned.chips
         with self._lock:
             slot = self._advance(self._slot_number(now)) % self.num_slots
-            for chip, sel in groups:
-                ring = self._ring(chip)
-                in_chip = inside if sel is None else inside & sel
+            if len(chips) == 1:
+                ring = self._ring(chips[0])
                 # An int32 one: with a Python int, np.add.at on int32 takes its slow
                 # casting path (35 ns a hit instead of under 1 ns, numpy 2.4).
-                np.add.at(ring.maps[slot], cells[in_chip], _ONE32)
-                np.add.at(ring.tots[slot], tot_bins if sel is None else tot_bins[sel], _ONE32)
+                np.add.at(ring.maps[slot], cell if inside is None else cell[inside], _ONE32)
+                np.add.at(ring.tots[slot], tot_bin, _ONE32)
+                return
+            for c in chips:
+                ring = self._ring(c)
+                sel = chip == c
+                np.add.at(ring.maps[slot], cell[sel if inside is None else sel & inside], _ONE32)
+                np.add.at(ring.tots[slot], tot_bin[sel], _ONE32)
+
+    def _fill_scalar(self, chips: list[int], cols: list[int], rows: list[int], bins: list[int], now: float) -> None:
+        """A few hits as lists (flow-inclusive TOT bins) at ``now``: the counts of :meth:`_fill_binned`, one at a time."""
+        num_cols, num_rows = self.num_cols, self.num_rows
+        with self._lock:
+            slot = self._advance(self._slot_number(now)) % self.num_slots
+            for chip, col, row, tot_bin in zip(chips, cols, rows, bins):
+                ring = self._ring(chip)
+                if col < num_cols and row < num_rows:
+                    ring.maps[slot, col * num_rows + row] += 1
+                ring.tots[slot, tot_bin] += 1
 
     def _cells(self, hits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Flat pixel index ``column * num_rows + row`` of each hit, and which are inside."""
@@ -1011,22 +1046,46 @@ class PixelTots:
         """
         if len(hits) == 0:
             return
-        col = hits["column"].astype(np.intp)
-        row = hits["row"].astype(np.intp)
-        chip = hits["chip_id"].astype(np.intp)
-        keep = (col < self.num_cols) & (row < self.num_rows) & (chip < self.num_chips)
-        ignored = int(np.count_nonzero((col < self.num_cols) & (row < self.num_rows)) - np.count_nonzero(keep))
-        bins = self._binner(hits["tot_us"]) if tot_bins is None else tot_bins
-        if not keep.all():
-            col, row, chip, bins = col[keep], row[keep], chip[keep], bins[keep]
-        if len(chip) == 0:
-            self.ignored += ignored
-            return
-        flat = (col * self.num_rows + row) * self._binner.nbins_flow + bins
+        binner = self._binner if tot_bins is None else _given(tot_bins)
+        self._fill_binned(bin_hits(hits, self.num_rows, self.num_cols, binner))
+
+    def _fill_binned(self, binned: BinnedHits) -> None:
+        """Add a batch reduced by :func:`~astropix_nbmonitor.hist.bin_hits` (this matrix, these edges)."""
+        _check_shape(binned, self.num_rows, self.num_cols)
+        chip, cell, inside, tot_bin, chips = binned.chip, binned.cell, binned.inside, binned.tot_bin, binned.chips
+        nbins = self._binner.nbins_flow
+        flat = cell * nbins + tot_bin
+        ignored = 0
+        if inside is not None or chips[-1] >= self.num_chips:
+            keep = chip < self.num_chips
+            if inside is not None:
+                ignored = int(np.count_nonzero(inside & ~keep))
+                keep &= inside
+            else:
+                ignored = int(len(chip) - np.count_nonzero(keep))
+            flat, chip = flat[keep], chip[keep]
+            if len(chip) == 0:
+                self.ignored += ignored
+                return
+            chips = (int(chip[0]),) if len(chips) == 1 else tuple(int(c) for c in np.unique(chip))
         with self._lock:
             self.ignored += ignored
-            for c, sel in _chip_groups(chip):
-                np.add.at(self._chip(c).reshape(-1), flat if sel is None else flat[sel], _ONE64)
+            if len(chips) == 1:
+                np.add.at(self._chip(chips[0]).reshape(-1), flat, _ONE64)
+                return
+            for c in chips:
+                np.add.at(self._chip(c).reshape(-1), flat[chip == c], _ONE64)
+
+    def _fill_scalar(self, chips: list[int], cols: list[int], rows: list[int], bins: list[int]) -> None:
+        """A few hits as lists (flow-inclusive TOT bins): the counts of :meth:`_fill_binned`, one at a time."""
+        num_cols, num_rows, num_chips = self.num_cols, self.num_rows, self.num_chips
+        with self._lock:
+            for chip, col, row, tot_bin in zip(chips, cols, rows, bins):
+                if col < num_cols and row < num_rows:
+                    if chip < num_chips:
+                        self._chip(chip)[col * num_rows + row, tot_bin] += 1
+                    else:
+                        self.ignored += 1
 
     def _chip(self, chip: int) -> np.ndarray:
         """The spectra of ``chip``, allocated at its first hit (lock held)."""

@@ -70,6 +70,7 @@ def test_a_live_stream_is_counted_and_histogrammed_exactly(engine):
     assert engine.running
     send_paced(engine.port, run.records)
     wait_for(lambda: engine.num_readouts == run.num_readouts, what="every readout processed")
+    wait_for(lambda: len(engine.history) >= 1, what="a refresh with a rate point")  # the stream may end before one
     engine.stop()
     st = engine.status()
     inside = run.truth[(run.truth["column"] < 16) & (run.truth["row"] < 35)]
@@ -269,3 +270,192 @@ def test_records_callbacks_see_every_processed_record_in_order(engine):
     send_paced(engine.port, more)
     wait_for(lambda: len(seen) == 800, what="the live records")
     assert seen[500:] == more
+
+
+# --------------------------------------------------------------------------
+# CPU (issue 14, point 4): no polling while idle, coalesced batches exact
+
+
+def test_the_processing_thread_and_the_listener_sleep_while_idle():
+    """Idle, the processing loop turns about twice a refresh and the listener once a timeout (it polled every 5 ms)."""
+    eng = MonitorEngine(port=0, refresh_interval=0.1)
+    try:
+        eng.start()
+        time.sleep(0.2)
+        turns, wakeups, began = eng.process_wakeups, eng.listener.loop_wakeups, time.monotonic()
+        time.sleep(1.0)
+        elapsed = time.monotonic() - began
+        refreshes = elapsed / 0.1
+        assert eng.process_wakeups - turns <= 2 * (refreshes + 2)  # polling every 5 ms: 200 in that second
+        assert eng.listener.loop_wakeups - wakeups <= elapsed / eng.listener.timeout + 2
+        assert eng.running
+    finally:
+        eng.stop()
+    assert _engine_threads() == []
+
+
+def test_a_listener_with_a_long_timeout_still_stops_at_once():
+    """The stop wakes the loop's poll (an eventfd beside the socket): no wait for the 30 s timeout."""
+    from astropix_nbmonitor.listener import Listener
+
+    listener = Listener(port=0, timeout=30.0).start()
+    time.sleep(0.05)  # the loop is in its poll
+    assert listener.stop(timeout=5.0) is True
+    assert not listener.running
+
+
+def test_slow_stream_batches_are_coalesced_and_processed_exactly():
+    """Datagrams a few at a time: the listener gathers them (4 ms pause), every hit lands once."""
+    run = AstroPix4Simulator(seed=31, hits_per_readout=2.0, faults={"split": 0.05, "out_of_matrix": 0.02}).generate(600)
+    eng = MonitorEngine(port=0, refresh_interval=0.05)
+    batches = []
+    eng.add_records_callback(lambda records: batches.append(len(records)))
+    try:
+        eng.start()
+        from astropix_nbmonitor.sock import MulticastSender
+
+        with MulticastSender("127.0.0.1", eng.port) as sender:
+            for i, record in enumerate(run.records):
+                sender.send_data(record)
+                if i % 3 == 2:
+                    time.sleep(0.001)
+        wait_for(lambda: eng.num_readouts == run.num_readouts, what="every readout processed")
+    finally:
+        eng.stop()
+    assert sum(batches) == run.num_readouts
+    assert len(batches) < run.num_readouts  # batches of several readouts, not one each
+    state = eng.state()
+    assert np.array_equal(state.hit_map.values(), _expected_map(run.truth))
+    assert state.tot_hist.sum(flow=True) == len(run.truth) == eng.num_hits
+    assert eng.status()["recovered_hits"] == run.num_split
+    assert int(eng.windows.counts(600.0).sum()) == int(state.hit_map.sum())
+    assert sum(int(eng.pixel_tots.pixel_counts(c, r).sum()) for c in range(16) for r in range(35)) == int(state.hit_map.sum())
+
+
+@pytest.mark.parametrize("collect_hits", [MonitorEngine.COLLECT_HITS, 50])
+def test_collecting_fills_every_hit_once_at_the_end_of_the_block(collect_hits):
+    """accumulate() inside collecting() is filled at the block's end (the per-readout path), or every
+    COLLECT_HITS hits, even on an error."""
+    run = AstroPix4Simulator(seed=32, hits_per_readout=3.0, chip_ids=(0, 2), faults={"out_of_matrix": 0.05}).generate(300)
+    direct = MonitorEngine(port=0)
+    collected = MonitorEngine(port=0)
+    collected.COLLECT_HITS = collect_hits
+    for eng in (direct, collected):
+        eng.clock = lambda: 1000.5
+    objects = [direct.decoder.decode_readout(AstroPix4Readout.from_bytes(r)) for r in run.records]
+    for hits in objects:
+        direct.accumulate(hits)
+    with pytest.raises(ZeroDivisionError):
+        with collected.collecting():
+            for k, hits in enumerate(objects):
+                collected.accumulate(hits)
+                if k == 150:
+                    with collected.collecting():  # nested: collects into the outer block
+                        collected.accumulate(np.zeros(0, dtype=run.truth.dtype))
+                if collect_hits > 900:
+                    assert collected.accumulator.num_filled == 0  # nothing filled inside the block
+            if collect_hits < 900:
+                assert collected.accumulator.num_filled > 0  # filled on the way, every 50 hits
+            raise ZeroDivisionError
+    for a, b in ((direct.hit_map(), collected.hit_map()), (direct.tot_hist(), collected.tot_hist())):
+        assert np.array_equal(a.values(flow=True), b.values(flow=True))
+    assert direct.chips_seen == collected.chips_seen == [0, 2]
+    assert direct.out_of_matrix == collected.out_of_matrix > 0
+    assert np.array_equal(direct.windows.counts(10.0, 1000.5), collected.windows.counts(10.0, 1000.5))
+    for chip in (0, 2):
+        assert np.array_equal(direct.pixel_tots.pixel_counts(3, 4, chip), collected.pixel_tots.pixel_counts(3, 4, chip))
+    assert np.array_equal(direct.pixel_tots.sum_pixels([(c, 3, 7) for c in (0, 2)]),
+                          collected.pixel_tots.sum_pixels([(c, 3, 7) for c in (0, 2)]))
+
+
+def _everything(eng: MonitorEngine) -> dict:
+    """Every histogram and counter the fills and the decoder keep, for comparisons."""
+    st = eng.state()
+    pixel = {c: eng.pixel_tots._spectra[c].copy() for c in eng.pixel_tots.chips_seen}
+    return {
+        "maps": st.histograms["chip_hit_map"].view().copy(),
+        "tots": st.histograms["chip_tot_hist"].view(flow=True).copy(),
+        "window": eng.windows.counts(600.0, 1000.5),
+        "window_tot": {c: eng.windows.tot_hist(600.0, c, 1000.5).values(flow=True) for c in eng.windows.chips_seen},
+        "pixel": pixel,
+        "ignored": eng.pixel_tots.ignored,
+        "chips": st.chips,
+        "out": eng.out_of_matrix,
+        "readouts": eng.num_readouts,
+        "hits": eng.num_hits,
+        "flags": eng.decoder.flag_dict(),
+        "counts": (eng.decoder.num_recovered, eng.decoder.num_empty, eng.decoder.num_malformed),
+    }
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], dict):
+            assert a[key].keys() == b[key].keys(), key
+            for k in a[key]:
+                assert np.array_equal(a[key][k], b[key][k]), (key, k)
+        else:
+            assert np.array_equal(a[key], b[key]), key
+
+
+def test_small_batches_decoded_readout_by_readout_equal_one_big_batch():
+    """Batches of 1-30 records (a slow stream; up to SMALL_RECORDS decoded readout by readout and
+    filled hit by hit) give every hit, bin and counter of one batch through the array path."""
+    sim = AstroPix4Simulator(
+        seed=33, hits_per_readout=3.0, chip_ids=(0, 1, 5),
+        faults={"split": 0.1, "out_of_matrix": 0.05, "ff_padding": 0.1, "garbled": 0.03, "empty": 0.05,
+                "truncated": 0.02, "trailing_ff": 0.05, "skip_ids": 0.02},
+    )
+    run = sim.generate(1500)
+    small, big = MonitorEngine(port=0), MonitorEngine(port=0)
+    for eng in (small, big):
+        eng.clock = lambda: 1000.5
+    rng = np.random.default_rng(3)
+    i = 0
+    while i < len(run.records):
+        k = int(rng.integers(1, 31))
+        small.process_records(run.records[i : i + k])
+        i += k
+    big.process_records(run.records)
+    a, b = _everything(small), _everything(big)
+    _assert_same(a, b)
+    assert a["readouts"] == run.num_readouts and a["hits"] >= len(run.truth) > 0  # garbled bytes may decode as hits
+    assert a["out"] > 0 and a["counts"][0] > 0 and sum(a["flags"].values()) > 0  # (skipped ids break some chains)
+    assert {0, 1, 5} <= set(a["chips"])  # (garbled bytes may read as other chips)
+
+
+def test_hit_by_hit_fill_equals_the_array_fill_at_the_edges():
+    """The scalar fill of a few hits (accumulate below SMALL_FILL) and the array fill agree, edge cases included."""
+    edges = np.linspace(0.0, 500.0, 100)
+    rng = np.random.default_rng(8)
+    n = 400
+    hits = np.zeros(n, dtype=[("chip_id", "u1"), ("row", "u1"), ("column", "u1"), ("tot_us", "f8")])
+    hits["chip_id"] = rng.choice([0, 2, 31], n)
+    hits["row"] = rng.integers(0, 40, n)
+    hits["column"] = rng.integers(0, 20, n)
+    hits["tot_us"] = np.concatenate([edges, np.nextafter(edges, -np.inf), [np.nan, -1.0, 1e9],
+                                     rng.uniform(0, 510, n - 203)])
+    one, many = MonitorEngine(port=0), MonitorEngine(port=0)
+    for eng in (one, many):
+        eng.clock = lambda: 1000.5
+    for start in range(0, n, 5):
+        one.accumulate(hits[start : start + 5])  # hit by hit
+    many.accumulate(hits)  # arrays
+    assert one.SMALL_FILL >= 5 and many.SMALL_FILL < n
+    a, b = _everything(one), _everything(many)
+    _assert_same(a, b)
+    assert a["out"] > 0 and a["chips"] == (0, 2, 31)
+
+
+def test_change_mark_tells_whether_anything_changed():
+    eng = MonitorEngine(port=0)
+    mark = eng.change_mark()
+    assert eng.change_mark() == mark  # nothing happened
+    eng.replay(AstroPix4Simulator(seed=4).generate(20).records)
+    after = eng.change_mark()
+    assert after != mark
+    eng.refresh()
+    assert eng.change_mark() == after  # a refresh changes no histogram
+    eng.reset()
+    assert eng.change_mark() != after

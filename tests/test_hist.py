@@ -105,3 +105,72 @@ def test_a_tot_on_the_last_edge_is_in_the_last_bin_as_offline(edges):
     assert counts.tolist() == expected.tolist()
     assert counts[-1] >= 2  # both values on the last edge
     assert under == 1 and over == 2
+
+
+def _reference_fill(num_rows, num_cols, edges, hits):
+    """The histograms filled hit by hit with boost-histogram itself (the offline rule at the last edge)."""
+    chip_axis = bh.axis.Integer(0, 32, underflow=False, overflow=False)
+    maps = bh.Histogram(chip_axis, bh.axis.Integer(0, num_cols, underflow=False, overflow=False),
+                        bh.axis.Integer(0, num_rows, underflow=False, overflow=False), storage=bh.storage.Int64())
+    regular = np.allclose(np.diff(edges), edges[1] - edges[0])  # the accumulator's own choice of axis
+    tot_axis = bh.axis.Regular(len(edges) - 1, edges[0], edges[-1]) if regular else bh.axis.Variable(edges)
+    tots = bh.Histogram(chip_axis, tot_axis, storage=bh.storage.Int64())
+    for h in hits:
+        chip, col, row, tot = int(h["chip_id"]), int(h["column"]), int(h["row"]), float(h["tot_us"])
+        if col < num_cols and row < num_rows:
+            maps.fill(chip, col, row)
+        tots.fill(chip, np.nextafter(edges[-1], -np.inf) if tot == edges[-1] else tot)
+    return maps.view(), tots.view(flow=True)
+
+
+@pytest.mark.parametrize("edges", [TOT_EDGES, np.array([0.0, 2.0, 10.0, 50.0, 500.0])])
+def test_fill_through_the_storage_equals_boost_histograms_own_fill(edges):
+    """The fills write into the storage with np.add.at (issue 14): the counts of a hit-by-hit fill."""
+    rng = np.random.default_rng(7)
+    n = 3000
+    tots = np.concatenate([edges, np.nextafter(edges, np.inf), np.nextafter(edges, -np.inf),
+                           rng.uniform(-20, 600, n - 3 * len(edges))])
+    hits = _hits(rng.integers(0, 40, n), rng.integers(0, 20, n), tots, rng.choice([0, 3, 31, 40], n))
+    acc = HitAccumulator(35, 16, tot_edges=edges)
+    acc.fill(hits[:1000])
+    acc.fill(hits[1000:1001])  # a batch of one
+    acc.fill(hits[1001:])
+    ref_maps, ref_tots = _reference_fill(35, 16, edges, hits)
+    assert np.array_equal(acc.snapshot()["chip_hit_map"].view(), ref_maps)
+    assert np.array_equal(acc.snapshot()["chip_tot_hist"].view(flow=True), ref_tots)
+    inside = (hits["column"] < 16) & (hits["row"] < 35)
+    assert acc.out_of_matrix == int(np.count_nonzero(~inside))
+    assert acc.chips_seen == {0, 3, 31, 40}  # a chip_id beyond the axis is seen, not histogrammed, as before
+    acc.reset()
+    acc.fill(hits[:10])
+    assert acc.num_filled == int(np.count_nonzero(inside[:10] & (hits["chip_id"][:10] < 32)))
+
+
+def test_bin_hits_is_what_every_accumulator_fills_from():
+    from astropix_nbmonitor.hist import bin_hits
+
+    hits = _hits([0, 34, 35, 3], [0, 15, 2, 16], [1.0, 499.9, 500.0, 700.0], [2, 2, 5, 2])
+    acc = HitAccumulator(35, 16)
+    binned = bin_hits(hits, 35, 16, acc.tot_bins)
+    assert binned.chips == (2, 5)
+    assert binned.inside.tolist() == [True, True, False, False]
+    assert binned.cell[:2].tolist() == [0, 15 * 35 + 34]
+    assert binned.tot_bin.tolist() == [1, 99, 99, 100]  # 500 = the last edge: the last bin (99); 700: overflow
+    one_chip = bin_hits(hits[:2], 35, 16, acc.tot_bins)
+    assert one_chip.chips == (2,) and one_chip.inside is None
+
+
+@pytest.mark.parametrize(
+    "edges", [TOT_EDGES, np.array([0.0, 1.0, 5.0, 20.0, 500.0]), np.linspace(-3.0, 7.3, 17), np.linspace(0.1, 0.7, 7)]
+)
+def test_the_plain_python_tot_bin_is_boost_histograms_bin(edges):
+    """scalar_tot_binner (the small batches' fill) against the axis itself, at every edge, next to it, NaN and inf."""
+    from astropix_nbmonitor.hist import flow_tot_bins, scalar_tot_binner
+
+    acc = HitAccumulator(35, 16, tot_edges=edges)
+    axis, last = acc._tot_axis, float(edges[-1])
+    rng = np.random.default_rng(5)
+    values = np.concatenate([edges, np.nextafter(edges, -np.inf), np.nextafter(edges, np.inf),
+                             rng.uniform(edges[0] - 3, edges[-1] + 3, 20_000), [np.nan, np.inf, -np.inf, 0.0, -0.0]])
+    to_bin = scalar_tot_binner(axis, last)
+    assert [to_bin(float(v)) for v in values] == flow_tot_bins(axis, last, values).tolist()

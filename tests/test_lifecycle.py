@@ -127,8 +127,9 @@ def test_20_monitors_created_in_a_loop_on_one_port_like_a_rerun_cell(no_leaks):
             assert registry._ACTIVE[(monitor_mod.LOCAL_HOST, port)]() is mon
             _wait_for(lambda: mon.num_readouts > 0, what=f"data in monitor {i}")
             assert mon.malformed_packets == mon.lost_readouts == 0
-            # Each receiving socket so far is closed, but the current monitor's one.
-            assert _fd_count() == fds + 1
+            # Each receiving socket so far is closed, but the current monitor's one
+            # (and its listener loop's wake-up eventfd).
+            assert _fd_count() == fds + 2
         for old in monitors[:-1]:
             assert not old.running and old.num_readouts > 0
             assert old.listener_stats().dropped == 0

@@ -964,3 +964,28 @@ def test_discard_buffer_counts_what_it_held_as_dropped(make_listener_both):
 def test_new_counters_in_a_fresh_snapshot():
     stats = Listener(port=0).stats().as_dict()
     assert stats["oversize"] == stats["missed_while_stopped"] == 0
+
+
+def test_wait_for_records_returns_on_records_on_wake_and_on_timeout():
+    """What the processing thread sleeps on (issue 14): records buffered, wake(), or the timeout."""
+    listener = Listener(port=0, coalesce=0.0).start()
+    try:
+        assert listener.wait_for_records(0.01) is False  # nothing: the timeout
+        listener.wake()
+        assert listener.wait_for_records(5.0) is False  # woken, no records
+        with MulticastSender("127.0.0.1", listener.port) as sender:
+            sender.send_data(record(0))
+        assert listener.wait_for_records(5.0) is True
+        assert len(listener.drain()) == 1
+        assert listener.wait_for_records(0.01) is False  # the event was cleared before the drain
+    finally:
+        listener.stop()
+
+
+def test_coalesce_is_checked_and_off_when_zero():
+    with pytest.raises(ValueError, match="coalesce"):
+        Listener(port=0, coalesce=-1)
+    with pytest.raises(ValueError, match="coalesce"):
+        Listener(port=0, coalesce=True)
+    assert Listener(port=0).coalesce == 0.004
+    assert Listener(port=0, coalesce=0).coalesce == 0.0

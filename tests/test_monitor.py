@@ -651,3 +651,40 @@ def test_stop_is_immediate_with_a_slow_process_readout_and_refreshes_stay_on_tim
         assert took < 10.0, f"Stop took {took:.1f} s"  # the whole backlog would take 20 s
     finally:
         mon.close()
+
+
+def test_per_readout_path_fills_exactly_what_the_batch_path_fills():
+    """process_readout per readout (hits filled once per batch, issue 14) and the batch path: every hit,
+    in hit_map, tot_hist, the time windows and the per-pixel spectra; a subclass's override is called."""
+
+    class Overriding(AstroPix4SimpleMonitor):
+        calls = 0
+
+        def process_readout(self, readout):
+            type(self).calls += 1
+            return super().process_readout(readout)
+
+    run = AstroPix4Simulator(seed=23, hits_per_readout=2, chip_ids=(0, 4),
+                             faults={"split": 0.1, "out_of_matrix": 0.03, "garbled": 0.02}).generate(1200)
+    fast, slow = AstroPix4SimpleMonitor(port=0), Overriding(port=0)
+    try:
+        for mon in (fast, slow):
+            mon.engine.clock = lambda: 5000.25
+        for i in range(0, 1200, 100):
+            fast.process_batch(run.records[i : i + 100])
+            slow.process_batch(run.records[i : i + 100])  # AstroPix4SimpleMonitor.process_batch sees the override
+        assert Overriding.calls == 1200
+        assert fast.engine.num_hits == slow.engine.num_hits > 0
+        assert fast.engine.num_readouts == slow.engine.num_readouts == 1200
+        for chip in (None, 0, 4):
+            assert np.array_equal(fast.engine.hit_map(chip).values(), slow.engine.hit_map(chip).values())
+            assert np.array_equal(fast.engine.tot_hist(chip).values(flow=True), slow.engine.tot_hist(chip).values(flow=True))
+            assert np.array_equal(fast.engine.windows.counts(60.0, 5000.25), slow.engine.windows.counts(60.0, 5000.25))
+        for column, row in ((0, 0), (5, 17), (15, 34)):
+            for chip in (0, 4):
+                assert np.array_equal(fast.pixel_tot_hist(column, row, chip).values(flow=True),
+                                      slow.pixel_tot_hist(column, row, chip).values(flow=True))
+        assert fast.out_of_matrix_hits == slow.out_of_matrix_hits > 0
+    finally:
+        fast.close()
+        slow.close()

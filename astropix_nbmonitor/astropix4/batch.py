@@ -365,6 +365,13 @@ class BatchDecoder(ChainedDecoder):
         The chaining state: the last readout's id and extra bytes.
     """
 
+    #: Batches of at most this many readouts skip the array walk and go
+    #: through the reference state machine alone (step 5 for every readout):
+    #: the same hits and counters, at a quarter of the walk's fixed cost for a
+    #: few readouts (the monitor's batches at a low rate). Measured crossover
+    #: about 70 readouts, for 1-hit and 32-hit readouts alike.
+    SMALL_BATCH = 48
+
     def __init__(self, readout_class: type[AstroPix4Readout] = AstroPix4Readout) -> None:
         super().__init__(readout_class)
 
@@ -375,7 +382,10 @@ class BatchDecoder(ChainedDecoder):
         frames = self._frames(records)
         if frames is None:
             return np.zeros(0, dtype=HIT_DTYPE)
-        walked, bad, steps = _walk(frames)
+        if len(frames.rid) > self.SMALL_BATCH:
+            walked, bad, steps = _walk(frames)
+        else:  # a few readouts: the state machine alone is cheaper than the walk's fixed cost
+            walked, bad, steps = _empty_words(), np.ones(len(frames.rid), dtype=bool), 0
         rescanned, flagged = self._rescan(frames, bad)
         merged = _merge(walked, rescanned, steps)
         hits = _words_to_hits(merged.words)

@@ -130,8 +130,13 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
     def process_batch(self, records: list[bytes]) -> None:
         """Decode a batch with the engine's batch decoder and fill.
 
-        Same hits as calling :meth:`process_readout` on each record.
+        Same hits as calling :meth:`process_readout` on each record. A
+        subclass that overrides :meth:`process_readout` gets it called for
+        each readout instead (:meth:`AbstractMonitor.process_batch`).
         """
+        if type(self).process_readout is not AstroPix4SimpleMonitor.process_readout:
+            AbstractMonitor.process_batch(self, records)
+            return
         self.engine.process_records(records)
 
     # ------------------------------------------------------------------ display

@@ -13,6 +13,7 @@ bqplot figures, usually filled by :mod:`.panels`.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 import threading
@@ -575,18 +576,23 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
         result (and then count with :meth:`count_processed`).
         """
         engine = self.engine
-        for record in records:
-            try:
-                readout = self.readout_class.from_bytes(record)
-            except ValueError as exc:  # the listener validated it already: not expected
-                engine.note_error(exc)
-                continue
-            try:
-                result = self.process_readout(readout)
-            except Exception as exc:
-                engine.note_error(exc)
-                result = None
-            engine.count_processed(1, _hits_of(result))
+        collecting = getattr(engine, "collecting", None)  # a hub viewer's engine fills nothing
+        from_bytes, process_readout, count = self.readout_class.from_bytes, self.process_readout, engine.count_processed
+        # The hits a process_readout hands to engine.accumulate are filled once
+        # for the whole batch (same bins), not readout by readout.
+        with collecting() if collecting is not None else contextlib.nullcontext():
+            for record in records:
+                try:
+                    readout = from_bytes(record)
+                except ValueError as exc:  # the listener validated it already: not expected
+                    engine.note_error(exc)
+                    continue
+                try:
+                    result = process_readout(readout)
+                except Exception as exc:
+                    engine.note_error(exc)
+                    result = None
+                count(1, _hits_of(result))
 
     def count_processed(self, readouts: int, hits: int) -> None:
         """Add to the readout and hit counters (for ``process_batch`` overrides)."""

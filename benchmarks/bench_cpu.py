@@ -1,0 +1,342 @@
+"""Benchmark of the monitor's CPU: idle, 1,000 and 10,000 readouts/s, the code of before side by side.
+
+Run: ``python benchmarks/bench_cpu.py [--quick] [--before REV]``. Each
+measurement runs in a fresh Python process (the monitor's process) while a
+sender in another process sends real-data readouts (the real file's records,
+ids renumbered; a synthetic one-hit readout when the file is absent) over
+loopback. The monitor's CPU is its process's user + system time over the
+measured interval (``time.process_time()``, every thread), divided by the wall time: the listener,
+the processing thread and the refreshes (default 0.5 s refresh), nothing of
+the sender. Two monitors: the bare ``MonitorEngine`` and an
+``AstroPix4SimpleMonitor`` with its widget built and refreshed but no browser
+(a plain Python process: widget messages go to no front end).
+
+Each figure is measured for the code of this work tree and for the code of
+``--before`` (default ``d6b6ea0``, before the processing thread stopped
+polling every 5 ms), extracted with ``git archive`` into a temporary folder
+and run the same way, so the ratios come from one run.
+
+Also, in the same run and for both versions: the latency from a datagram sent
+to its hit in ``hit_map`` (p50, p99; a probe readout of chip 7 every 10 ms
+inside a 1,000 readouts/s stream (every tenth readout), its send time taken by the sender just
+before ``sendto``, the arrival seen by a thread of the monitor's process
+reading the chip-7 count every 0.2 ms) and a zero-loss check at 300,000
+readouts/s for 5 s (sent with ``sendmmsg`` as in bench_udp.py; lost and
+dropped must be 0). bench_udp.py measures the listener's capacity in more
+detail.
+
+Targets (issue 14, point 4): at most 2% of a core at 1,000 readouts/s, 4% at
+10,000, 0.2% idle; latency p99 under 10 ms; zero loss at 300,000 readouts/s.
+
+The collaboration's own monitor (``astropix_analysis.monitor``) is not
+measured: its package is not on PyPI (``pip download astropix-analysis``
+finds no distribution), so it cannot be installed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+REAL_APX = REPO.parent / "shared" / "astropix-data" / "20250723_092534_data.apx"
+#: Record framing (docs/format.md section 1): magic, id, timestamp, data length.
+_HEADER = struct.Struct("<3sIQI")
+_MAGIC = b"APX"
+PROBE_CHIP = 7
+PROBE_PERIOD = 0.01
+
+
+# --------------------------------------------------------------------------
+# The sender (another process; run with this work tree's code)
+
+
+def _payloads() -> tuple[list[bytes], bytes, str]:
+    """Data of real readouts (or a synthetic one-hit readout) and the probe readout's data."""
+    from astropix_nbmonitor.record import RECORD_HEADER_SIZE
+    from astropix_nbmonitor.sim import AstroPix4Simulator
+
+    probe = AstroPix4Simulator(seed=5, chip_ids=(PROBE_CHIP,), hits_per_readout=1, fixed_hits=True).generate(1).records[0]
+    if REAL_APX.is_file():
+        from astropix_nbmonitor.fileio import apx_open
+
+        with apx_open(REAL_APX) as reader:
+            data = [r[RECORD_HEADER_SIZE:] for r in reader.records()]
+        return data, probe[RECORD_HEADER_SIZE:], "real file"
+    run = AstroPix4Simulator(seed=1, hits_per_readout=1.0, fixed_hits=True).generate(500)
+    return [r[RECORD_HEADER_SIZE:] for r in run.records], probe[RECORD_HEADER_SIZE:], "simulated (real file absent)"
+
+
+def sender_main(port: int, rate: float, seconds: float, probes: bool) -> None:
+    """Send readouts with consecutive ids at ``rate`` for ``seconds``; print JSON (sent, probe send times)."""
+    from astropix_nbmonitor.record import RECORD_MAGIC, RECORD_STRUCT
+
+    data, probe, _ = _payloads()
+    pack = RECORD_STRUCT.pack
+    sent = 0
+    probe_times: list[float] = []
+    if rate >= 50_000:
+        sys.path.insert(0, str(HERE))
+        from bench_udp import _BlockSender
+
+        block = 256
+        tx = _BlockSender(port, block, 64 + max(map(len, data)))
+        t0 = time.monotonic()
+        while time.monotonic() < t0 + seconds:
+            due = t0 + sent / rate
+            now = time.monotonic()
+            if due > now:
+                time.sleep(due - now)
+            tx.send([pack(RECORD_MAGIC, i, 0, len(d)) + d for i in range(sent, sent + block) for d in (data[i % len(data)],)])
+            sent += block
+        tx.close()
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        address = ("127.0.0.1", port)
+        t0 = time.monotonic()
+        next_probe = t0 + PROBE_PERIOD
+        while True:
+            now = time.monotonic()
+            if now >= t0 + seconds:
+                break
+            due = t0 + sent / rate
+            if due > now:
+                time.sleep(due - now)
+            if probes and time.monotonic() >= next_probe:
+                record = pack(RECORD_MAGIC, sent, 0, len(probe)) + probe
+                probe_times.append(time.monotonic())
+                next_probe += PROBE_PERIOD
+            else:
+                d = data[sent % len(data)]
+                record = pack(RECORD_MAGIC, sent, 0, len(d)) + d
+            sock.sendto(record, address)
+            sent += 1
+        sock.close()
+    print(json.dumps({"sent": sent, "seconds": time.monotonic() - t0, "probes": probe_times}), flush=True)
+
+
+# --------------------------------------------------------------------------
+# The monitor's process (run with the code measured)
+
+
+def _make(kind: str):
+    if kind == "engine":
+        from astropix_nbmonitor.engine import MonitorEngine
+
+        mon = eng = MonitorEngine(port=0)
+    else:
+        from astropix_nbmonitor.monitor import AstroPix4SimpleMonitor
+
+        mon = AstroPix4SimpleMonitor(port=0)
+        eng = mon.engine
+    coalesce = os.environ.get("BENCH_CPU_COALESCE")
+    if coalesce is not None and hasattr(eng.listener, "coalesce"):
+        eng.listener.coalesce = float(coalesce)  # read when the listener's loop starts
+    return mon, eng
+
+
+def _start_sender(port: int, rate: float, seconds: float, probes: bool = False) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--sender", str(port), str(rate), str(seconds)]
+    if probes:
+        cmd.append("--probes")
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
+
+
+def _cpu() -> float:
+    return time.process_time()  # every thread of the process, user + system (CLOCK_PROCESS_CPUTIME_ID)
+
+
+def child_cpu(kind: str, seconds: float) -> dict:
+    """CPU share of the monitor's process: idle, then 1,000 and 10,000 readouts/s."""
+    mon, eng = _make(kind)
+    mon.start()
+    out: dict = {}
+    try:
+        time.sleep(1.0)
+        for label, rate in (("idle", 0.0), ("1k", 1_000.0), ("10k", 10_000.0)):
+            if rate:
+                time.sleep(0.5)
+            sender = _start_sender(eng.port, rate, seconds + 1.5) if rate else None
+            time.sleep(1.0)  # the sender's start-up and the monitor's first batches
+            w0, c0 = time.monotonic(), _cpu()
+            n0 = eng.num_readouts
+            turns0 = getattr(eng, "process_wakeups", None)
+            time.sleep(seconds)
+            w1, c1 = time.monotonic(), _cpu()
+            n1 = eng.num_readouts
+            turns1 = getattr(eng, "process_wakeups", None)
+            if sender is not None:
+                sender.communicate(timeout=60)
+                time.sleep(0.3)
+            stats = eng.listener.stats()
+            out[label] = {
+                "cpu": (c1 - c0) / (w1 - w0),
+                "readouts_per_s": (n1 - n0) / (w1 - w0),
+                "turns_per_s": None if turns0 is None else (turns1 - turns0) / (w1 - w0),
+                "lost": stats.lost,
+                "dropped": stats.dropped,
+            }
+    finally:
+        mon.stop()
+        mon.close()
+    return out
+
+
+def child_latency(kind: str, seconds: float) -> dict:
+    """Datagram sent -> its hit in hit_map: probe readouts of chip 7 in a 1,000 readouts/s stream."""
+    import numpy as np
+
+    mon, eng = _make(kind)
+    mon.start()
+    seen: list[float] = []
+    done = threading.Event()
+    view = eng.accumulator._maps.view()  # read without the lock: a count only grows
+
+    def watch() -> None:
+        last = 0
+        while not done.is_set():
+            count = int(view[PROBE_CHIP].sum())
+            if count > last:
+                now = time.monotonic()
+                seen.extend([now] * (count - last))
+                last = count
+            time.sleep(0.0002)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        sender = _start_sender(eng.port, 1_000.0, seconds, probes=True)
+        out, _ = sender.communicate(timeout=120)
+        time.sleep(0.5)
+    finally:
+        done.set()
+        watcher.join()
+        mon.stop()
+        mon.close()
+    probes = json.loads(out.strip().splitlines()[-1])["probes"]
+    n = min(len(probes), len(seen))
+    lat = (np.array(seen[:n]) - np.array(probes[:n])) * 1e3
+    return {"n": n, "sent": len(probes), "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
+            "max": float(lat.max())}
+
+
+def child_capacity(kind: str, rate: float, seconds: float) -> dict:
+    """Lost and dropped readouts at ``rate`` for ``seconds``."""
+    mon, eng = _make(kind)
+    mon.start()
+    try:
+        sender = _start_sender(eng.port, rate, seconds)
+        out, _ = sender.communicate(timeout=120)
+        reply = json.loads(out.strip().splitlines()[-1])
+        sent = reply["sent"]
+        deadline = time.monotonic() + 10
+        while eng.num_readouts < sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        stats = eng.listener.stats()
+        return {"sent": sent, "seconds": reply["seconds"], "processed": eng.num_readouts, "lost": stats.lost,
+                "dropped": stats.dropped, "rcvbuf": stats.rcvbuf}
+    finally:
+        mon.stop()
+        mon.close()
+
+
+# --------------------------------------------------------------------------
+# The parent: both versions, side by side
+
+
+def _extract(rev: str, into: Path) -> Path:
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "astropix_nbmonitor"], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+def _run_child(code: Path, *args: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(code))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=str(code))
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {args} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="5 s per figure instead of 10 s")
+    parser.add_argument("--before", default="d6b6ea0", help="the git revision to compare with (default d6b6ea0)")
+    parser.add_argument("--sender", nargs=3, metavar=("PORT", "RATE", "SECONDS"), help=argparse.SUPPRESS)
+    parser.add_argument("--probes", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.sender:
+        port, rate, seconds = args.sender
+        sender_main(int(port), float(rate), float(seconds), args.probes)
+        return
+    if args.child:
+        what, kind, *rest = args.child
+        if what == "cpu":
+            result = child_cpu(kind, float(rest[0]))
+        elif what == "latency":
+            result = child_latency(kind, float(rest[0]))
+        else:
+            result = child_capacity(kind, float(rest[0]), float(rest[1]))
+        print(json.dumps(result))
+        return
+
+    seconds = 5.0 if args.quick else 10.0
+    import numpy as np
+
+    _, _, source = _payloads()
+    print(f"machine: {platform.platform()}, {os.cpu_count()} cpus, Python {platform.python_version()}, numpy {np.__version__}")
+    print(f"stream: {source}; {seconds:g} s per figure; before = {args.before}, now = this work tree")
+    with tempfile.TemporaryDirectory(prefix="bench-cpu-") as tmp:
+        versions = {"before": _extract(args.before, Path(tmp)), "now": REPO}
+        cpu = {(v, k): _run_child(code, "cpu", k, str(seconds)) for k in ("engine", "widget") for v, code in versions.items()}
+        print("\n1. CPU of the monitor's process (% of one core; user + system over wall time)")
+        print(f"{'monitor':<10}{'stream':<14}{'before':>9}{'now':>9}{'now/before':>12}{'target':>8}"
+              f"{'loop turns/s (before: -)':>28}{'readouts/s now':>16}")
+        for kind in ("engine", "widget"):
+            for label, name, target in (("idle", "idle", 0.2), ("1k", "1,000/s", 2.0), ("10k", "10,000/s", 4.0)):
+                b, n = cpu[("before", kind)][label], cpu[("now", kind)][label]
+                before_turns = "-" if b["turns_per_s"] is None else f"{b['turns_per_s']:,.0f}"
+                turns = f"{before_turns}, {n['turns_per_s'] or 0:,.0f}"
+                ratio = n["cpu"] / b["cpu"] if b["cpu"] > 0 else float("nan")
+                met = "met" if 100 * n["cpu"] <= target else "NOT met"
+                print(f"{kind:<10}{name:<14}{100 * b['cpu']:>8.2f}%{100 * n['cpu']:>8.2f}%{ratio:>11.2f}x"
+                      f"{target:>6.1f}% {met:<8}{turns:>20}{n['readouts_per_s']:>16,.0f}")
+        for (v, kind), res in cpu.items():
+            bad = {k: (r["lost"], r["dropped"]) for k, r in res.items() if r["lost"] or r["dropped"]}
+            if bad:
+                print(f"   {v} {kind}: lost/dropped {bad}")
+        print("\n2. latency, datagram sent -> its hit in hit_map (widget monitor, 1,000 readouts/s, a probe every 10 ms;"
+              " twice, interleaved)")
+        for v, code in [*versions.items(), *versions.items()]:
+            lat = _run_child(code, "latency", "widget", str(seconds))
+            print(f"   {v:<7} p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, max {lat['max']:.2f} ms "
+                  f"over {lat['n']} probes (target p99 < 10 ms: {'met' if lat['p99'] < 10 else 'NOT met'})")
+        print("\n3. zero loss at 300,000 real-data readouts/s for 5 s (widget monitor)")
+        for v, code in versions.items():
+            cap = _run_child(code, "capacity", "widget", "300000", "5")
+            ok = cap["lost"] == 0 and cap["dropped"] == 0 and cap["processed"] == cap["sent"]
+            offered = cap["sent"] / cap["seconds"]
+            limited = " (the sender fell short of 300,000/s on this machine)" if offered < 0.97 * 300_000 else ""
+            print(f"   {v:<7} sent {cap['sent']:,} = {offered:,.0f}/s{limited}, processed {cap['processed']:,}, "
+                  f"lost {cap['lost']}, dropped {cap['dropped']} (receive buffer {cap['rcvbuf']:,} bytes): "
+                  f"{'zero loss' if ok else 'LOSS'}")
+    print("\n4. the collaboration's monitor (astropix_analysis.monitor): not measured, its package is not on PyPI")
+
+
+if __name__ == "__main__":
+    main()
