@@ -16,7 +16,7 @@ from ..fmt import AbstractAstroPixReadout, AstroPix4Readout
 from ..hist import TOT_EDGES
 from ..sock import DEFAULT_PORT, LOCAL_HOST
 from .base import AbstractMonitor
-from .chips import ChipGrid
+from .chips import ChipGrid, normalize_layout
 from .panels import HitMapPanel, Panel, PixelPanel, RatePanel, TotPanel
 
 __all__ = ["AstroPix4SimpleMonitor"]
@@ -72,6 +72,12 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
     HEIGHT_PX = 520
     MAX_WIDTH_PX = 1350
 
+    def __new__(cls, *args: Any, layout: Any = None, **kwargs: Any) -> AstroPix4SimpleMonitor:
+        # A bad layout is refused before the widget (and its socket) exists.
+        if layout is not None and not isinstance(layout, widgets.Layout):
+            normalize_layout(layout)
+        return super().__new__(cls, *args, **kwargs)
+
     def __init__(
         self,
         group: str = LOCAL_HOST,
@@ -85,10 +91,6 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
     ) -> None:
         if isinstance(layout, widgets.Layout):  # the widget's own CSS layout, as any ipywidget takes
             kwargs["layout"], layout = layout, None
-        if layout is not None:
-            from .chips import normalize_layout
-
-            normalize_layout(layout)  # refused before anything is bound
         super().__init__(AstroPix4Readout, group, port, tot_edges=tot_edges, history_seconds=history_seconds, **kwargs)
         self.tot_edges = np.asarray(tot_edges, dtype=float)
         self.shown_chip: int | None = None

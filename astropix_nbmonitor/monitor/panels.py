@@ -423,11 +423,15 @@ class HitMapPanel(Panel):
         # The scale's top is the last round tick at or above the largest value: it
         # changes (and the colour bar with it) only when the counts pass a tick.
         ticks = integer_ticks(top)
+        step = float(ticks[1] - ticks[0]) if len(ticks) > 1 else 1.0
+        nice = max(math.ceil(top / step) * step, 1.0)
+        if nice > ticks[-1]:
+            ticks = np.append(ticks, nice)
         with self.heatmap.hold_sync(), self.color_scale.hold_sync(), self.color_axis.hold_sync():
             self.color_scale.scheme = "viridis"
             self.color_scale.mid = None
             self.color_scale.min = 0.0
-            self.color_scale.max = float(max(ticks[-1], 1.0)) if not log else float(max(np.ceil(2.0 * top) / 2.0, 1.0))
+            self.color_scale.max = float(nice) if not log else float(max(np.ceil(2.0 * top) / 2.0, 1.0))
             self.color_axis.tick_values = ticks[ticks <= self.color_scale.max]
             self.color_axis.label = "" if log else "hits"  # the title says what log colours are
             self.heatmap.color = colors
