@@ -24,7 +24,10 @@ time, the bytes the page received on the kernel's websocket, and the DOM
 nodes of the page. The same time with no update, just before each case's
 updates, gives the page's idle baseline ("over idle" subtracts it).
 
-    python benchmarks/bench_marks.py [--updates 20] [--chips 1 4 16] [--kinds grid heat heat+light monitor]
+    python benchmarks/bench_marks.py [--updates 20] [--chips 1 4 16] [--kinds grid heat heat+light monitor] [--kernel-only]
+
+It first counts, in the kernel, the bytes the main hit map's widgets send per
+refresh (linear, log, with masked pixels).
 """
 
 from __future__ import annotations
@@ -152,14 +155,20 @@ def run_cell(page, code: str) -> None:
     page.mouse.move(1, 1)
 
 
+STATUS_JS = "() => { const e = document.querySelector('.bench-status'); return e ? e.textContent : null; }"
+
+
 def wait_status(page, text: str, timeout: float = 120.0) -> None:
+    """Wait for ``text`` in the status label (read as textContent: the label may be scrolled out of view)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        loc = page.locator(".bench-status")
-        if loc.count() and text in (loc.first.inner_text() or ""):
+        if text in (page.evaluate(STATUS_JS) or ""):
             return
         time.sleep(0.05)
-    msg = f"no {text!r} in the status label after {timeout} s"
+    shown = page.evaluate(STATUS_JS)
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    tail = errors.last.inner_text()[-2000:] if errors.count() else ""
+    msg = f"no {text!r} in the status label after {timeout} s (it shows {shown!r}); last error output: {tail}"
     raise TimeoutError(msg)
 
 
@@ -180,13 +189,67 @@ def wait_server(url: str, timeout: float = 90.0) -> None:
     raise TimeoutError(msg)
 
 
+def kernel_bytes(refreshes: int = 20) -> None:
+    """Bytes the hit map's widgets send per refresh, counted in the kernel (message content and buffers).
+
+    Counts what ``Widget._send`` is given by the main hit map's marks, scales
+    and axes (one chip, no layout) while simulated data arrive between
+    refreshes; the Jupyter message header (about 300-400 bytes a message on
+    the websocket) comes on top, once per message.
+    """
+    import ipywidgets as widgets
+
+    from astropix_nbmonitor.monitor import AstroPix4SimpleMonitor, HitMapPanel
+    from astropix_nbmonitor.sim import AstroPix4Simulator
+
+    sent: list[tuple[int, int]] = []
+    watched: set[int] = set()
+    original = widgets.Widget._send
+
+    def counting(self, msg, buffers=None):
+        if id(self) in watched:
+            sent.append((len(json.dumps(msg, default=str)), sum(len(memoryview(b).cast("B")) for b in buffers or ())))
+        return original(self, msg, buffers)
+
+    widgets.Widget._send = counting
+    try:
+        print(f"kernel side, main hit map, {refreshes} refreshes, 1 chip (content + buffers; headers not counted)")
+        for label, setup in (("linear", None), ("log", "log"), ("linear, 2 masked pixels", "mask")):
+            mon = AstroPix4SimpleMonitor(port=0)
+            panel = mon.panel(HitMapPanel)
+            watched.clear()
+            watched |= {id(w) for w in (panel.heatmap, panel.color_scale, panel.color_axis, panel.figure, panel.mask_layer,
+                                        panel.light, panel.noisy_markers, panel.selected_marker)}
+            if setup == "log":
+                mon.scale_toggle.value = "log"
+            if setup == "mask":
+                mon.mask_pixels([(0, 3, 4), (0, 7, 20)])
+            sim = AstroPix4Simulator(seed=1, hits_per_readout=2)
+            mon.replay(sim.generate(2000).records)
+            sent.clear()
+            for _ in range(refreshes):
+                mon.replay(sim.generate(250).records)  # 500 readouts/s at the default 0.5 s refresh
+            messages = len(sent)
+            total = sum(a + b for a, b in sent)
+            print(f"  {label:<26} {messages / refreshes:5.1f} messages, {total / refreshes:7,.0f} bytes per refresh "
+                  f"(+ about {350 * messages / refreshes:,.0f} of headers)")
+            sent.clear()
+            mon.close()
+    finally:
+        widgets.Widget._send = original
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--rate", type=float, default=2.0)
     parser.add_argument("--chips", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--kinds", nargs="+", default=["grid", "heat", "heat+light"])
+    parser.add_argument("--kinds", nargs="+", default=["grid", "heat", "heat+light", "monitor"])
+    parser.add_argument("--kernel-only", action="store_true", help="only the kernel-side byte count (no browser)")
     args = parser.parse_args()
+    kernel_bytes()
+    if args.kernel_only:
+        return 0
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory(prefix="bench-marks-") as tmp:
@@ -195,6 +258,10 @@ def main() -> int:
         work.mkdir()
         (work / "bench.ipynb").write_text(json.dumps(notebook()), encoding="utf-8")
         env = isolated_env(root / "state", PYTHONPATH=str(ROOT))
+        # Every cell rendered, in view or not (JupyterLab's windowing would skip the status label's cell).
+        tracker = root / "state" / "jupyter-config" / "lab" / "user-settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+        tracker.parent.mkdir(parents=True, exist_ok=True)
+        tracker.write_text(json.dumps({"windowingMode": "none"}), encoding="utf-8")
         port = free_tcp_port()
         token = secrets.token_hex(16)
         cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",

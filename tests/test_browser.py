@@ -485,6 +485,10 @@ def test_jupyterlab_shift_window_noisy_mask_alarm_and_pixel_drill_down(launch, p
         poll("the selected pixel's spectrum", lambda: spectrum_title.match(pixel_title(page) or ""))
         bars = page.locator(".apx-pixel .bargroup rect, .apx-pixel rect.bar")
         poll("the pixel's TOT bars", lambda: bars.count() > 0)
+        # The mouse is on the cell: the kernel fills the tooltip with its counts.
+        page.mouse.move(at[0] + 1, at[1])
+        tooltip = page.locator(".apx-hitmap-tooltip")
+        poll("the cell's tooltip", lambda: re.match(r"row 17, column 8: ([\d,]+ hits|masked)", tooltip.first.inner_text() if tooltip.count() else ""))
         page.locator(".apx-toolbar").first.evaluate("e => e.scrollIntoView({block: 'start'})")
         page.mouse.move(1, 1)
         time.sleep(1.0)  # let the plots settle before the picture (not an assertion)

@@ -207,12 +207,17 @@ class HitMapPanel(Panel):
         # The tooltip: a small HTML widget the hover callback fills with the cell's counts.
         self.tooltip = widgets.HTML("")
         self.tooltip.add_class("apx-hitmap-tooltip")
-        # The light layer: transparent cells on the cell boundaries, never updated.
+        # The light layer: transparent cells on the cell boundaries, never updated. It has
+        # scales of its own (the same ranges): nothing the map's updates touch makes it redraw.
         self.light = bqplot.GridHeatMap(
             row=np.arange(-0.5, num_rows, 1.0),
             column=np.arange(-0.5, num_cols, 1.0),
             color=np.zeros((num_rows, num_cols), dtype=np.uint8),
-            scales={"row": row_scale, "column": col_scale, "color": bqplot.ColorScale(min=0.0, max=1.0, colors=[_CLEAR, _CLEAR])},
+            scales={
+                "row": bqplot.LinearScale(min=-0.5, max=num_rows - 0.5, reverse=True),
+                "column": bqplot.LinearScale(min=-0.5, max=num_cols - 0.5),
+                "color": bqplot.ColorScale(min=0.0, max=1.0, colors=[_CLEAR, _CLEAR]),
+            },
             null_color=_CLEAR,
             stroke=None,
             tooltip=self.tooltip,
