@@ -112,7 +112,7 @@ def bench_monitor(chips, updates, rate, label):
     from astropix_nbmonitor.sim import AstroPix4Simulator
     ids = list(range(chips))
     layout = None if chips == 1 else [ids[i:i + (2 if chips == 4 else 4)] for i in range(0, chips, 2 if chips == 4 else 4)]
-    mon = AstroPix4SimpleMonitor(port=0, layout=layout)
+    mon = AstroPix4SimpleMonitor(port=0) if layout is None else AstroPix4SimpleMonitor(port=0, layout=layout)
     mon.add_class("bench-box")
     display(mon)
     sim = AstroPix4Simulator(seed=3, chip_ids=tuple(ids), hits_per_readout=2)
@@ -246,6 +246,7 @@ def main() -> int:
     parser.add_argument("--chips", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--kinds", nargs="+", default=["grid", "heat", "heat+light", "monitor"])
     parser.add_argument("--kernel-only", action="store_true", help="only the kernel-side byte count (no browser)")
+    parser.add_argument("--kernel-tree", default=str(ROOT), help="the source tree the notebook's kernel imports (to compare with another checkout)")
     args = parser.parse_args()
     kernel_bytes()
     if args.kernel_only:
@@ -257,7 +258,7 @@ def main() -> int:
         work = root / "work"
         work.mkdir()
         (work / "bench.ipynb").write_text(json.dumps(notebook()), encoding="utf-8")
-        env = isolated_env(root / "state", PYTHONPATH=str(ROOT))
+        env = isolated_env(root / "state", PYTHONPATH=str(Path(args.kernel_tree).resolve()))
         # Every cell rendered, in view or not (JupyterLab's windowing would skip the status label's cell).
         tracker = root / "state" / "jupyter-config" / "lab" / "user-settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
         tracker.parent.mkdir(parents=True, exist_ok=True)

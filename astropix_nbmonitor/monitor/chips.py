@@ -154,7 +154,8 @@ class ChipMapPanel(HitMapPanel):
         if row is None and chips == [self.chip_id]:  # the only chip seen (no per-chip rows): the run's own figures
             row = (self.chip_id, 0, float(self.monitor.hit_rate), int(self.monitor.out_of_matrix_hits))
         if row is not None:
-            parts.append(f"{row[2]:,.1f} hits/s")
+            # Three significant digits: the title (a message to the page) changes only when the rate really does.
+            parts.append(f"{float(f'{row[2]:.3g}'):,g} hits/s")
             if row[3]:
                 parts.append(f"out of matrix {row[3]:,}")
         elif self.chip_id not in chips:
