@@ -152,7 +152,8 @@ class ChipMapPanel(HitMapPanel):
             row = next((r for r in figures.chip_rows if r[0] == self.chip_id), None)
         chips = list(getattr(self.monitor, "chips_seen", None) or [])
         if row is None and chips == [self.chip_id]:  # the only chip seen (no per-chip rows): the run's own figures
-            row = (self.chip_id, 0, float(self.monitor.hit_rate), int(self.monitor.out_of_matrix_hits))
+            oom = getattr(getattr(self.monitor, "engine", None), "out_of_matrix", 0)
+            row = (self.chip_id, 0, float(getattr(self.monitor, "hit_rate", 0.0) or 0.0), int(oom or 0))
         if row is not None:
             # Three significant digits: the title (a message to the page) changes only when the rate really does.
             parts.append(f"{float(f'{row[2]:.3g}'):,g} hits/s")
