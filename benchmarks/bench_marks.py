@@ -246,6 +246,7 @@ def main() -> int:
     parser.add_argument("--chips", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--kinds", nargs="+", default=["grid", "heat", "heat+light", "monitor"])
     parser.add_argument("--kernel-only", action="store_true", help="only the kernel-side byte count (no browser)")
+    parser.add_argument("--screenshots", default=None, help="a folder to save a picture of each case in")
     parser.add_argument("--kernel-tree", default=str(ROOT), help="the source tree the notebook's kernel imports (to compare with another checkout)")
     args = parser.parse_args()
     kernel_bytes()
@@ -307,6 +308,10 @@ def main() -> int:
                         wait_status(page, "done " + label)
                         m1, b1 = metrics(cdp), received[0]
                         nodes = page.evaluate("() => document.getElementsByTagName('*').length")
+                        if args.screenshots:
+                            box = page.locator(".bench-box").last
+                            box.scroll_into_view_if_needed()
+                            box.screenshot(path=str(Path(args.screenshots) / f"{kind}-{chips}.png"))
                         n = args.updates
 
                         def per(name: str, m0=m0, m1=m1, n=n) -> float:
