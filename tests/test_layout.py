@@ -218,3 +218,32 @@ def test_masks_and_noisy_pixels_are_drawn_on_their_own_chips_map(quad):
     assert list(on1.noisy_markers.x) == [2] and list(on1.noisy_markers.y) == [30]
     assert all(quad.chip_maps[c].noisy_markers not in quad.chip_maps[c].figure.marks for c in (0, 2, 3))
     assert "1 noisy" in on1.figure.title
+
+
+def test_a_viewer_of_a_hub_draws_each_chip_map_from_the_hubs_state():
+    pytest.importorskip("zmq")
+    mon = AstroPix4SimpleMonitor(port=0).start(refresh_interval=0.1)
+    viewer = None
+    try:
+        publisher = mon.publish("tcp://127.0.0.1:0", refresh_interval=0.1)
+        run = AstroPix4Simulator(seed=12, chip_ids=(3, 8), hits_per_readout=2).generate(1500)
+        send_paced(mon.port, run.records)
+        wait_for(lambda: mon.num_readouts == 1500, what="the hub's monitor to process the run")
+        viewer = AstroPix4SimpleMonitor(hub=publisher.publish_url, layout=[[8, 3]]).start(refresh_interval=0.1)
+        wait_for(
+            lambda: viewer.hub_connected and np.array_equal(viewer.hit_map.values(), mon.hit_map.values()),
+            what="the viewer to show the hub's state",
+        )
+        viewer.stop()
+        viewer.refresh()
+        assert _places(viewer) == {8: (0, 0), 3: (0, 1)}
+        for chip in (3, 8):
+            expected = mon.chip_hit_map(chip).values()
+            assert expected.sum() > 0
+            assert np.array_equal(viewer.chip_maps[chip].heatmap.color, expected.T)
+            assert viewer.chip_maps[chip].figure.title.startswith(f"chip {chip}, ")
+    finally:
+        if viewer is not None:
+            viewer.close()
+        mon.close()
+    assert monitor_threads() == []
