@@ -11,6 +11,9 @@ shows 1, 4 and 16 chip maps of 35 rows x 16 columns, each drawn as
 * ``heat+light``: a ``HeatMap`` under a transparent ``GridHeatMap`` whose
   data never change (the layer that catches clicks and hovers: bqplot 0.13's
   HeatMap sends no click and shows no tooltip);
+* ``image``: a ``bqplot.Image`` (``pixelated``) of a 16 x 35 pixel PNG made
+  in the kernel (zlib, a colour table; no colour bar, no click layer), a
+  candidate for a cheaper map;
 * ``monitor``: ``AstroPix4SimpleMonitor(layout=...)`` itself (its chip maps,
   and its TOT, rate and dashboard, fed with simulated data), to see the
   whole page.
@@ -61,10 +64,49 @@ status = widgets.Label("idle")
 status.add_class("bench-status")
 display(status)
 
+import struct, zlib
+ANCHORS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=float)
+LUT = np.stack([np.interp(np.linspace(0, 4, 256), np.arange(5), ANCHORS[:, k]) for k in range(3)], axis=1).astype(np.uint8)
+
+def png_of(counts, top=30.0):
+    """A 16 x 35 pixel PNG of the counts (rows top-down), coloured through a viridis-like table."""
+    rgb = LUT[np.clip(counts / top * 255, 0, 255).astype(np.uint8)]
+    h, w, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+class ImageMap:
+    """A map drawn as a bqplot Image of a PNG made here: ``color = counts`` sends a new PNG.
+
+    bqplot's Image view redraws when the mark's ``image`` changes, not when
+    that widget's value does: two Image widgets take turns (the idle one gets
+    the new PNG, then the mark is pointed at it).
+    """
+    def __init__(self, mark, pictures):
+        self.mark, self.pictures, self.turn = mark, pictures, 0
+    @property
+    def color(self):
+        return None
+    @color.setter
+    def color(self, counts):
+        self.turn ^= 1
+        picture = self.pictures[self.turn]
+        picture.value = png_of(counts)
+        self.mark.image = picture
+
 def one_map(kind):
     rows, cols = np.arange(35.0), np.arange(16.0)
     color = np.zeros((35, 16), dtype=np.float32)
     cs = bqplot.ColorScale(scheme="viridis", min=0.0, max=30.0)
+    if kind == "image":
+        xs, ys = bqplot.LinearScale(min=-0.5, max=15.5), bqplot.LinearScale(min=34.5, max=-0.5)
+        pictures = [widgets.Image(value=png_of(color), format="png") for _ in range(2)]
+        mark = bqplot.Image(image=pictures[0], x=[-0.5, 15.5], y=[-0.5, 34.5], scales={"x": xs, "y": ys}, pixelated=True)
+        fig = bqplot.Figure(marks=[mark], axes=[bqplot.Axis(scale=xs), bqplot.Axis(scale=ys, orientation="vertical")],
+                            fig_margin={"top": 10, "bottom": 30, "left": 35, "right": 60}, layout=widgets.Layout(width="auto", height="300px", min_width="0px"))
+        return fig, ImageMap(mark, pictures)
     if kind == "grid":
         xs, ys = bqplot.OrdinalScale(), bqplot.OrdinalScale(reverse=True)
         mark = bqplot.GridHeatMap(row=rows, column=cols, color=color, scales={"row": ys, "column": xs, "color": cs}, stroke="white")
