@@ -143,11 +143,37 @@ def readouts(page) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+#: The colour of each cell of the main hit map, row by row, as drawn: the map is a canvas-drawn
+#: HeatMap (an SVG image) with the masked pixels' layer (another image) over it; both are
+#: painted on one canvas and read at the cells' centres (rows top-down, as the map draws them).
+CELL_FILLS_JS = """async () => {
+    const figure = document.querySelector('.apx-hitmap');
+    const images = figure ? Array.from(figure.querySelectorAll('image.heatmap')) : [];
+    if (!images.length) return [];
+    const w = Math.round(+images[0].getAttribute('width')), h = Math.round(+images[0].getAttribute('height'));
+    if (!(w > 0 && h > 0)) return [];
+    const canvas = document.createElement('canvas');
+    canvas.width = w; canvas.height = h;
+    const ctx = canvas.getContext('2d');
+    for (const image of images) {
+        const img = new Image();
+        img.src = image.getAttribute('href');
+        await img.decode();
+        ctx.drawImage(img, 0, 0, w, h);
+    }
+    const out = [];
+    for (let r = 0; r < 35; r++) {
+        for (let c = 0; c < 16; c++) {
+            const d = ctx.getImageData(Math.floor((c + 0.5) * w / 16), Math.floor((r + 0.5) * h / 35), 1, 1).data;
+            out.push(`rgb(${d[0]}, ${d[1]}, ${d[2]})`);
+        }
+    }
+    return out;
+}"""
+
+
 def cell_fills(page) -> list[str]:
-    return page.eval_on_selector_all(
-        ".apx-hitmap rect.heatmapcell",
-        "cells => cells.map(c => c.getAttribute('fill') || getComputedStyle(c).fill)",
-    )
+    return page.evaluate(CELL_FILLS_JS)
 
 
 def exercise_monitor(page, name: str) -> None:
@@ -459,6 +485,10 @@ def test_jupyterlab_shift_window_noisy_mask_alarm_and_pixel_drill_down(launch, p
         poll("the selected pixel's spectrum", lambda: spectrum_title.match(pixel_title(page) or ""))
         bars = page.locator(".apx-pixel .bargroup rect, .apx-pixel rect.bar")
         poll("the pixel's TOT bars", lambda: bars.count() > 0)
+        # The mouse is on the cell: the kernel fills the tooltip with its counts.
+        page.mouse.move(at[0] + 1, at[1])
+        tooltip = page.locator(".apx-hitmap-tooltip")
+        poll("the cell's tooltip", lambda: re.match(r"row 17, column 8: ([\d,]+ hits|masked)", tooltip.first.inner_text() if tooltip.count() else ""))
         page.locator(".apx-toolbar").first.evaluate("e => e.scrollIntoView({block: 'start'})")
         page.mouse.move(1, 1)
         time.sleep(1.0)  # let the plots settle before the picture (not an assertion)

@@ -141,31 +141,37 @@ def test_update_display_sends_a_javascript_safe_color_array(monitor):
     monitor.update_display()
     color = monitor.heatmap.color
     assert color.shape == (35, 16)
-    assert color.dtype in (np.float64, np.float32, np.int32)
+    # The smallest type the front end reads: these counts fit in a byte (float32 for log, ratio or masks).
+    assert color.dtype == np.uint8
     assert np.array_equal(color, monitor.hit_map.values().T)
     assert monitor.tot_bars.y.dtype == np.float64
     # What the README promises of the plots: a colour bar, a tooltip with row,
     # column and counts, rows drawn top-down, and the TOT overflow in the title.
     assert any(isinstance(ax, bqplot.ColorAxis) for ax in monitor.figures[0].axes)
-    assert monitor.heatmap.tooltip.fields == ["row", "column", "color"]
-    assert monitor.heatmap.tooltip.labels == ["row", "column", "hits"]
-    assert monitor.heatmap.scales["row"].reverse
+    panel = monitor.panel(HitMapPanel)
+    assert isinstance(monitor.heatmap, bqplot.HeatMap)  # canvas-drawn: one image, not one SVG element per pixel
+    assert panel.light.tooltip is panel.tooltip and list(monitor.figures[0].marks) == [monitor.heatmap, panel.light]
+    counts = monitor.hit_map.values().T
+    row, column = np.argwhere(counts == counts.max())[0]
+    # What bqplot's front end sends when the mouse enters a cell of the light layer.
+    panel.light._handle_custom_msg({"event": "hover", "data": {"rowNum": int(row), "columnNum": int(column)}}, [])
+    assert panel.tooltip.value == f"row {row}, column {column}: {int(counts.max()):,} hits"
+    assert monitor.heatmap.scales["y"].reverse
     overflow = int(monitor.tot_hist.values(flow=True)[-1])
     assert monitor.figures[1].title.endswith(f"overflow > 500 us: {overflow})")
-    # Log scale: colours log10(1 + counts); the tooltip still shows the counts
-    # (from the transparent count layer on top). Linear again restores the counts.
-    counts = monitor.hit_map.values().T
-    panel = monitor.panel(HitMapPanel)
+    # Log scale: colours log10(1 + counts); the tooltip still shows the counts.
+    # Linear again restores the counts.
     monitor.scale_toggle.value = "log"
+    assert monitor.heatmap.color.dtype == np.float32
     assert np.allclose(monitor.heatmap.color, np.log10(1 + counts))
-    assert monitor.heatmap.tooltip is None
-    assert list(monitor.figures[0].marks) == [monitor.heatmap, panel.count_layer]
-    assert panel.count_layer.tooltip is panel.tooltip
-    assert np.array_equal(panel.count_layer.color, counts) and panel.tooltip.labels == ["row", "column", "hits"]
+    assert list(monitor.figures[0].marks) == [monitor.heatmap, panel.light]
+    panel.tooltip.value = ""
+    panel.light._handle_custom_msg({"event": "hover", "data": {"rowNum": int(row), "columnNum": int(column)}}, [])
+    assert panel.tooltip.value == f"row {row}, column {column}: {int(counts.max()):,} hits"
     assert panel.color_axis.label == "" and monitor.figures[0].title == "Hit map: log10(1 + hits)"
     monitor.scale_toggle.value = "linear"
     assert np.array_equal(monitor.heatmap.color, counts)
-    assert monitor.heatmap.tooltip is panel.tooltip and list(monitor.figures[0].marks) == [monitor.heatmap]
+    assert list(monitor.figures[0].marks) == [monitor.heatmap, panel.light]
 
 
 def test_the_tot_title_takes_the_overflow_edge_from_the_real_edges():

@@ -9,13 +9,14 @@ from typing import Any, ClassVar
 import bqplot
 import ipywidgets as widgets
 import numpy as np
-from traitlets import Int, Tuple
+from traitlets import Bool, Int, Tuple
 
 from ..astropix4.layout import NUM_COLS, NUM_ROWS
 from ..fmt import AbstractAstroPixReadout, AstroPix4Readout
 from ..hist import TOT_EDGES
 from ..sock import DEFAULT_PORT, LOCAL_HOST
 from .base import AbstractMonitor
+from .chips import ChipGrid, normalize_layout
 from .panels import HitMapPanel, Panel, PixelPanel, RatePanel, TotPanel
 
 __all__ = ["AstroPix4SimpleMonitor"]
@@ -38,6 +39,17 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
         TOT bin edges in us (default: the collaboration's ``linspace(0, 500, 100)``).
     history_seconds : float
         Span of the rate strip chart.
+    layout : list of lists of int, or str, optional
+        Several chips: one hit map per chip, placed as the setup is built,
+        given as rows of chip_ids (``[[0, 1], [2, 3]]``: a quad-chip board;
+        ``[[0], [1], [2]]``: a stack of layers; None in a row leaves a place
+        empty; rows may differ in length), or a preset name (``"quad"``, see
+        :data:`~astropix_nbmonitor.monitor.chips.LAYOUT_PRESETS`). The chip
+        maps come under the main plots (see :attr:`chip_maps`); None (the
+        default): the main hit map only.
+    shared_scale : bool
+        With a layout: one colour scale for all chip maps (True), or one per
+        chip; also a toolbar toggle and the :attr:`shared_scale` traitlet.
     **kwargs
         The listener options of :class:`AbstractMonitor`.
 
@@ -50,6 +62,8 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
     #: click on the hit map selects (a second click or the Clear pixel button
     #: deselects); the pixel panel then shows its TOT spectrum and hit rate.
     selected_pixel = Tuple(Int(), Int(), default_value=None, allow_none=True)
+    #: With a layout: one colour scale for every chip map (True) or one per chip (False).
+    shared_scale = Bool(True)
     #: It draws the engine's (or the hub's) histograms: no records relayed.
     RELAY_RECORDS = False
     #: The panels, left to right.
@@ -58,6 +72,12 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
     HEIGHT_PX = 520
     MAX_WIDTH_PX = 1350
 
+    def __new__(cls, *args: Any, layout: Any = None, **kwargs: Any) -> AstroPix4SimpleMonitor:
+        # A bad layout is refused before the widget (and its socket) exists.
+        if layout is not None and not isinstance(layout, widgets.Layout):
+            normalize_layout(layout)
+        return super().__new__(cls, *args, **kwargs)
+
     def __init__(
         self,
         group: str = LOCAL_HOST,
@@ -65,12 +85,18 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
         *,
         tot_edges: Sequence[float] = TOT_EDGES,
         history_seconds: float = 180.0,
+        layout: Any = None,
+        shared_scale: bool = True,
         **kwargs: Any,
     ) -> None:
+        if isinstance(layout, widgets.Layout):  # the widget's own CSS layout, as any ipywidget takes
+            kwargs["layout"], layout = layout, None
         super().__init__(AstroPix4Readout, group, port, tot_edges=tot_edges, history_seconds=history_seconds, **kwargs)
         self.tot_edges = np.asarray(tot_edges, dtype=float)
         self.shown_chip: int | None = None
+        self.chip_grid: ChipGrid | None = None
         self._build_panels()
+        self._build_chip_grid(layout, shared_scale)
         self._build_window_selector()
         self._build_chip_selector()
         self._build_reference_button()
@@ -154,6 +180,42 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
         for panel_class, figure in zip(self.PANELS, figures):
             self.add_panel(panel_class(figure, self))
 
+    def _build_chip_grid(self, layout: Any, shared_scale: bool) -> None:
+        """With a layout: the chip maps under the canvas, and the shared/per-chip scale toggle."""
+        self.set_trait("shared_scale", bool(shared_scale))
+        if layout is None:
+            return
+        try:
+            self.chip_grid = ChipGrid(self, layout, main=self.panel(HitMapPanel))
+        except Exception:
+            self.close()  # nothing half-built is left bound
+            raise
+        self.add_panel(self.chip_grid)
+        toggle = self.chip_grid.scale_toggle
+        toggle.value = self.shared_scale
+        toggle.observe(lambda change: setattr(self, "shared_scale", bool(change["new"])), names="value")
+        self.observe(self._on_shared_scale, names="shared_scale")
+        children = list(self.children)
+        children.insert(children.index(self.canvas) + 1, self.chip_grid.box)
+        self.children = children
+
+    def _on_shared_scale(self, change: dict[str, Any]) -> None:
+        if self.chip_grid is None:
+            return
+        self.chip_grid.scale_toggle.value = bool(change["new"])
+        self.chip_grid.invalidate()
+        self.redraw()
+
+    @property
+    def layout_rows(self) -> tuple[tuple[int | None, ...], ...] | None:
+        """The layout of the chip maps, as rows of chip_ids (None: no layout)."""
+        return None if self.chip_grid is None else self.chip_grid.layout
+
+    @property
+    def chip_maps(self) -> dict[int, Any]:
+        """The chip maps of the layout by chip_id (:class:`~astropix_nbmonitor.monitor.chips.ChipMapPanel`; empty without a layout)."""
+        return {} if self.chip_grid is None else dict(self.chip_grid.maps)
+
     def panel(self, panel_class: type[Panel]) -> Panel:
         """The panel of class ``panel_class``."""
         for panel in self.panels:
@@ -164,7 +226,7 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
 
     @property
     def heatmap(self):
-        """The hit map's bqplot GridHeatMap."""
+        """The hit map's bqplot HeatMap (its ``color``: the counts shown, rows first)."""
         return self.panel(HitMapPanel).heatmap
 
     @property
@@ -199,13 +261,29 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
         self.toolbar.children = [*self.toolbar.children, self.clear_pixel_button]
         self.observe(self._on_selected_pixel, names="selected_pixel")
 
-    def click_pixel(self, column: int, row: int) -> None:
-        """A click on pixel (column, row) of the hit map: select it, or deselect it when it was selected."""
+    def click_pixel(self, column: int, row: int, chip: int | None = None) -> None:
+        """A click on pixel (column, row) of the hit map: select it, or deselect it when it was selected.
+
+        ``chip``: the click was on that chip's map of a layout; the chip
+        selector then shows that chip (the TOT, rates and pixel panels follow).
+        """
         if not self.windows_available:
             logger.debug("pixel drill-down needs the per-pixel spectra, which a viewer of a hub does not have")
             return
         pixel = (int(column), int(row))
+        if chip is not None and chip != self.shown_chip:
+            self.show_chip(chip)
+            self.selected_pixel = pixel
+            return
         self.selected_pixel = None if self.selected_pixel == pixel else pixel
+
+    def show_chip(self, chip: int | None) -> None:
+        """Show one chip_id in the main panels (None: all chips summed), as the chip selector does."""
+        value = -1 if chip is None else int(chip)
+        if value not in [v for _, v in self.chip_selector.options]:
+            self.chip_selector.options = [*self.chip_selector.options, (f"chip {value}", value)]
+            self.chip_selector.layout.display = ""
+        self.chip_selector.value = value
 
     def _on_selected_pixel(self, change: dict[str, Any]) -> None:
         pixel = change["new"]
@@ -215,7 +293,7 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
             raise ValueError(msg)
         self.clear_pixel_button.disabled = pixel is None
         self._show_pixel_box(pixel is not None)
-        for panel in (self.panel(HitMapPanel), self.pixel_panel):
+        for panel in (self.panel(HitMapPanel), self.pixel_panel, *([self.chip_grid] if self.chip_grid else [])):
             panel.invalidate()
         self.redraw()
 
@@ -277,9 +355,10 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
         self.redraw()
 
     def _update_chip_selector(self, chips: Sequence[int]) -> None:
-        if len(chips) <= 1:
+        shown = [] if self.shown_chip is None or self.shown_chip in chips else [self.shown_chip]
+        if len(chips) + len(shown) <= 1:
             return
-        options = [("all chips", -1)] + [(f"chip {c}", c) for c in chips]
+        options = [("all chips", -1)] + [(f"chip {c}", c) for c in sorted({*chips, *shown})]
         if list(self.chip_selector.options) != options:
             self.chip_selector.options = options
         self.chip_selector.layout.display = ""

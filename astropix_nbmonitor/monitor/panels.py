@@ -38,7 +38,7 @@ from ..hist import TOT_EDGES
 if TYPE_CHECKING:
     from ..engine import EngineState
 
-__all__ = ["HitMapPanel", "Panel", "PixelPanel", "RatePanel", "TotPanel", "integer_ticks"]
+__all__ = ["HitMapPanel", "Panel", "PixelPanel", "RatePanel", "TotPanel", "compact_counts", "integer_ticks"]
 
 _BLUE = "#3b6ea8"
 _RED = "#e0312b"
@@ -134,39 +134,68 @@ class Panel:
             self.monitor.redraw()
 
 
+def compact_counts(counts: np.ndarray) -> np.ndarray:
+    """Hit counts as the smallest array the front end reads: uint8, uint16 or uint32, float32 with NaN or fractions.
+
+    A 35 x 16 map of counts under 65,536 is 1,120 bytes on the websocket
+    (float64: 4,480); bqplot's front end reads every one of these types.
+    """
+    counts = np.asarray(counts)
+    if counts.dtype.kind in "ui" or (np.isfinite(counts).all() and np.array_equal(counts, np.round(counts))):
+        top = float(counts.max()) if counts.size else 0.0
+        if counts.size == 0 or float(counts.min()) >= 0:
+            for dtype in (np.uint8, np.uint16, np.uint32):
+                if top <= np.iinfo(dtype).max:
+                    return counts.astype(dtype)
+    return counts.astype(np.float32)
+
+
 class HitMapPanel(Panel):
-    """Hits per pixel: columns on x, rows on y with row 0 at the top, as offline."""
+    """Hits per pixel: columns on x, rows on y with row 0 at the top, as offline.
+
+    The colours are a canvas-drawn ``bqplot.HeatMap`` (one image, whatever
+    the matrix size: a ``GridHeatMap`` costs the browser one SVG element per
+    pixel at every refresh, see ``benchmarks/bench_marks.py``). bqplot 0.13's
+    HeatMap sends no click and shows no tooltip, so a transparent
+    ``GridHeatMap`` whose data never change (:attr:`light`) lies on top: it
+    catches the clicks (``element_click`` with the cell's row and column
+    numbers) and the hovers (the tooltip, :attr:`tooltip`, is filled from the
+    counts shown when the kernel gets the hover). Masked pixels are painted
+    by a second HeatMap (:attr:`mask_layer`, sent only when the mask
+    changes), noisy pixels and the selected pixel by Scatter markers.
+    """
 
     title = "Hit map"
     width = 1.0
     css_class = "apx-hitmap"
+    #: Whether the panel adds its scale and reference toggles to the toolbar (a chip map of a layout follows the main map's).
+    OWN_CONTROLS = True
 
     def build(self) -> None:
         monitor = self.monitor
         num_rows = int(getattr(monitor, "NUM_ROWS", NUM_ROWS))
         num_cols = int(getattr(monitor, "NUM_COLS", NUM_COLS))
-        col_scale = bqplot.OrdinalScale()
-        row_scale = bqplot.OrdinalScale(reverse=True)
+        self.shape = (num_rows, num_cols)
+        # Cells centred on whole numbers: column c spans c - 0.5 .. c + 0.5; row 0 at the top.
+        self.col_scale = col_scale = bqplot.LinearScale(min=-0.5, max=num_cols - 0.5)
+        self.row_scale = row_scale = bqplot.LinearScale(min=-0.5, max=num_rows - 0.5, reverse=True)
         # min/max set from the start: an empty (or never started) map is
         # drawn in the lowest colour, not in the middle of an undefined scale.
         self.color_scale = bqplot.ColorScale(scheme="viridis", min=0.0, max=1.0)
-        self.tooltip = bqplot.Tooltip(fields=["row", "column", "color"], labels=["row", "column", "hits"], formats=["", "", ".0f"])
-        self.heatmap = bqplot.GridHeatMap(
-            row=np.arange(num_rows, dtype=np.float64),
-            column=np.arange(num_cols, dtype=np.float64),
-            color=np.zeros((num_rows, num_cols)),
-            scales={"row": row_scale, "column": col_scale, "color": self.color_scale},
-            stroke="white",
+        self.heatmap = bqplot.HeatMap(
+            x=np.arange(num_cols, dtype=np.float32),
+            y=np.arange(num_rows, dtype=np.float32),
+            color=np.zeros((num_rows, num_cols), dtype=np.uint8),
+            scales={"x": col_scale, "y": row_scale, "color": self.color_scale},
             null_color=NULL_COLOR,
-            tooltip=self.tooltip,
         )
-        # Noisy pixels: red markers on the same ordinal scales.
+        # Noisy pixels: red markers on the same scales.
         self.noisy_markers = bqplot.Scatter(
             x=np.zeros(0), y=np.zeros(0), scales={"x": col_scale, "y": row_scale},
             marker="square", colors=[_RED], fill=False, stroke=_RED, stroke_width=2.5, default_size=180,
         )
         self._noisy_sent: tuple[tuple[int, int], ...] | None = None
-        # The selected pixel (drill-down): a click selects, bqplot's own highlight is replaced by this marker.
+        # The selected pixel (drill-down): a click selects, this marker shows it.
         self.selected_marker = bqplot.Scatter(
             x=np.zeros(0), y=np.zeros(0), scales={"x": col_scale, "y": row_scale},
             marker="square", colors=["white"], fill=False, stroke="white", stroke_width=3.0, default_size=260,
@@ -175,24 +204,49 @@ class HitMapPanel(Panel):
         self.color_axis = bqplot.ColorAxis(
             scale=self.color_scale, side="right", label="hits", tick_format="~s", tick_values=integer_ticks(1.0)
         )
-        # In log mode the colours are log10(1 + hits); a transparent layer of
-        # the same cells on top holds the counts, so that the tooltip still
-        # shows hits (a GridHeatMap's tooltip shows the value it is coloured by).
-        self.count_layer = bqplot.GridHeatMap(
-            row=np.arange(num_rows, dtype=np.float64),
-            column=np.arange(num_cols, dtype=np.float64),
-            color=np.zeros((num_rows, num_cols)),
-            scales={"row": row_scale, "column": col_scale, "color": bqplot.ColorScale(min=0.0, max=1.0, colors=[_CLEAR, _CLEAR])},
+        # The tooltip: a small HTML widget the hover callback fills with the cell's counts.
+        self.tooltip = widgets.HTML("")
+        self.tooltip.add_class("apx-hitmap-tooltip")
+        # The light layer: transparent cells on the cell boundaries, never updated. It has
+        # scales of its own (the same ranges): nothing the map's updates touch makes it redraw.
+        self.light = bqplot.GridHeatMap(
+            row=np.arange(-0.5, num_rows, 1.0),
+            column=np.arange(-0.5, num_cols, 1.0),
+            color=np.zeros((num_rows, num_cols), dtype=np.uint8),
+            scales={
+                "row": bqplot.LinearScale(min=-0.5, max=num_rows - 0.5, reverse=True),
+                "column": bqplot.LinearScale(min=-0.5, max=num_cols - 0.5),
+                "color": bqplot.ColorScale(min=0.0, max=1.0, colors=[_CLEAR, _CLEAR]),
+            },
             null_color=_CLEAR,
             stroke=None,
+            tooltip=self.tooltip,
         )
+        self.light.on_element_click(self._on_element_click)
+        self.light.on_hover(self._on_hover)
         self.figure.axes = [
-            bqplot.Axis(scale=col_scale, label="column", tick_values=np.arange(0, num_cols, 3, dtype=np.float64)),
-            bqplot.Axis(scale=row_scale, side="left", label="row", tick_values=np.arange(0, num_rows, 5, dtype=np.float64)),
+            bqplot.Axis(scale=col_scale, label="column", tick_values=np.arange(0, num_cols, 3, dtype=np.float64), grid_lines="none"),
+            bqplot.Axis(scale=row_scale, side="left", label="row", tick_values=np.arange(0, num_rows, 5, dtype=np.float64), grid_lines="none"),
             self.color_axis,
         ]
-        self.figure.marks = [self.heatmap]  # the count layer joins in log mode only
         self.figure.fig_margin = {"top": 30, "bottom": 45, "left": 45, "right": 80}
+        # Masked pixels: a layer on top painting them in the neutral colour, every other cell transparent.
+        self.mask_layer = bqplot.HeatMap(
+            x=np.arange(num_cols, dtype=np.float32),
+            y=np.arange(num_rows, dtype=np.float32),
+            color=np.zeros((num_rows, num_cols), dtype=np.uint8),
+            scales={"x": col_scale, "y": row_scale, "color": bqplot.ColorScale(min=0.0, max=1.0, colors=[_CLEAR, NULL_COLOR])},
+            null_color=_CLEAR,
+        )
+        self._mask_sent: frozenset[tuple[int, int]] | None = None
+        self._last: tuple[Any, ...] | None = None
+        #: What the map shows now, for the tooltip: (counts [row, column] with NaN when masked, ratio or None).
+        self._shown: tuple[np.ndarray, np.ndarray | None] = (np.zeros(self.shape), None)
+        self.figure.marks = [self.heatmap, self.light]
+        if self.OWN_CONTROLS:
+            self._build_controls()
+
+    def _build_controls(self) -> None:
         self.scale_label = widgets.Label("hit map scale")
         self.scale_toggle = widgets.ToggleButtons(options=["linear", "log"], value="linear")
         self.scale_toggle.style.button_width = "60px"
@@ -206,41 +260,61 @@ class HitMapPanel(Panel):
         self.view_box = widgets.HBox([widgets.Label("hit map"), self.view_toggle], layout=widgets.Layout(align_items="center", display="none"))
         self.view_box.add_class("apx-map-view")
         self.controls = [box, self.view_box]
-        # Masked pixels: a layer on top painting them in the neutral colour, every other cell
-        # transparent (bqplot's null_color is drawn for null only, and a float array sends NaN).
-        self.mask_layer = bqplot.GridHeatMap(
-            row=np.arange(num_rows, dtype=np.float64),
-            column=np.arange(num_cols, dtype=np.float64),
-            color=np.zeros((num_rows, num_cols)),
-            scales={"row": row_scale, "column": col_scale, "color": bqplot.ColorScale(min=0.0, max=1.0, colors=[_CLEAR, NULL_COLOR])},
-            null_color=_CLEAR,
-            stroke="white",
-            tooltip=bqplot.Tooltip(fields=["row", "column"], labels=["row", "column (masked: grey)"]),
-        )
-        self._mask_sent: frozenset[tuple[int, int]] | None = None
-        self._last: tuple[np.ndarray, bool, Any] | None = None
-        # A click on a cell: bqplot sends an element_click message with the cell's row and column
-        # (its "select" interaction sets `selected` in the page but, in bqplot 0.13, never syncs it back).
-        for layer in (self.heatmap, self.count_layer, self.mask_layer):
-            layer.on_element_click(self._on_element_click)
 
     def own_widgets(self) -> list[widgets.Widget]:
-        return [self.count_layer, self.mask_layer, self.noisy_markers, self.selected_marker]
+        return [self.light, self.mask_layer, self.noisy_markers, self.selected_marker, self.tooltip]
+
+    @staticmethod
+    def _cell_of(content: dict[str, Any]) -> tuple[int, int] | None:
+        """``(column, row)`` of the cell an ``element_click`` or ``hover`` message names (None: none)."""
+        data = content.get("data") or content.get("point") or {}
+        try:
+            if "rowNum" in data and "columnNum" in data:
+                return int(data["columnNum"]), int(data["rowNum"])
+            return int(data["column"]), int(data["row"])
+        except (KeyError, TypeError, ValueError):
+            return None
 
     def _on_element_click(self, _mark: bqplot.Mark, content: dict[str, Any]) -> None:
-        """A click on a cell (``content["data"]`` holds its ``row`` and ``column``): select or deselect it."""
-        data = content.get("data") or {}
-        try:
-            row, column = int(data["row"]), int(data["column"])
-        except (KeyError, TypeError, ValueError):
+        """A click on a cell of the light layer: select or deselect its pixel."""
+        cell = self._cell_of(content)
+        if cell is None or self.monitor is None:
             return
-        if self.monitor is not None:
-            self.monitor.click_pixel(column, row)
+        self.click(*cell)
+
+    def click(self, column: int, row: int) -> None:
+        """What a click on (column, row) does: the monitor's :meth:`click_pixel`."""
+        self.monitor.click_pixel(column, row)
+
+    def _on_hover(self, _mark: bqplot.Mark, content: dict[str, Any]) -> None:
+        """The mouse entered a cell: the tooltip tells its counts (as shown now)."""
+        cell = self._cell_of(content)
+        if cell is not None:
+            self.tooltip.value = self.tooltip_text(*cell)
+
+    def tooltip_text(self, column: int, row: int) -> str:
+        """The tooltip of pixel (column, row): row, column, hits (and the ratio, masked)."""
+        counts, ratio = self._shown
+        if not (0 <= row < counts.shape[0] and 0 <= column < counts.shape[1]):
+            return ""
+        where = f"row {row}, column {column}" + ("" if self.chip is None else f", chip {self.chip}")
+        value = counts[row, column]
+        if not np.isfinite(value):
+            return f"{where}: masked"
+        text = f"{where}: {int(value):,} hits"
+        if ratio is not None:
+            r = ratio[row, column]
+            text += f", {r:.2f} of the reference" if np.isfinite(r) else ", no reference hit"
+        return text
+
+    def selected_cell(self) -> tuple[int, int] | None:
+        """The selected pixel drawn on this map, ``(column, row)``, or None."""
+        pixel = getattr(self.monitor, "selected_pixel", None)
+        return None if pixel is None else (int(pixel[0]), int(pixel[1]))
 
     def _update_selected(self) -> bool:
-        """Move the selection marker to the monitor's ``selected_pixel``; True when it changed."""
-        pixel = getattr(self.monitor, "selected_pixel", None)
-        pixel = None if pixel is None else (int(pixel[0]), int(pixel[1]))
+        """Move the selection marker to the selected pixel; True when it changed."""
+        pixel = self.selected_cell()
         if pixel == self._selected_sent:
             return False
         with self.selected_marker.hold_sync():
@@ -265,7 +339,7 @@ class HitMapPanel(Panel):
         return tuple(sorted({(p.column, p.row) for p in figures.noisy if chip is None or p.chip_id == chip}))
 
     def overlay_marks(self) -> list[bqplot.Mark]:
-        """The marks drawn over the map: the noisy pixels' markers and the selected pixel's, when there are any."""
+        """The marks drawn over the map: masked pixels, noisy pixels' markers, the selected pixel's (when there are any)."""
         marks = [self.mask_layer] if self._mask_sent else []
         marks += [self.noisy_markers] if self._noisy_sent else []
         return marks + ([self.selected_marker] if self._selected_sent is not None else [])
@@ -276,9 +350,10 @@ class HitMapPanel(Panel):
         cells = frozenset() if mask is None else frozenset(mask.chip_pixels(self.chip))
         if cells == self._mask_sent:
             return False
-        color = np.zeros(self.mask_layer.color.shape)
+        color = np.zeros(self.shape, dtype=np.uint8)
         for column, row in cells:
-            color[row, column] = 1.0
+            if 0 <= row < self.shape[0] and 0 <= column < self.shape[1]:
+                color[row, column] = 1
         self.mask_layer.color = color
         self._mask_sent = cells
         return True
@@ -305,53 +380,77 @@ class HitMapPanel(Panel):
         self._selected_sent = (-1, -1)
 
     def colors(self, counts: np.ndarray) -> np.ndarray:
-        """The colour values sent for hit ``counts``: the counts, or log10(1 + counts) in log mode."""
-        return np.log10(1.0 + counts) if self.log else counts
+        """The colour values sent for hit ``counts``: the counts (as small an array as they fit), or log10(1 + counts) in log mode."""
+        return np.log10(1.0 + counts).astype(np.float32) if self.log else compact_counts(counts)
 
     @property
     def ratio(self) -> bool:
         """True when the map shows this run over the reference."""
         return getattr(self.monitor, "reference", None) is not None and self.view_toggle.value == "over reference"
 
-    def update(self, state: EngineState) -> None:
+    def shown_counts(self, state: EngineState) -> np.ndarray:
+        """The counts ``[row, column]`` the map shows (masked pixels NaN)."""
+        return self.masked(state.hit_counts(self.chip))
+
+    def update(self, state: EngineState, top: float | None = None) -> None:
+        """Send what changed; ``top``: the colour scale's top to use (a layout's shared scale), else this map's own."""
         self._update_markers()
         if self._update_selected() | self._update_mask_layer():
             self._last = None
-        counts = self.masked(state.hit_counts(self.chip))
+        counts = self.shown_counts(state)
         log = self.log
         reference = getattr(self.monitor, "reference", None)
-        self.view_box.layout.display = "none" if reference is None else ""
-        mode = (log, reference if self.ratio else None, getattr(state, "window", 0.0))
+        if self.OWN_CONTROLS:
+            self.view_box.layout.display = "none" if reference is None else ""
+        mode = (log, reference if self.ratio else None, getattr(state, "window", 0.0), top)
         if self._last is not None and self._last[1:] == mode and np.array_equal(counts, self._last[0], equal_nan=True):
+            self._draw_title(state)
             return
         if self.ratio:
-            self._draw_ratio(state, reference)
-            self._last = (counts, *mode)
-            return
-        self.color_scale.scheme = "viridis"
-        self.color_scale.mid = None
-        colors = self.colors(counts)
+            self._draw_ratio(state, reference, counts)
+        else:
+            self._draw_counts(counts, log, top)
+        marks = [self.heatmap, *self.overlay_marks(), self.light]
+        if list(self.figure.marks) != marks:
+            self.figure.marks = marks
+        self._draw_title(state)
+        self._last = (counts, *mode)
+
+    def color_top(self, counts: np.ndarray) -> float:
+        """The largest colour value of ``counts`` (0 for an empty or fully masked map)."""
+        colors = np.log10(1.0 + counts) if self.log else counts
         finite = colors[np.isfinite(colors)]
-        top = float(finite.max()) if finite.size else 0.0
+        return float(finite.max()) if finite.size else 0.0
+
+    def _draw_counts(self, counts: np.ndarray, log: bool, top: float | None) -> None:
+        colors = self.colors(counts)
+        top = self.color_top(counts) if top is None else float(top)
+        # The scale's top is the last round tick at or above the largest value: it
+        # changes (and the colour bar with it) only when the counts pass a tick.
+        ticks = integer_ticks(top)
+        step = float(ticks[1] - ticks[0]) if len(ticks) > 1 else 1.0
+        nice = max(math.ceil(top / step) * step, 1.0)
+        if nice > ticks[-1]:
+            ticks = np.append(ticks, nice)
         with self.heatmap.hold_sync(), self.color_scale.hold_sync(), self.color_axis.hold_sync():
-            self.color_scale.max = float(max(top, 1.0))
-            ticks = integer_ticks(top)
+            self.color_scale.scheme = "viridis"
+            self.color_scale.mid = None
+            self.color_scale.min = 0.0
+            self.color_scale.max = float(nice) if not log else float(max(np.ceil(2.0 * top) / 2.0, 1.0))
             self.color_axis.tick_values = ticks[ticks <= self.color_scale.max]
             self.color_axis.label = "" if log else "hits"  # the title says what log colours are
             self.heatmap.color = colors
-            self.heatmap.tooltip = None if log else self.tooltip
-        if log:
-            with self.count_layer.hold_sync():
-                self.count_layer.color = counts
-                self.count_layer.tooltip = self.tooltip
-        marks = [self.heatmap, self.count_layer] if log else [self.heatmap]
-        marks += self.overlay_marks()
-        if list(self.figure.marks) != marks:
-            self.figure.marks = marks
-        self.figure.title = ("Hit map: log10(1 + hits)" if log else "Hit map") + window_suffix(state)
-        self._last = (counts, *mode)
+        self._shown = (counts, None)
 
-    def _draw_ratio(self, state: EngineState, reference: Any) -> None:
+    def _draw_title(self, state: EngineState) -> None:
+        if self.ratio:
+            title = "Hit map over the reference"
+        else:
+            title = ("Hit map: log10(1 + hits)" if self.log else "Hit map") + window_suffix(state)
+        if self.figure.title != title:
+            self.figure.title = title
+
+    def _draw_ratio(self, state: EngineState, reference: Any, counts: np.ndarray) -> None:
         """This run over the reference, each normalised to its hits: 1 = as the reference; grey = no reference hit."""
         from .. import compare
 
@@ -365,10 +464,8 @@ class HitMapPanel(Panel):
             self.color_scale.max = top
             self.color_axis.tick_values = np.array([0.0, 0.5, 1.0, 1.5, 2.0])[: 5 if top >= 2 else 3]
             self.color_axis.label = "ratio"
-            self.heatmap.color = self.masked(ratio)
-            self.heatmap.tooltip = self.tooltip
-        self.figure.marks = [self.heatmap, *self.overlay_marks()]
-        self.figure.title = "Hit map over the reference"
+            self.heatmap.color = self.masked(ratio).astype(np.float32)
+        self._shown = (counts, ratio)
 
 
 class TotPanel(Panel):
