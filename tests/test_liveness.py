@@ -250,3 +250,37 @@ def test_live_monitor_counts_on_while_paused_and_resumes_from_another_thread(mon
         mon.stop()
     assert mon.liveness.state == "stopped"
     assert monitor_threads() == []
+
+
+# --------------------------------------------------------------------------
+# The servers' option takes effect (the browser test checks that demo and serve pass it).
+
+
+def test_the_offline_buffer_option_reaches_jupyter_servers_kernel_manager():
+    pytest.importorskip("jupyter_server")
+    from jupyter_server.serverapp import ServerApp
+    from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
+
+    from astropix_nbmonitor.app import NO_OFFLINE_BUFFER
+
+    for argv, expected in (([NO_OFFLINE_BUFFER], False), ([], True)):
+        app = ServerApp()
+        app.parse_command_line(argv)
+        assert AsyncMappingKernelManager(parent=app).buffer_offline_messages is expected
+
+
+def test_the_offline_buffer_option_reaches_voilas_kernel_manager(tmp_path, monkeypatch):
+    pytest.importorskip("voila")
+    from voila.app import Voila
+
+    from astropix_nbmonitor.app import NO_OFFLINE_BUFFER
+
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    notebook = tmp_path / "empty.ipynb"
+    notebook.write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
+    for argv, expected in (([NO_OFFLINE_BUFFER], False), ([], True)):
+        app = Voila()
+        app.initialize([str(notebook), *argv])
+        app.init_settings()
+        assert app.kernel_manager.buffer_offline_messages is expected
