@@ -627,7 +627,8 @@ def _start_own_hub(group: str, port: int, cwd: Path) -> tuple[_ServerProcess, st
     token = secrets.token_urlsafe(24)
     cmd = [
         sys.executable, "-m", "astropix_nbmonitor.cli", "hub",
-        "--group", group, "--port", str(port), "--publish", publish, "--token", token,
+        "--group", group, "--port", str(port), "--publish", publish,
+        f"--token={token}",  # one word: a token_urlsafe may begin with "-"
     ]  # fmt: skip
     log = _new_log_file("hub")
     hub = _ServerProcess(cmd, env=_child_env(), cwd=cwd, log=log)

@@ -55,22 +55,22 @@ def processes_running(mark: str, module: str) -> list[int]:
     return [pid for pid in marked_processes(mark) if module in cmdline(pid)]
 
 
-def liveness(page) -> str:
+def liveness(pg) -> str:
     """The liveness element's state: ok, dead, stopped, saved ("" while not rendered)."""
-    loc = page.locator(".apx-liveness")
+    loc = pg.locator(".apx-liveness")
     if loc.count() == 0:
         return ""
     return loc.first.get_attribute("data-live") or ""
 
 
-def beat(page) -> str:
-    loc = page.locator(".apx-liveness")
+def beat(pg) -> str:
+    loc = pg.locator(".apx-liveness")
     return (loc.first.get_attribute("data-beat") or "") if loc.count() else ""
 
 
-def set_visible(page, visible: bool) -> None:
+def set_visible(pg, visible: bool) -> None:
     """Make the page's document visible or hidden, as the browser does for a background tab."""
-    page.evaluate(
+    pg.evaluate(
         """visible => {
             Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => visible ? 'visible' : 'hidden'});
             Object.defineProperty(document, 'hidden', {configurable: true, get: () => !visible});

@@ -12,7 +12,6 @@ import ipywidgets as widgets
 import numpy as np
 import pytest
 
-from astropix_nbmonitor.monitor import AstroPix4SimpleMonitor
 from astropix_nbmonitor.monitor.liveness import (
     DEAD_AFTER_S,
     VIEW_TIMEOUT_S,
@@ -178,6 +177,9 @@ def test_no_display_message_while_no_view_is_shown_and_a_heartbeat_brings_it_up_
     assert mon.liveness.note.startswith("display paused ")
     beats = sent.updates_of(mon.liveness)
     assert any("beat" in update for update in beats)
+    # A full update: every widget's whole state, for a page that missed messages before the pause.
+    for widget in (mon.start_button, mon.stop_button, mon.window_selector, mon.heatmap, mon.tot_bars, mon.rate_lines):
+        assert any(set(update) >= set(widget.keys) - {"comm", "_view_count"} for update in sent.updates_of(widget)), widget
 
     # And the next refreshes flow again.
     sent.clear()

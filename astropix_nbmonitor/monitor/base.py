@@ -33,7 +33,7 @@ from ..record import DEFAULT_MAX_DATA_BYTES
 from ..sock import DEFAULT_PORT, DEFAULT_RCVBUF, LOCAL_HOST
 from ..status import STATUS_TABLE, Status
 from . import board, registry
-from .liveness import Liveness, ViewTracker, cell_watch, describe_pause
+from .liveness import Liveness, ViewTracker, cell_watch, describe_pause, resend_state
 from .logbook import LogbookMixin
 from .shift import ShiftMixin
 
@@ -781,6 +781,7 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
             self._status = status
             self._sync_buttons()
             self._update_view(status)
+            resend_state(self)  # and whatever the page missed before the pause
 
     def _dashboard_html(self, status: Status | None = None) -> str:
         """The dashboard: (for a viewer, the hub lines), the standard status lines, the messages."""
