@@ -1,9 +1,9 @@
 """Benchmark of a night with the page closed: the Jupyter server's memory and the kernel's messages.
 
-Run: ``python benchmarks/bench_night.py [--minutes M] [--rate R]`` (default
-3 minutes per case at 2,000 readouts/s; ``--minutes 60`` is the long mode,
-about 4 hours for the four cases). For each of four cases, side by side in
-one run:
+Run: ``python benchmarks/bench_night.py [--minutes M] [--rate R] [--cases 1,4]``
+(default 3 minutes per case at 2,000 readouts/s, about 17 minutes; the long
+mode is ``--minutes 60``, or ``--minutes 720 --cases 4`` for a real night of
+the default setup). For each of four cases, side by side in one run:
 
 1. JupyterLab is started as ``astropix-nbmonitor demo`` starts it (same
    options, isolated Jupyter state), with or without
@@ -18,7 +18,7 @@ one run:
    (what the server receives and, with a page gone, buffers);
 4. the server is stopped.
 
-The cases: the server setting off and on, the kernel-side pause (display
+The cases (1 to 4): the server setting off and on, the kernel-side pause (display
 updates stop when no view sent a heartbeat for 10 s) off (``mon.views.timeout
 = inf`` in the notebook) and on. Printed per case: the server's RSS when the
 page closed and at the end, its growth in MB/min (least squares over the
@@ -233,7 +233,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=3.0, help="minutes with the page closed, per case (default 3)")
     parser.add_argument("--rate", type=float, default=2000.0, help="readouts/s of the simulated source (default 2000)")
+    parser.add_argument(
+        "--cases", default="1,2,3,4", help="which cases to run, by number in the order above (default 1,2,3,4)"
+    )
     args = parser.parse_args()
+    cases = [CASES[int(i) - 1] for i in args.cases.split(",")]
     from playwright.sync_api import sync_playwright
 
     print(f"{platform.platform()}, {os.cpu_count()} CPUs; {args.minutes:g} min per case with the page closed, {args.rate:g} readouts/s")
@@ -241,7 +245,7 @@ def main() -> None:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
         try:
-            for label, option, pause in CASES:
+            for label, option, pause in cases:
                 row = run_case(browser, label, option, pause, args.minutes, args.rate)
                 rows.append(row)
                 print(
