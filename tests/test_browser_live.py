@@ -12,6 +12,11 @@
 * The servers that ``demo`` and ``serve`` start run with
   ``MappingKernelManager.buffer_offline_messages=False`` (their command
   lines, read from /proc), and the element renders in Voila too.
+* The element's front-end code alone, on a blank page with a stand-in model
+  (short timers): a view that never got a beat (a saved notebook) says "not
+  live", a beat then silence gives the red banner, a stopped monitor says
+  "stopped", a hidden page sends no heartbeat and judges nothing, a model
+  without a kernel raises nothing on the page.
 """
 
 from __future__ import annotations
@@ -183,3 +188,78 @@ def test_voila_serve_runs_without_offline_buffer_and_shows_liveness(launch, page
         src.stop()
     assert cmd.stop(signal.SIGTERM) == 0, cmd.log()
     assert wait_no_marked_processes(mark) == []
+
+
+# --------------------------------------------------------------------------
+# The element's front-end code alone, on a blank page with a stand-in model.
+
+_MOUNT = """async (esm) => {
+    const mod = await import(URL.createObjectURL(new Blob([esm], {type: "text/javascript"})));
+    const handlers = {};
+    const traits = {state: "running", beat: 1700000000, note: "", dead_after: 0.3, heartbeat: 0.1};
+    window.sent = [];
+    window.noKernel = false;
+    const model = {
+        get: k => traits[k],
+        on: (ev, cb) => { (handlers[ev] = handlers[ev] || []).push(cb); },
+        off: (ev, cb) => { handlers[ev] = (handlers[ev] || []).filter(f => f !== cb); },
+        send: m => { if (window.noKernel) { throw new Error("no kernel"); } window.sent.push(m); },
+    };
+    window.setTrait = (k, v) => { traits[k] = v; (handlers["change:" + k] || []).forEach(f => f()); };
+    const monitor = document.createElement("div");
+    monitor.className = "apx-monitor";
+    const el = document.createElement("div");
+    monitor.appendChild(el);
+    document.body.appendChild(monitor);
+    window.cleanup = mod.default.render({model, el});
+}"""
+
+
+def test_liveness_front_end_states_heartbeats_and_no_kernel(page):
+    from astropix_nbmonitor.monitor.liveness import Liveness
+
+    esm = Liveness.class_traits()["_esm"].default_value
+    page.set_content("<html><body></body></html>")
+    page.evaluate(_MOUNT, esm)
+    sent = lambda: page.evaluate("window.sent.length")  # noqa: E731
+    text = lambda: page.locator(".apx-liveness .apx-live-line").inner_text()  # noqa: E731
+    frozen = lambda: page.locator(".apx-monitor.apx-frozen").count() == 1  # noqa: E731
+
+    # No beat ever reached this view (a saved notebook): grey "not live", never the red banner.
+    poll("the saved-view state", lambda: liveness(page) == "saved")
+    assert "not live" in text() and not frozen()
+    assert sent() > 0 and page.evaluate("window.sent.every(m => m.event === 'heartbeat')")
+
+    # Beats arrive, then stop: the red banner, the plots greyed; beats again: gone.
+    page.evaluate("window.setTrait('beat', 1700000100)")
+    assert liveness(page) == "ok"
+    poll("the dead banner", lambda: liveness(page) == "dead")
+    assert "stopped updating" in text() and "kernel restarted or busy?" in text() and frozen()
+    page.evaluate("window.setTrait('beat', 1700000200)")
+    assert liveness(page) == "ok" and not frozen()
+
+    # Stopped on purpose: "stopped", however long no beat comes.
+    page.evaluate("window.setTrait('state', 'stopped')")
+    time.sleep(1.0)  # three dead_after of the stand-in: a running monitor would be "dead" by now
+    assert liveness(page) == "stopped" and text() == "stopped"
+
+    # A hidden page sends no heartbeat and judges nothing; visible again, one heartbeat at once.
+    page.evaluate("window.setTrait('state', 'running')")
+    set_visible(page, False)
+    hidden_count = sent()
+    time.sleep(1.0)
+    assert sent() == hidden_count
+    assert liveness(page) != "dead"
+    set_visible(page, True)
+    assert sent() > hidden_count
+
+    # No kernel behind the model (its send throws): no error on the page.
+    page.evaluate("window.noKernel = true")
+    time.sleep(0.5)
+    assert page.errors.errors == []
+
+    # Removed: its timer stops.
+    page.evaluate("window.noKernel = false; window.cleanup()")
+    after = sent()
+    time.sleep(0.5)
+    assert sent() == after
