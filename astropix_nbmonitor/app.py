@@ -75,6 +75,13 @@ HUB_TOKEN_ENV = "ASTROPIX_HUB_TOKEN"
 _HUB_READY_TIMEOUT_S = 30.0
 
 _READY_TIMEOUT_S = 90.0
+#: Given to the servers that ``demo`` and ``serve`` start: jupyter_server
+#: otherwise keeps every message of a kernel whose page is gone in an
+#: unbounded buffer, to replay it when the page comes back (a night of live
+#: widget updates: hundreds of MB). A page that comes back gets the widgets'
+#: current state anyway. Users of their own JupyterLab set the same option
+#: (README, "Unattended nights and a dead view").
+NO_OFFLINE_BUFFER = "--MappingKernelManager.buffer_offline_messages=False"
 _STOP_TIMEOUT_S = 15.0
 _PROG = "astropix-nbmonitor"
 
@@ -537,6 +544,7 @@ def run_demo(args: argparse.Namespace) -> int:
             "--ServerApp.port_retries=0",
             f"--IdentityProvider.token={token}",
             f"--ServerApp.root_dir={workdir}",
+            NO_OFFLINE_BUFFER,
         ]
         if _is_root():
             cmd.append("--allow-root")
@@ -619,7 +627,8 @@ def _start_own_hub(group: str, port: int, cwd: Path) -> tuple[_ServerProcess, st
     token = secrets.token_urlsafe(24)
     cmd = [
         sys.executable, "-m", "astropix_nbmonitor.cli", "hub",
-        "--group", group, "--port", str(port), "--publish", publish, "--token", token,
+        "--group", group, "--port", str(port), "--publish", publish,
+        f"--token={token}",  # one word: a token_urlsafe may begin with "-"
     ]  # fmt: skip
     log = _new_log_file("hub")
     hub = _ServerProcess(cmd, env=_child_env(), cwd=cwd, log=log)
@@ -691,6 +700,9 @@ def _serve_pages(
         # behind (attached to the hub, or holding the UDP port of a page
         # that monitors it directly).
         "--Voila.tornado_settings=disable_check_xsrf=True",
+        # Voila's kernel manager is jupyter_server's: it buffers likewise
+        # for a page that went away without closing (a laptop asleep).
+        NO_OFFLINE_BUFFER,
     ]
     url = f"http://{_host_for_url(args.ip)}:{port}/?token={token}"
     extra = {HUB_ENV: hub_url, HUB_TOKEN_ENV: hub_token}

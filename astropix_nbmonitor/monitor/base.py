@@ -17,6 +17,7 @@ import contextlib
 import html
 import logging
 import threading
+import time
 from abc import ABCMeta, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ from ..record import DEFAULT_MAX_DATA_BYTES
 from ..sock import DEFAULT_PORT, DEFAULT_RCVBUF, LOCAL_HOST
 from ..status import STATUS_TABLE, Status
 from . import board, registry
+from .liveness import Liveness, ViewTracker, cell_watch, describe_pause, resend_state
 from .logbook import LogbookMixin
 from .shift import ShiftMixin
 
@@ -184,6 +186,10 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
     #: A viewer of a hub: False before its first update and after two of the
     #: hub's refresh intervals without one (always True for a local monitor).
     hub_connected = Bool(True, read_only=True)
+    #: False while no view of the widget is shown (no page heartbeat for
+    #: :data:`~astropix_nbmonitor.monitor.liveness.VIEW_TIMEOUT_S` s): display
+    #: updates are paused meanwhile, counting goes on (see :mod:`.liveness`).
+    view_shown = Bool(True, read_only=True)
     #: Seconds between two display refreshes.
     refresh_interval = Float(0.5)
     #: The time window the histogram views show: 0 = the whole run, otherwise
@@ -258,7 +264,15 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
         self.canvas = widgets.GridBox([])
         self.canvas.add_class("apx-canvas")
         self.figures: list[bqplot.Figure] = []
-        self.children = [self.toolbar, self.dashboard, self.canvas]
+        # Beats to the page, heartbeats from it (monitor/liveness.py).
+        self.liveness = Liveness()
+        self.liveness.set_refresh_interval(self.refresh_interval)
+        self.liveness.on_heartbeat(self._on_heartbeat)
+        self.views = ViewTracker()
+        self._paused_at: float | None = None
+        cell_watch.register()
+        self.add_class("apx-monitor")
+        self.children = [self.toolbar, self.liveness, self.dashboard, self.canvas]
         self.observe(self._on_refresh_interval, names="refresh_interval")
         self.observe(self._on_window, names="window")
         self._sync_buttons()
@@ -395,6 +409,7 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
             self.engine.start_processing()
             self.set_trait("running", True)
             self._sync_buttons()
+            self.liveness.pulse(True)
         return self
 
     def setup(self) -> None:
@@ -431,6 +446,7 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
             self.engine.stop(timeout)
             self.set_trait("running", False)
             self._sync_buttons()
+            self.liveness.state = "stopped"
             self._sync_traits(self.engine.status())
             self._render_dashboard()
 
@@ -643,6 +659,7 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
 
     def _on_refresh_interval(self, change: dict[str, Any]) -> None:
         self.engine.refresh_interval = float(change["new"])
+        self.liveness.set_refresh_interval(float(change["new"]))
 
     def _on_window(self, change: dict[str, Any]) -> None:
         """A new window: check it, then redraw every panel."""
@@ -719,6 +736,18 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
             self._evaluate_alarms(status, self._hub_running())
         except Exception as exc:
             engine.note_error(exc)
+        if not self.views.shown():  # nobody looks: count on, send nothing
+            if self.view_shown:
+                self._pause_view()
+            return
+        if not self.view_shown:  # a cell runs: the page may be looking
+            self._resume_view("a cell runs")
+            return
+        self._update_view(status)
+
+    def _update_view(self, status: Status) -> None:
+        """Send the display: the subclass's plots, the player controls, the status lines, a beat."""
+        engine = self.engine
         try:
             self.update_display()
         except Exception as exc:
@@ -727,6 +756,38 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
             self._status = status
         self._sync_player_controls()
         self._render_dashboard(status)
+        self.liveness.pulse(bool(engine.running))
+
+    def _on_heartbeat(self) -> None:
+        """A view's heartbeat (kernel main thread): a paused display is brought up to date at once."""
+        self.views.heartbeat()
+        if not self.view_shown:
+            self._resume_view("a view is shown again")
+
+    def _pause_view(self) -> None:
+        self._paused_at = time.time()
+        self.set_trait("view_shown", False)
+        logger.info(
+            "%r: no view shown for %g s: display updates paused (counting goes on)", self, self.views.timeout
+        )
+
+    def _resume_view(self, why: str) -> None:
+        """Resume display updates with a full update now (under the engine's processing lock)."""
+        lock = getattr(self.engine, "_processing_lock", None)
+        with lock if lock is not None else contextlib.nullcontext():
+            if self.view_shown:
+                return
+            began, now = self._paused_at or time.time(), time.time()
+            self._paused_at = None
+            self.set_trait("view_shown", True)
+            note = describe_pause(began, now)
+            logger.info("%r: %s: display updates resumed (%s)", self, why, note)
+            self.liveness.note = note
+            status = self.engine.status()
+            self._status = status
+            self._sync_buttons()
+            self._update_view(status)
+            resend_state(self)  # and whatever the page missed before the pause
 
     def _dashboard_html(self, status: Status | None = None) -> str:
         """The dashboard: (for a viewer, the hub lines), the standard status lines, the messages."""
