@@ -64,7 +64,7 @@ def test_without_a_layout_there_is_the_one_map_of_today():
     try:
         assert mon.chip_grid is None and mon.chip_maps == {} and mon.layout_rows is None
         assert not any(isinstance(p, ChipMapPanel) for p in mon.panels)
-        assert list(mon.children) == [mon.toolbar, mon.dashboard, mon.canvas]
+        assert list(mon.children) == [mon.toolbar, mon.liveness, mon.dashboard, mon.canvas]
     finally:
         mon.close()
     # A widget Layout is still the widget's own CSS layout.
