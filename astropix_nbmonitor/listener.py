@@ -520,8 +520,11 @@ class Listener:
         self._expect = -1  # the next expected id; -1: no baseline yet
         self._buffer: list[bytes] = []
         self._buffered_bytes = 0
-        # Set when records are buffered (and by wake()): what a consumer waits on.
+        # Set when at least _wake_at records are buffered (and by wake()): what
+        # a consumer waits on (wait_for_records); _woken: wake() was called.
         self._records_ready = threading.Event()
+        self._wake_at = 1
+        self._woken = False
         # The loop's wake-up descriptor (made by each run of the loop, closed at
         # its end; request_stop() sets it so that poll() returns at once).
         self._wake_lock = threading.Lock()
@@ -632,22 +635,39 @@ class Listener:
             self._dropped += count
         return count
 
-    def wait_for_records(self, timeout: float | None = None) -> bool:
-        """Block until records are buffered, :meth:`wake` is called or ``timeout`` (s) passes.
+    def wait_for_records(self, timeout: float | None = None, min_records: int = 1) -> bool:
+        """Block until ``min_records`` are buffered, :meth:`wake` is called or ``timeout`` (s) passes.
 
-        Returns True if records are buffered then. For a consumer thread that
-        would otherwise poll :meth:`drain`: it calls this when a drain left the
-        buffer empty, and sleeps until the loop buffers the next burst.
+        Returns True if at least ``min_records`` are buffered then. For a
+        consumer thread that would otherwise poll :meth:`drain`: it calls this
+        when a drain left the buffer empty, and sleeps until the loop buffers
+        the next burst; with ``min_records`` above 1 it sleeps until that many
+        have gathered (the loop does not wake it for each burst before). A
+        :meth:`wake` made while nobody waits makes the next call return at once.
         """
+        min_records = max(1, min(int(min_records), self.buffer_size))
         ready = self._records_ready
-        if not ready.is_set() and not ready.wait(timeout):
-            return False
-        ready.clear()  # before the next drain: records buffered after it set it again
-        return bool(self._buffer)
+        with self._lock:
+            wait = not self._woken and len(self._buffer) < min_records
+            if wait:
+                self._wake_at = min_records
+                ready.clear()  # under the lock the loop sets it under: no burst is missed
+        if wait:
+            ready.wait(timeout)
+        with self._lock:
+            self._wake_at = 1
+            self._woken = False
+            return len(self._buffer) >= min_records
 
     def wake(self) -> None:
         """Make :meth:`wait_for_records` return now (a consumer being stopped)."""
+        with self._lock:
+            self._woken = True
         self._records_ready.set()
+
+    def pending(self) -> int:
+        """How many records are buffered, read without the lock (a hint: it may change at once)."""
+        return len(self._buffer)
 
     # -- records from elsewhere --------------------------------------------------------
 
@@ -1182,7 +1202,7 @@ class Listener:
         if n <= space and good_bytes <= room:
             buffer.extend(records)
             self._buffered_bytes += good_bytes
-            if n:
+            if n and len(buffer) >= self._wake_at:
                 self._records_ready.set()
             return
         kept = kept_bytes = 0
@@ -1194,7 +1214,7 @@ class Listener:
         buffer.extend(records[:kept])
         self._buffered_bytes += kept_bytes
         self._dropped += n - kept
-        if kept:
+        if n:  # the buffer is full: wake the consumer whatever it waits for
             self._records_ready.set()
 
     def _log_bad_input(self, malformed: dict[str, int], oversize: int, restarts: int) -> None:

@@ -241,6 +241,10 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
                 interface=interface,
                 max_data_bytes=max_data_bytes,
             )
+        if hub is None:
+            # Reads catch up (process the listener's buffer on the reader's thread) only when the
+            # processing is the engine's own: see MonitorEngine and _engine_processing().
+            self.engine.catch_up_on_read = self._engine_processing()
         self.engine.add_refresh_callback(self._on_refresh)
         self.group = self.engine.group
         self._lifecycle_lock = threading.RLock()
@@ -640,6 +644,25 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
 
     def _process_records(self, records: list[bytes]) -> None:
         self.process_batch(records)
+
+    def _engine_processing(self) -> bool:
+        """True when processing a batch is exactly the engine's own step (``engine.process_records``).
+
+        That is ``AstroPix4SimpleMonitor`` with neither ``process_readout``
+        nor ``process_batch`` overridden: then a read may process buffered
+        records on its own thread (``MonitorEngine.catch_up``). A user's
+        ``process_readout`` or ``process_batch`` runs on the processing
+        thread only.
+        """
+        from .astropix4 import AstroPix4SimpleMonitor  # the subclass whose batch step is the engine's
+
+        cls = type(self)
+        return (
+            issubclass(cls, AstroPix4SimpleMonitor)
+            and cls.process_batch is AstroPix4SimpleMonitor.process_batch
+            and cls.process_readout is AstroPix4SimpleMonitor.process_readout
+            and cls._process_records is AbstractMonitor._process_records
+        )
 
     def _on_refresh_interval(self, change: dict[str, Any]) -> None:
         self.engine.refresh_interval = float(change["new"])
