@@ -42,7 +42,7 @@ from .astropix4.layout import NUM_COLS, NUM_ROWS
 from .astropix4.batch import BatchDecoder
 from .fmt import AbstractAstroPixReadout, AstroPix4Readout, ChainedDecoder, decoder_for
 from .hist import FILL_DTYPE, TOT_EDGES, HitAccumulator, RateHistory, bin_hits, hits_as_array, scalar_tot_binner
-from .listener import Listener
+from .listener import DEFAULT_COALESCE_S, Listener
 from .sock import DEFAULT_PORT, LOCAL_HOST
 from .status import Status, StatusSources
 from .trend import RateTrend
@@ -246,6 +246,15 @@ class MonitorEngine:
     #: Most records one read processes on the caller's thread (a larger
     #: backlog is the processing thread's, which is then busy on it).
     CATCH_UP_MAX = 20_000
+    #: The listener's coalescing pause (s) while reads catch up and no
+    #: ``coalesce`` was given: reads also take what waits in the socket
+    #: (:meth:`Listener.receive_now`), so a longer pause costs them nothing.
+    #: Bounded so that the socket buffer granted holds half of what
+    #: :attr:`CATCH_UP_PAUSE_RATE` readouts/s send meanwhile, and never below
+    #: the listener's default.
+    CATCH_UP_COALESCE = 0.02
+    #: The stream rate (readouts/s) the long pause is sized for (see above).
+    CATCH_UP_PAUSE_RATE = 300_000
 
     def __init__(
         self,
@@ -264,7 +273,11 @@ class MonitorEngine:
         **listener_options: Any,
     ) -> None:
         self.readout_class = readout_class
+        # No coalesce given: the engine sets the listener's pause (longer while reads catch up).
+        self._auto_coalesce = "coalesce" not in listener_options
         self.listener = Listener(readout_class, str(group), int(port), **listener_options)
+        self._coalesce_set = self.listener.coalesce  # the pause the engine set last
+        self._long_pause: float | None = None  # CATCH_UP_COALESCE bounded by this socket's buffer
         self.decoder = decoder_for(readout_class)
         self.num_rows = int(num_rows if num_rows is not None else getattr(readout_class, "NUM_ROWS", NUM_ROWS))
         self.num_cols = int(num_cols if num_cols is not None else getattr(readout_class, "NUM_COLS", NUM_COLS))
@@ -384,6 +397,7 @@ class MonitorEngine:
             if self._listen_thread is not None and self._listen_thread.is_alive():
                 return
             self.listener.open()
+            self._long_pause = None  # the socket (and its buffer) may be new
             self._listen_thread = threading.Thread(
                 target=target or self.listen, name="astropix-monitor-listener", daemon=True
             )
@@ -641,7 +655,11 @@ class MonitorEngine:
         processing thread). Drain and processing happen under the processing
         lock, as on the processing thread, so no record overtakes another.
         """
-        if not self.listener.pending() or not self.catches_up():
+        if not self.catches_up():
+            return 0
+        listener = self.listener
+        listener.receive_now()  # what waits in the socket during the listener's coalescing pause
+        if not listener.pending():
             return 0
         with self._processing_lock:
             records = self.listener.drain(self.CATCH_UP_MAX)
@@ -964,13 +982,28 @@ class MonitorEngine:
             self._running = False
             self.refresh(time.monotonic() - last)
 
+    def _coalesce_for(self, catching_up: bool) -> float:
+        """The listener's coalescing pause: :attr:`CATCH_UP_COALESCE` bounded by the socket buffer, else the default."""
+        if not catching_up:
+            return DEFAULT_COALESCE_S
+        if self._long_pause is None:
+            holds = self.listener.granted_datagrams() / 2 / self.CATCH_UP_PAUSE_RATE
+            self._long_pause = max(DEFAULT_COALESCE_S, min(self.CATCH_UP_COALESCE, holds))
+        return self._long_pause
+
     def _wait_for_work(self, refresh_due: float, *, idle: bool) -> None:
         """Sleep until there is something to process (see :meth:`_process_loop`), at most until ``refresh_due``.
 
         ``idle``: the last drain found nothing.
         """
         listener = self.listener
-        if not self.catches_up():
+        catching_up = self.catches_up()
+        if self._auto_coalesce:
+            if listener.coalesce != self._coalesce_set:  # a user set it (e.g. 0 before start()): theirs from now on
+                self._auto_coalesce = False
+            else:
+                listener.coalesce = self._coalesce_set = self._coalesce_for(catching_up)
+        if not catching_up:
             listener.wait_for_records(refresh_due - time.monotonic())
             return
         if idle and not listener.pending():

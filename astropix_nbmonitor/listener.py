@@ -138,7 +138,7 @@ DEFAULT_COALESCE_S = 0.004
 #: The loop only pauses after a burst of fewer datagrams than this (and than
 #: an eighth of what the granted socket buffer holds): a faster stream is
 #: received without pauses.
-_COALESCE_BELOW = 64
+_COALESCE_BELOW = _BURST
 #: Most bursts taken from the socket after a stop was asked (what was sent before it).
 _FINAL_BURSTS = 16
 #: Bytes of socket buffer a small datagram takes (the kernel's accounting,
@@ -928,7 +928,6 @@ class Listener:
             pauser = select.poll()
             pauser.register(wake.fileno(), select.POLLIN)
             wait_ms = max(1, round(self.timeout * 1000))
-            pause_ms = round(self.coalesce * 1000)
             pause_below = self._pause_below(sock)
             paused = False
             while not self._stop_requested:
@@ -941,6 +940,7 @@ class Listener:
                 got = self._receive_and_publish(sock)
                 if got is None:
                     return
+                pause_ms = round(self.coalesce * 1000)  # read each time: a consumer may change it while running
                 paused = bool(pause_ms and 0 < got < pause_below and not self._stop_requested)
                 if paused:
                     pauser.poll(pause_ms)  # the stop's wake-up ends the pause at once
@@ -951,6 +951,42 @@ class Listener:
                 self._wake = None
                 wake.close()
             self._pause_ids()
+
+    def receive_now(self) -> int:
+        """Receive, on the calling thread, what the socket holds now (no waiting); the datagrams received.
+
+        The same checks, counting and buffering as the loop's (under the same
+        lock, so in the same order): a consumer about to read calls it so
+        that datagrams waiting in the socket during the loop's coalescing
+        pause are buffered too. Does nothing (0) unless the loop runs; at
+        most :data:`_FINAL_BURSTS` bursts.
+        """
+        if not self._looping or self._stop_requested:
+            return 0
+        with self._loop_lock:  # the socket is closed under this lock once the loop ended: never a stale descriptor
+            receiver = self._receiver
+            if not self._looping or self._stop_requested or receiver is None or receiver.closed:
+                return 0
+            total = 0
+            for _ in range(_FINAL_BURSTS):
+                got = self._receive_and_publish(receiver.socket)
+                if not got:
+                    break
+                total += got
+                if got < _BURST:
+                    break
+            return total
+
+    def granted_datagrams(self) -> int:
+        """About how many small datagrams the socket buffer the kernel granted holds (0 before :meth:`open`)."""
+        receiver = self._receiver
+        if receiver is None or receiver.closed:
+            return 0
+        try:
+            granted = receiver.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        except OSError:
+            return 0
+        return granted // _DATAGRAM_TRUESIZE
 
     def _receive_queued(self, sock: socket.socket) -> None:
         """On a stop: take what the socket already holds (at most :data:`_FINAL_BURSTS` bursts, no waiting).
