@@ -14,9 +14,11 @@ bqplot figures, usually filled by :mod:`.panels`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import html
 import logging
 import threading
+import time
 from abc import ABCMeta, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -520,10 +522,27 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
         return hasattr(self.engine, "windows")
 
     def view_state(self) -> EngineState:
-        """The state the views draw: the histograms of the chosen :attr:`window` (0: the whole run)."""
+        """The state the views draw: the histograms of the chosen :attr:`window` (0: the whole run).
+
+        The whole run's histograms are copied again only when the engine's
+        ``change_mark()`` moved since the last copy: an idle refresh reuses
+        them (with the status and the rates of now).
+        """
         if self.window and self.windows_available:
             return self.engine.state(window=self.window)
-        return self.engine.state()
+        engine = self.engine
+        if not isinstance(engine, MonitorEngine):  # a hub viewer's engine
+            return engine.state()
+        mark = engine.change_mark()  # before the copy: a record arriving meanwhile moves the next mark
+        cached = getattr(self, "_view_cache", None)
+        if cached is not None and cached[0] == mark and cached[1].running == engine.running:
+            t, readout_rate, hit_rate = engine.history.arrays()
+            return dataclasses.replace(
+                cached[1], time=time.time(), status=engine.status(), rates=np.vstack([t, readout_rate, hit_rate])
+            )
+        state = engine.state()
+        self._view_cache = (mark, state)
+        return state
 
     def listener_stats(self):
         """A snapshot of the listener's counters (see :class:`ListenerStats`); None for a viewer of a hub."""
