@@ -892,7 +892,7 @@ class MonitorEngine:
             self._rates = (0.0, 0.0)
         self._last_counts = counts
 
-    def change_mark(self) -> tuple[int, int, int]:
+    def change_mark(self) -> tuple[int, ...]:
         """A value that changes whenever the histograms or counters may have: compare two to skip work.
 
         Equal marks mean no record was processed, no datagram received and
@@ -901,7 +901,9 @@ class MonitorEngine:
         refresh may reuse what it drew (e.g. a view skipping an unchanged
         ``state()`` copy).
         """
-        return (self._resets, self._batches, self.listener._datagrams)
+        # The counters and the hits filled too: records fed by hand (a process_batch called directly) move it.
+        return (self._resets, self._batches, self.listener._datagrams, self._readouts, self._hits,
+                self.accumulator.num_filled, int(self.accumulator.out_of_matrix))
 
     def _process(self, records: list[bytes]) -> None:
         if not records:

@@ -622,3 +622,29 @@ def test_the_widget_catches_up_only_when_its_processing_is_the_engines():
         for m in monitors:
             m.stop()
             m.close()
+
+
+def test_the_widget_view_state_is_copied_again_only_when_the_data_changed():
+    """An idle refresh reuses the whole run's histograms (change_mark unchanged), with the status of now;
+    processed records, a reset or a time window give a fresh copy."""
+    from astropix_nbmonitor.monitor import AstroPix4SimpleMonitor
+
+    mon = AstroPix4SimpleMonitor(port=0)
+    try:
+        first = mon.view_state()
+        again = mon.view_state()
+        assert again.histograms is first.histograms and again.status is not first.status
+        run = AstroPix4Simulator(seed=45, hits_per_readout=2.0).generate(20)
+        mon.replay(run.records)
+        fresh = mon.view_state()
+        assert fresh.histograms is not first.histograms
+        assert np.array_equal(fresh.hit_map.values(), _expected_map(run.truth))
+        assert fresh.status["readouts"] == 20 and again.status["readouts"] == 0
+        assert mon.view_state().histograms is fresh.histograms
+        mon.reset()
+        cleared = mon.view_state()
+        assert cleared.histograms is not fresh.histograms and cleared.hit_map.sum() == 0
+        mon.window = 10.0
+        assert mon.view_state().histograms is not mon.view_state().histograms  # a window follows the clock
+    finally:
+        mon.close()
