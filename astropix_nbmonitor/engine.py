@@ -252,7 +252,7 @@ class MonitorEngine:
     #: Bounded so that the socket buffer granted holds half of what
     #: :attr:`CATCH_UP_PAUSE_RATE` readouts/s send meanwhile, and never below
     #: the listener's default.
-    CATCH_UP_COALESCE = 0.02
+    CATCH_UP_COALESCE = 0.05
     #: The stream rate (readouts/s) the long pause is sized for (see above).
     CATCH_UP_PAUSE_RATE = 300_000
 
@@ -929,6 +929,8 @@ class MonitorEngine:
         records received later before these (split hits chain in order).
         """
         with self._processing_lock:
+            if self.catches_up():
+                self.listener.receive_now()  # what waits in the socket during the listener's (long) pause
             records = self.listener.drain(limit)
             if not records:
                 return 0, 0.0
