@@ -161,19 +161,22 @@ class MonitorEngine:
     :meth:`status`, :meth:`refresh`, the ``*_window`` readers,
     :meth:`pixel_tot_hist`, :meth:`window_slices`, :attr:`num_readouts`,
     :attr:`num_hits`, :attr:`chips_seen`, :attr:`out_of_matrix`) first calls
-    :meth:`catch_up`: under the processing lock, it drains the listener's
-    buffer and processes it on the caller's thread. What a read returns then
-    includes every record the listener received before the call, so the
-    processing thread need not hurry: after a drain that emptied the
-    buffer it waits up to :attr:`PROCESS_DELAY` (or until
-    :attr:`PROCESS_RECORDS` are buffered, the refresh is due, or a stop),
-    and a slow stream is processed in about 20 batches a second rather than
-    a few hundred. The processing thread drains and processes under the
-    same lock, so records are processed in the order received whichever
-    thread processes them (hits split across two readouts are chained).
-    Otherwise (a user's processing, or a records callback) nothing is
-    processed off the processing thread and it processes each burst as it
-    comes, as before.
+    :meth:`catch_up`: it takes what waits in the socket
+    (:meth:`Listener.receive_now`), then, under the processing lock, drains
+    the listener's buffer and processes it on the caller's thread. What a
+    read returns then includes every datagram that reached the socket
+    before the call, so neither thread need hurry: after a drain that
+    emptied the buffer the processing thread waits up to
+    :attr:`PROCESS_DELAY` (or until :attr:`PROCESS_RECORDS` are buffered,
+    the refresh is due, or a stop), and, unless a ``coalesce`` was given,
+    the listener pauses :attr:`CATCH_UP_COALESCE` between small bursts
+    (bounded by its socket buffer); a slow stream is processed in about 20
+    batches a second rather than a few hundred. The processing thread
+    drains and processes under the same lock, so records are processed in
+    the order received whichever thread processes them (hits split across
+    two readouts are chained). Otherwise (a user's processing, or a records
+    callback) nothing is processed off the processing thread, which
+    processes each burst as it comes, as before (4 ms listener pauses).
 
     Parameters
     ----------

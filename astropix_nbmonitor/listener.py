@@ -422,7 +422,11 @@ class Listener:
         keeps the CPU low at 1,000-10,000 readouts/s; it delays a datagram by
         at most this long. A fast stream (bursts of :data:`_COALESCE_BELOW`
         datagrams or more, or more than an eighth of what the socket buffer
-        granted holds) is received without pauses.
+        granted holds) is received without pauses. The attribute
+        :attr:`coalesce` is read at every pause (a
+        :class:`~astropix_nbmonitor.engine.MonitorEngine` lengthens it while
+        its reads take the socket's datagrams themselves, see
+        :meth:`receive_now`).
     rcvbuf : int or None
         Socket receive buffer to ask for (see :class:`~astropix_nbmonitor.sock.MulticastReceiver`).
     interface : str or None
