@@ -170,11 +170,11 @@ class MonitorEngine:
     :attr:`PROCESS_DELAY` (or until :attr:`PROCESS_RECORDS` are buffered,
     the refresh is due, or a stop), and, unless a ``coalesce`` was given,
     the listener pauses :attr:`CATCH_UP_COALESCE` between small bursts
-    (bounded by its socket buffer); a slow stream is processed in about 20
-    batches a second rather than a few hundred. The processing thread
-    drains and processes under the same lock, so records are processed in
-    the order received whichever thread processes them (hits split across
-    two readouts are chained). Otherwise (a user's processing, or a records
+    (bounded by its socket buffer); a slow stream is processed in about 12
+    batches a second (the refreshes included) rather than a few hundred.
+    The processing thread drains and processes under the same lock, so
+    records are processed in the order received whichever thread processes
+    them (hits split across two readouts are chained). Otherwise (a user's processing, or a records
     callback) nothing is processed off the processing thread, which
     processes each burst as it comes, as before (4 ms listener pauses).
 
@@ -241,9 +241,9 @@ class MonitorEngine:
     #: With read-time catch-up (see the class), when a drain emptied the
     #: buffer the processing thread lets records gather this long (s) before
     #: it processes them, unless :attr:`PROCESS_RECORDS` gathered first or
-    #: the refresh is due: a slow stream is processed in about 20 batches a
+    #: the refresh is due: a slow stream is processed in about 10 batches a
     #: second. Readers do not wait for it: they catch up.
-    PROCESS_DELAY = 0.05
+    PROCESS_DELAY = 0.1
     #: ... or until this many records are buffered.
     PROCESS_RECORDS = 2000
     #: Most records one read processes on the caller's thread (a larger
@@ -961,7 +961,7 @@ class MonitorEngine:
         the next burst, the next refresh is due, or :meth:`stop` wakes it.
         When reads catch up (:meth:`catches_up`), it then lets records gather
         for :attr:`PROCESS_DELAY` more (or until :attr:`PROCESS_RECORDS`):
-        a slow stream is processed in about 20 batches a second. Otherwise
+        a slow stream is processed in about 10 batches a second. Otherwise
         the listener's coalescing pause (``coalesce``, 4 ms by default) makes
         the bursts of a slow stream hold several readouts, so a batch is
         rarely one readout. :attr:`process_wakeups` counts the loop's turns.
