@@ -330,6 +330,7 @@ class MonitorEngine:
         self._pending: list[tuple[Any, float | None]] | None = None  # see collecting()
         self._pending_hits = 0
         self._pending_began = 0.0
+        self._trend_last: float | None = None  # the clock of the trend's last point
         self._batches = 0  # batches processed (change_mark)
         #: Calls of :meth:`catch_up` that processed records (on a reader's thread or the processing thread's).
         self.catch_ups = 0
@@ -480,6 +481,7 @@ class MonitorEngine:
             self.pixel_tots.reset()
             self.history.clear()
             self.trend.clear()
+            self._trend_last = None
             self._readouts = 0
             self._hits = 0
             self._last_counts = (0, 0)
@@ -890,7 +892,10 @@ class MonitorEngine:
             prev_r, prev_h = self._last_counts
             self._rates = ((counts[0] - prev_r) / dt, (counts[1] - prev_h) / dt)
             self.history.add(*self._rates)
-            self.trend.add(self.clock(), *self._rates)
+            now = self.clock()
+            if self._trend_last is None or now > self._trend_last:  # the trend's times increase (a frozen clock)
+                self.trend.add(now, *self._rates)
+                self._trend_last = now
         elif not self._running and not paced:
             self._rates = (0.0, 0.0)
         self._last_counts = counts
