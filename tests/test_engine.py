@@ -648,3 +648,30 @@ def test_the_widget_view_state_is_copied_again_only_when_the_data_changed():
         assert mon.view_state().histograms is not mon.view_state().histograms  # a window follows the clock
     finally:
         mon.close()
+
+
+def test_the_listener_pauses_longer_only_while_reads_catch_up_and_a_given_coalesce_is_kept():
+    """The engine lengthens the listener's pause (bounded by the socket buffer) while reads take the
+    socket's datagrams themselves; a records callback brings the 4 ms pause back; coalesce= given, or set
+    by hand before start(), is never changed."""
+    from astropix_nbmonitor.listener import DEFAULT_COALESCE_S
+
+    eng = MonitorEngine(port=0, refresh_interval=0.05)
+    given = MonitorEngine(port=0, refresh_interval=0.05, coalesce=0.002)
+    by_hand = MonitorEngine(port=0, refresh_interval=0.05)
+    by_hand.listener.coalesce = 0.0
+    try:
+        for e in (eng, given, by_hand):
+            e.start()
+        long_pause = eng._coalesce_for(True)
+        assert DEFAULT_COALESCE_S <= long_pause <= eng.CATCH_UP_COALESCE
+        wait_for(lambda: eng.listener.coalesce == long_pause, what="the long pause")
+        eng.add_records_callback(lambda records: None)
+        wait_for(lambda: eng.listener.coalesce == DEFAULT_COALESCE_S, what="the short pause back")
+        turns = (given.process_wakeups, by_hand.process_wakeups)
+        wait_for(lambda: given.process_wakeups > turns[0] + 2 and by_hand.process_wakeups > turns[1] + 2,
+                 what="a few turns of the loops")
+        assert given.listener.coalesce == 0.002 and by_hand.listener.coalesce == 0.0
+    finally:
+        for e in (eng, given, by_hand):
+            e.stop()
