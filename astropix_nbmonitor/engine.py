@@ -42,7 +42,7 @@ from .astropix4.layout import NUM_COLS, NUM_ROWS
 from .astropix4.batch import BatchDecoder
 from .fmt import AbstractAstroPixReadout, AstroPix4Readout, ChainedDecoder, decoder_for
 from .hist import FILL_DTYPE, TOT_EDGES, HitAccumulator, RateHistory, bin_hits, hits_as_array, scalar_tot_binner
-from .listener import Listener
+from .listener import DEFAULT_COALESCE_S, Listener
 from .sock import DEFAULT_PORT, LOCAL_HOST
 from .status import Status, StatusSources
 from .trend import RateTrend
@@ -151,6 +151,33 @@ def _concatenated(arrays: list[np.ndarray]) -> list[np.ndarray]:
 class MonitorEngine:
     """Receive a readout stream, decode it, histogram it and count everything.
 
+    Read-time catch-up. When the engine does its own processing (no
+    ``process`` hook, or one declared equivalent with
+    :attr:`catch_up_on_read`, as ``AstroPix4SimpleMonitor`` does when neither
+    ``process_readout`` nor ``process_batch`` is overridden) and no records
+    callback is registered (:meth:`add_records_callback`: a hub publisher's
+    relay, whose sockets belong to the processing thread), every reader of
+    the data (:meth:`hit_map`, :meth:`tot_hist`, :meth:`state`,
+    :meth:`status`, :meth:`refresh`, the ``*_window`` readers,
+    :meth:`pixel_tot_hist`, :meth:`window_slices`, :attr:`num_readouts`,
+    :attr:`num_hits`, :attr:`chips_seen`, :attr:`out_of_matrix`) first calls
+    :meth:`catch_up`: it takes what waits in the socket
+    (:meth:`Listener.receive_now`), then, under the processing lock, drains
+    the listener's buffer and processes it on the caller's thread. What a
+    read returns then includes every datagram that reached the socket
+    before the call, so neither thread need hurry: after a drain that
+    emptied the buffer the processing thread waits up to
+    :attr:`PROCESS_DELAY` (or until :attr:`PROCESS_RECORDS` are buffered,
+    the refresh is due, or a stop), and, unless a ``coalesce`` was given,
+    the listener pauses :attr:`CATCH_UP_COALESCE` between small bursts
+    (bounded by its socket buffer); a slow stream is processed in about 12
+    batches a second (the refreshes included) rather than a few hundred.
+    The processing thread drains and processes under the same lock, so
+    records are processed in the order received whichever thread processes
+    them (hits split across two readouts are chained). Otherwise (a user's processing, or a records
+    callback) nothing is processed off the processing thread, which
+    processes each burst as it comes, as before (4 ms listener pauses).
+
     Parameters
     ----------
     readout_class : type
@@ -211,6 +238,26 @@ class MonitorEngine:
     #: After a stop is asked, the processing thread goes on with the backlog
     #: for at most this long (s); what is left is dropped and counted.
     STOP_GRACE_S = 0.5
+    #: With read-time catch-up (see the class), when a drain emptied the
+    #: buffer the processing thread lets records gather this long (s) before
+    #: it processes them, unless :attr:`PROCESS_RECORDS` gathered first or
+    #: the refresh is due: a slow stream is processed in about 10 batches a
+    #: second. Readers do not wait for it: they catch up.
+    PROCESS_DELAY = 0.1
+    #: ... or until this many records are buffered.
+    PROCESS_RECORDS = 2000
+    #: Most records one read processes on the caller's thread (a larger
+    #: backlog is the processing thread's, which is then busy on it).
+    CATCH_UP_MAX = 20_000
+    #: The listener's coalescing pause (s) while reads catch up and no
+    #: ``coalesce`` was given: reads also take what waits in the socket
+    #: (:meth:`Listener.receive_now`), so a longer pause costs them nothing.
+    #: Bounded so that the socket buffer granted holds half of what
+    #: :attr:`CATCH_UP_PAUSE_RATE` readouts/s send meanwhile, and never below
+    #: the listener's default.
+    CATCH_UP_COALESCE = 0.05
+    #: The stream rate (readouts/s) the long pause is sized for (see above).
+    CATCH_UP_PAUSE_RATE = 300_000
 
     def __init__(
         self,
@@ -229,7 +276,11 @@ class MonitorEngine:
         **listener_options: Any,
     ) -> None:
         self.readout_class = readout_class
+        # No coalesce given: the engine sets the listener's pause (longer while reads catch up).
+        self._auto_coalesce = "coalesce" not in listener_options
         self.listener = Listener(readout_class, str(group), int(port), **listener_options)
+        self._coalesce_set = self.listener.coalesce  # the pause the engine set last
+        self._long_pause: float | None = None  # CATCH_UP_COALESCE bounded by this socket's buffer
         self.decoder = decoder_for(readout_class)
         self.num_rows = int(num_rows if num_rows is not None else getattr(readout_class, "NUM_ROWS", NUM_ROWS))
         self.num_cols = int(num_cols if num_cols is not None else getattr(readout_class, "NUM_COLS", NUM_COLS))
@@ -250,6 +301,12 @@ class MonitorEngine:
         self.refresh_interval = self._check_interval(refresh_interval)
         self.update_pause = max(0.0, float(update_pause))
         self._process_hook = process
+        #: Whether reads may process buffered records on the caller's thread
+        #: (see the class): True by default when there is no ``process``
+        #: hook; a hook's owner sets it when its hook is the engine's own
+        #: processing (thread-safe under the processing lock). Records
+        #: callbacks turn it off whatever this says.
+        self.catch_up_on_read = process is None
         self._refresh_callbacks: list[Callable[[MonitorEngine], None]] = []
         self._records_callbacks: list[Callable[[list[bytes]], None]] = []
         self._lifecycle_lock = threading.RLock()
@@ -273,7 +330,10 @@ class MonitorEngine:
         self._pending: list[tuple[Any, float | None]] | None = None  # see collecting()
         self._pending_hits = 0
         self._pending_began = 0.0
+        self._trend_last: float | None = None  # the clock of the trend's last point
         self._batches = 0  # batches processed (change_mark)
+        #: Calls of :meth:`catch_up` that processed records (on a reader's thread or the processing thread's).
+        self.catch_ups = 0
         self._resets = 0
 
     # ------------------------------------------------------------------ identity
@@ -341,6 +401,7 @@ class MonitorEngine:
             if self._listen_thread is not None and self._listen_thread.is_alive():
                 return
             self.listener.open()
+            self._long_pause = None  # the socket (and its buffer) may be new
             self._listen_thread = threading.Thread(
                 target=target or self.listen, name="astropix-monitor-listener", daemon=True
             )
@@ -420,6 +481,7 @@ class MonitorEngine:
             self.pixel_tots.reset()
             self.history.clear()
             self.trend.clear()
+            self._trend_last = None
             self._readouts = 0
             self._hits = 0
             self._last_counts = (0, 0)
@@ -588,14 +650,42 @@ class MonitorEngine:
             logger.error("%r: %s (error %d)", self, self._last_error, self._errors, exc_info=exc)
 
     # ------------------------------------------------------------------ data out
+    def catch_up(self) -> int:
+        """Process now, on the calling thread, what the listener has buffered; return how many records.
+
+        Every reader of the data calls it first (see the class): does nothing
+        (returns 0) when the buffer is empty or when processing off the
+        processing thread is not safe (:meth:`catches_up` is False). At most
+        :attr:`CATCH_UP_MAX` records (a larger backlog is left to the
+        processing thread). Drain and processing happen under the processing
+        lock, as on the processing thread, so no record overtakes another.
+        """
+        if not self.catches_up():
+            return 0
+        listener = self.listener
+        listener.receive_now()  # what waits in the socket during the listener's coalescing pause
+        if not listener.pending():
+            return 0
+        with self._processing_lock:
+            records = self.listener.drain(self.CATCH_UP_MAX)
+            self._process(records)
+        self.catch_ups += 1
+        return len(records)
+
+    def catches_up(self) -> bool:
+        """Whether reads process the buffered records on their own thread now (see the class)."""
+        return bool(self.catch_up_on_read) and not self._records_callbacks
+
     @property
     def num_readouts(self) -> int:
-        """Readouts processed since creation or the last reset."""
+        """Readouts processed since creation or the last reset (after :meth:`catch_up`)."""
+        self.catch_up()
         return self._readouts
 
     @property
     def num_hits(self) -> int:
-        """Hits counted since creation or the last reset."""
+        """Hits counted since creation or the last reset (after :meth:`catch_up`)."""
+        self.catch_up()
         return self._hits
 
     @property
@@ -621,24 +711,29 @@ class MonitorEngine:
 
     def hit_map(self, chip: int | None = None) -> bh.Histogram:
         """A copy of the hit map (axes column, row) of all chips, or of one chip_id."""
+        self.catch_up()
         return self.accumulator.hit_map(chip)
 
     def tot_hist(self, chip: int | None = None) -> bh.Histogram:
         """A copy of the TOT spectrum (us, with under/overflow) of all chips, or of one chip_id."""
+        self.catch_up()
         return self.accumulator.tot_hist(chip)
 
     @property
     def chips_seen(self) -> list[int]:
         """The chip_ids seen so far."""
+        self.catch_up()
         return sorted(self.accumulator.chips_seen)
 
     @property
     def out_of_matrix(self) -> int:
         """Decoded hits outside the matrix."""
+        self.catch_up()
         return int(self.accumulator.out_of_matrix)
 
     def status(self) -> Status:
         """Every counter, read now (see :data:`~astropix_nbmonitor.status.STATUS_TABLE`)."""
+        self.catch_up()
         readout_rate, hit_rate = self._rates
         sources = StatusSources(
             listener=self.listener.stats(),
@@ -667,6 +762,7 @@ class MonitorEngine:
         window = float(window or 0.0)
         window_now = None
         with self._processing_lock:
+            self.catch_up()
             snap = self.accumulator.snapshot()
             if window:
                 window_now = self._window_into(snap, window)
@@ -710,10 +806,12 @@ class MonitorEngine:
 
     def hit_map_window(self, seconds: float, chip: int | None = None) -> bh.Histogram:
         """The hit map (axes column, row) of the last ``seconds``, all chips or one chip_id."""
+        self.catch_up()
         return self.windows.hit_map(seconds, chip, self.clock())
 
     def tot_hist_window(self, seconds: float, chip: int | None = None) -> bh.Histogram:
         """The TOT spectrum (us, with under/overflow) of the last ``seconds``, all chips or one chip_id."""
+        self.catch_up()
         return self.windows.tot_hist(seconds, chip, self.clock())
 
     def masked_tot_window(
@@ -728,6 +826,7 @@ class MonitorEngine:
         Returns ``(counts, exact)``.
         """
         with self._processing_lock:
+            self.catch_up()
             return self.windows.masked_tot_counts(seconds, list(pixels), chip, self.clock() if now is None else now)
 
     def pixel_tot_hist(self, column: int, row: int, chip_id: int | None = None, seconds: float | None = None) -> bh.Histogram:
@@ -737,6 +836,7 @@ class MonitorEngine:
         the per-second per-pixel counts; see :meth:`masked_tot_window` for
         when they are inexact).
         """
+        self.catch_up()
         if not seconds:
             return self.pixel_tots.pixel_tot_hist(column, row, chip_id)
         with self._processing_lock:
@@ -751,6 +851,7 @@ class MonitorEngine:
         (:meth:`PixelTots.export_sparse`), which hold every slice's counts.
         """
         with self._processing_lock:
+            self.catch_up()
             out: dict[str, Any] = {
                 "slices": self.windows.export(after),
                 "head": self.windows.head,
@@ -769,6 +870,7 @@ class MonitorEngine:
         the engine itself is not receiving.
         """
         with self._processing_lock:
+            self.catch_up()
             self._update_rates(dt, paced=paced)
             for callback in list(self._refresh_callbacks):
                 try:
@@ -790,12 +892,15 @@ class MonitorEngine:
             prev_r, prev_h = self._last_counts
             self._rates = ((counts[0] - prev_r) / dt, (counts[1] - prev_h) / dt)
             self.history.add(*self._rates)
-            self.trend.add(self.clock(), *self._rates)
+            now = self.clock()
+            if self._trend_last is None or now > self._trend_last:  # the trend's times increase (a frozen clock)
+                self.trend.add(now, *self._rates)
+                self._trend_last = now
         elif not self._running and not paced:
             self._rates = (0.0, 0.0)
         self._last_counts = counts
 
-    def change_mark(self) -> tuple[int, int, int]:
+    def change_mark(self) -> tuple[int, ...]:
         """A value that changes whenever the histograms or counters may have: compare two to skip work.
 
         Equal marks mean no record was processed, no datagram received and
@@ -804,7 +909,9 @@ class MonitorEngine:
         refresh may reuse what it drew (e.g. a view skipping an unchanged
         ``state()`` copy).
         """
-        return (self._resets, self._batches, self.listener._datagrams)
+        # The counters and the hits filled too: records fed by hand (a process_batch called directly) move it.
+        return (self._resets, self._batches, self.listener._datagrams, self._readouts, self._hits,
+                self.accumulator.num_filled, int(self.accumulator.out_of_matrix))
 
     def _process(self, records: list[bytes]) -> None:
         if not records:
@@ -823,11 +930,21 @@ class MonitorEngine:
         except Exception as exc:
             self.note_error(exc)
 
-    def _process_timed(self, records: list[bytes]) -> float:
+    def _drain_and_process(self, limit: int) -> tuple[int, float]:
+        """Drain at most ``limit`` records and process them, both under the processing lock; (count, seconds).
+
+        Together, so that a :meth:`catch_up` on another thread cannot process
+        records received later before these (split hits chain in order).
+        """
         with self._processing_lock:
+            if self.catches_up():
+                self.listener.receive_now()  # what waits in the socket during the listener's (long) pause
+            records = self.listener.drain(limit)
+            if not records:
+                return 0, 0.0
             began = time.perf_counter()
             self._process(records)
-            return time.perf_counter() - began
+            return len(records), time.perf_counter() - began
 
     def _next_limit(self, limit: int, n: int, took: float) -> int:
         """Size the next batch to take about BATCH_SECONDS.
@@ -846,10 +963,13 @@ class MonitorEngine:
 
         It never polls: when a drain left the listener's buffer empty it
         blocks in :meth:`Listener.wait_for_records` until the listener buffers
-        the next burst, the next refresh is due, or :meth:`stop` wakes it. The
-        listener's coalescing pause (``coalesce``, 4 ms by default) makes the
-        bursts of a slow stream hold several readouts, so a batch is rarely
-        one readout. :attr:`process_wakeups` counts the loop's turns.
+        the next burst, the next refresh is due, or :meth:`stop` wakes it.
+        When reads catch up (:meth:`catches_up`), it then lets records gather
+        for :attr:`PROCESS_DELAY` more (or until :attr:`PROCESS_RECORDS`):
+        a slow stream is processed in about 10 batches a second. Otherwise
+        the listener's coalescing pause (``coalesce``, 4 ms by default) makes
+        the bursts of a slow stream hold several readouts, so a batch is
+        rarely one readout. :attr:`process_wakeups` counts the loop's turns.
         """
         last = time.monotonic()
         limit = self.FIRST_BATCH
@@ -858,30 +978,61 @@ class MonitorEngine:
         try:
             while not stop.is_set():
                 self.process_wakeups += 1
-                records = listener.drain(limit)
-                if records:
-                    limit = self._next_limit(limit, len(records), self._process_timed(records))
+                n, took = self._drain_and_process(limit)
+                if n:
+                    limit = self._next_limit(limit, n, took)
                 now = time.monotonic()
                 if now - last >= self.refresh_interval:
                     self.refresh(now - last)
                     last = now
                     if self.update_pause:
                         stop.wait(self.update_pause)
-                elif len(records) < limit:  # the buffer is empty: sleep until records, the refresh or stop
-                    listener.wait_for_records(last + self.refresh_interval - now)
+                elif n < limit:  # the buffer is empty: sleep until records, the refresh or stop
+                    self._wait_for_work(last + self.refresh_interval, idle=not n)
             self._finish_backlog(limit)
         finally:
             self._running = False
             self.refresh(time.monotonic() - last)
 
+    def _coalesce_for(self, catching_up: bool) -> float:
+        """The listener's coalescing pause: :attr:`CATCH_UP_COALESCE` bounded by the socket buffer, else the default."""
+        if not catching_up:
+            return DEFAULT_COALESCE_S
+        if self._long_pause is None:
+            holds = self.listener.granted_datagrams() / 2 / self.CATCH_UP_PAUSE_RATE
+            self._long_pause = max(DEFAULT_COALESCE_S, min(self.CATCH_UP_COALESCE, holds))
+        return self._long_pause
+
+    def _wait_for_work(self, refresh_due: float, *, idle: bool) -> None:
+        """Sleep until there is something to process (see :meth:`_process_loop`), at most until ``refresh_due``.
+
+        ``idle``: the last drain found nothing.
+        """
+        listener = self.listener
+        catching_up = self.catches_up()
+        if self._auto_coalesce:
+            if listener.coalesce != self._coalesce_set:  # a user set it (e.g. 0 before start()): theirs from now on
+                self._auto_coalesce = False
+            else:
+                listener.coalesce = self._coalesce_set = self._coalesce_for(catching_up)
+        if not catching_up:
+            listener.wait_for_records(refresh_due - time.monotonic())
+            return
+        if idle and not listener.pending():
+            if not listener.wait_for_records(refresh_due - time.monotonic()) or self._stop_event.is_set():
+                return  # the refresh is due, or woken by stop()
+        delay = min(self.PROCESS_DELAY, refresh_due - time.monotonic())
+        if delay > 0:
+            listener.wait_for_records(delay, min_records=self.PROCESS_RECORDS)
+
     def _finish_backlog(self, limit: int) -> None:
         """Process what was received before the stop, for at most STOP_GRACE_S; drop the rest."""
         deadline = time.monotonic() + self.STOP_GRACE_S
         while time.monotonic() < deadline:
-            records = self.listener.drain(limit)
-            if not records:
+            n, took = self._drain_and_process(limit)
+            if not n:
                 return
-            limit = self._next_limit(limit, len(records), self._process_timed(records))
+            limit = self._next_limit(limit, n, took)
         dropped = self.listener.discard_buffer()
         if dropped:
             logger.warning("%r: stopped with %d readouts not processed; counted as dropped", self, dropped)

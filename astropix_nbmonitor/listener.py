@@ -138,7 +138,7 @@ DEFAULT_COALESCE_S = 0.004
 #: The loop only pauses after a burst of fewer datagrams than this (and than
 #: an eighth of what the granted socket buffer holds): a faster stream is
 #: received without pauses.
-_COALESCE_BELOW = 64
+_COALESCE_BELOW = _BURST
 #: Most bursts taken from the socket after a stop was asked (what was sent before it).
 _FINAL_BURSTS = 16
 #: Bytes of socket buffer a small datagram takes (the kernel's accounting,
@@ -422,7 +422,11 @@ class Listener:
         keeps the CPU low at 1,000-10,000 readouts/s; it delays a datagram by
         at most this long. A fast stream (bursts of :data:`_COALESCE_BELOW`
         datagrams or more, or more than an eighth of what the socket buffer
-        granted holds) is received without pauses.
+        granted holds) is received without pauses. The attribute
+        :attr:`coalesce` is read at every pause (a
+        :class:`~astropix_nbmonitor.engine.MonitorEngine` lengthens it while
+        its reads take the socket's datagrams themselves, see
+        :meth:`receive_now`).
     rcvbuf : int or None
         Socket receive buffer to ask for (see :class:`~astropix_nbmonitor.sock.MulticastReceiver`).
     interface : str or None
@@ -520,8 +524,11 @@ class Listener:
         self._expect = -1  # the next expected id; -1: no baseline yet
         self._buffer: list[bytes] = []
         self._buffered_bytes = 0
-        # Set when records are buffered (and by wake()): what a consumer waits on.
+        # Set when at least _wake_at records are buffered (and by wake()): what
+        # a consumer waits on (wait_for_records); _woken: wake() was called.
         self._records_ready = threading.Event()
+        self._wake_at = 1
+        self._woken = False
         # The loop's wake-up descriptor (made by each run of the loop, closed at
         # its end; request_stop() sets it so that poll() returns at once).
         self._wake_lock = threading.Lock()
@@ -632,22 +639,39 @@ class Listener:
             self._dropped += count
         return count
 
-    def wait_for_records(self, timeout: float | None = None) -> bool:
-        """Block until records are buffered, :meth:`wake` is called or ``timeout`` (s) passes.
+    def wait_for_records(self, timeout: float | None = None, min_records: int = 1) -> bool:
+        """Block until ``min_records`` are buffered, :meth:`wake` is called or ``timeout`` (s) passes.
 
-        Returns True if records are buffered then. For a consumer thread that
-        would otherwise poll :meth:`drain`: it calls this when a drain left the
-        buffer empty, and sleeps until the loop buffers the next burst.
+        Returns True if at least ``min_records`` are buffered then. For a
+        consumer thread that would otherwise poll :meth:`drain`: it calls this
+        when a drain left the buffer empty, and sleeps until the loop buffers
+        the next burst; with ``min_records`` above 1 it sleeps until that many
+        have gathered (the loop does not wake it for each burst before). A
+        :meth:`wake` made while nobody waits makes the next call return at once.
         """
+        min_records = max(1, min(int(min_records), self.buffer_size))
         ready = self._records_ready
-        if not ready.is_set() and not ready.wait(timeout):
-            return False
-        ready.clear()  # before the next drain: records buffered after it set it again
-        return bool(self._buffer)
+        with self._lock:
+            wait = not self._woken and len(self._buffer) < min_records
+            if wait:
+                self._wake_at = min_records
+                ready.clear()  # under the lock the loop sets it under: no burst is missed
+        if wait:
+            ready.wait(timeout)
+        with self._lock:
+            self._wake_at = 1
+            self._woken = False
+            return len(self._buffer) >= min_records
 
     def wake(self) -> None:
         """Make :meth:`wait_for_records` return now (a consumer being stopped)."""
+        with self._lock:
+            self._woken = True
         self._records_ready.set()
+
+    def pending(self) -> int:
+        """How many records are buffered, read without the lock (a hint: it may change at once)."""
+        return len(self._buffer)
 
     # -- records from elsewhere --------------------------------------------------------
 
@@ -908,7 +932,6 @@ class Listener:
             pauser = select.poll()
             pauser.register(wake.fileno(), select.POLLIN)
             wait_ms = max(1, round(self.timeout * 1000))
-            pause_ms = round(self.coalesce * 1000)
             pause_below = self._pause_below(sock)
             paused = False
             while not self._stop_requested:
@@ -921,6 +944,7 @@ class Listener:
                 got = self._receive_and_publish(sock)
                 if got is None:
                     return
+                pause_ms = round(self.coalesce * 1000)  # read each time: a consumer may change it while running
                 paused = bool(pause_ms and 0 < got < pause_below and not self._stop_requested)
                 if paused:
                     pauser.poll(pause_ms)  # the stop's wake-up ends the pause at once
@@ -931,6 +955,42 @@ class Listener:
                 self._wake = None
                 wake.close()
             self._pause_ids()
+
+    def receive_now(self) -> int:
+        """Receive, on the calling thread, what the socket holds now (no waiting); the datagrams received.
+
+        The same checks, counting and buffering as the loop's (under the same
+        lock, so in the same order): a consumer about to read calls it so
+        that datagrams waiting in the socket during the loop's coalescing
+        pause are buffered too. Does nothing (0) unless the loop runs; at
+        most :data:`_FINAL_BURSTS` bursts.
+        """
+        if not self._looping or self._stop_requested:
+            return 0
+        with self._loop_lock:  # the socket is closed under this lock once the loop ended: never a stale descriptor
+            receiver = self._receiver
+            if not self._looping or self._stop_requested or receiver is None or receiver.closed:
+                return 0
+            total = 0
+            for _ in range(_FINAL_BURSTS):
+                got = self._receive_and_publish(receiver.socket)
+                if not got:
+                    break
+                total += got
+                if got < _BURST:
+                    break
+            return total
+
+    def granted_datagrams(self) -> int:
+        """About how many small datagrams the socket buffer the kernel granted holds (0 before :meth:`open`)."""
+        receiver = self._receiver
+        if receiver is None or receiver.closed:
+            return 0
+        try:
+            granted = receiver.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        except OSError:
+            return 0
+        return granted // _DATAGRAM_TRUESIZE
 
     def _receive_queued(self, sock: socket.socket) -> None:
         """On a stop: take what the socket already holds (at most :data:`_FINAL_BURSTS` bursts, no waiting).
@@ -1182,7 +1242,7 @@ class Listener:
         if n <= space and good_bytes <= room:
             buffer.extend(records)
             self._buffered_bytes += good_bytes
-            if n:
+            if n and len(buffer) >= self._wake_at:
                 self._records_ready.set()
             return
         kept = kept_bytes = 0
@@ -1194,7 +1254,7 @@ class Listener:
         buffer.extend(records[:kept])
         self._buffered_bytes += kept_bytes
         self._dropped += n - kept
-        if kept:
+        if n:  # the buffer is full: wake the consumer whatever it waits for
             self._records_ready.set()
 
     def _log_bad_input(self, malformed: dict[str, int], oversize: int, restarts: int) -> None:

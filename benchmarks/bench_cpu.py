@@ -203,10 +203,12 @@ def child_latency(kind: str, seconds: float) -> dict:
     seen: list[float] = []
     done = threading.Event()
     view = eng.accumulator._maps.view()  # read without the lock: a count only grows
+    catch_up = getattr(eng, "catch_up", lambda: 0)  # what hit_map() does first (read-time catch-up), if any
 
     def watch() -> None:
         last = 0
         while not done.is_set():
+            catch_up()
             count = int(view[PROBE_CHIP].sum())
             if count > last:
                 now = time.monotonic()

@@ -459,3 +459,219 @@ def test_change_mark_tells_whether_anything_changed():
     assert eng.change_mark() == after  # a refresh changes no histogram
     eng.reset()
     assert eng.change_mark() != after
+
+
+# --------------------------------------------------------------------------
+# Read-time catch-up (issue 14, point 4): few batches for a slow stream, reads see everything received
+
+
+def _split_pair(seed_from: int = 100):
+    """Two consecutive readouts whose first hit is split across them (the simulator's truth says so)."""
+    for seed in range(seed_from, seed_from + 500):
+        run = AstroPix4Simulator(seed=seed, hits_per_readout=2.0, faults={"split": 0.9}).generate(2)
+        if run.num_readouts == 2 and run.num_split == 1:
+            return run
+    pytest.fail("no split pair found")
+
+
+def _calls_recorder(eng: MonitorEngine) -> list[tuple[int, int]]:
+    """Wrap the engine's own processing step: record (thread id, records) of every call."""
+    calls: list[tuple[int, int]] = []
+    step = eng.process_records
+
+    def recording(records):
+        calls.append((threading.get_ident(), len(records)))
+        step(records)
+
+    eng.process_records = recording  # an instance attribute: catch_up_on_read and the callbacks are untouched
+    return calls
+
+
+def test_a_slow_stream_is_processed_in_few_batches_yet_read_at_once():
+    """The listener publishes every datagram (coalesce=0), the processing thread waits PROCESS_DELAY
+    (long here) before processing: a handful of batches for 200 readouts, and hit_map() right after the
+    listener counted the last datagram includes it (the read processed the buffer on its thread)."""
+    run = AstroPix4Simulator(seed=41, hits_per_readout=2.0, faults={"split": 0.05}).generate(200)
+    eng = MonitorEngine(port=0, refresh_interval=30.0, coalesce=0.0)
+    eng.PROCESS_DELAY = 10.0
+    calls = _calls_recorder(eng)
+    try:
+        assert eng.catches_up()
+        eng.start()
+        from astropix_nbmonitor.sock import MulticastSender
+
+        with MulticastSender("127.0.0.1", eng.port) as sender:
+            for i, record in enumerate(run.records):
+                sender.send_data(record)
+                if i % 2:
+                    time.sleep(0.001)
+        wait_for(lambda: eng.listener.stats().datagrams == len(run.records), what="every datagram at the listener")
+        hit_map = eng.hit_map()  # no sleep: the read catches up
+        worker = eng._process_thread.ident
+    finally:
+        eng.stop()
+    assert np.array_equal(hit_map.values(), _expected_map(run.truth))
+    on_loop = [n for ident, n in calls if ident == worker]
+    assert sum(n for _, n in calls) == run.num_readouts  # every record processed once, on one thread or the other
+    # Without the delay: one batch per datagram or so (200); with it, the loop processes only after its
+    # first record (and the catch-up of hit_map did the rest).
+    assert len(on_loop) <= 5
+    assert eng.status()["recovered_hits"] == run.num_split
+
+
+def test_records_are_never_reordered_between_the_loop_and_a_catch_up():
+    """A hit split across two readouts, the first processed by the processing thread and the second by a
+    read's catch-up on the caller's thread, is recovered exactly."""
+    run = _split_pair()
+    eng = MonitorEngine(port=0, refresh_interval=60.0, coalesce=0.0)
+    eng.PROCESS_DELAY = 0.0
+    calls = _calls_recorder(eng)
+    try:
+        eng.start()
+        worker = eng._process_thread.ident
+        from astropix_nbmonitor.sock import MulticastSender
+
+        with MulticastSender("127.0.0.1", eng.port) as sender:
+            sender.send_data(run.records[0])
+            wait_for(lambda: calls, what="the first readout processed by the loop")
+            eng.PROCESS_DELAY = 60.0  # the loop now waits a minute before processing the next records
+            sender.send_data(run.records[1])
+            wait_for(lambda: eng.listener.stats().datagrams == 2, what="the second datagram at the listener")
+            hit_map = eng.hit_map()
+            status = eng.status()
+    finally:
+        eng.stop()
+    assert calls == [(worker, 1), (threading.get_ident(), 1)]
+    assert np.array_equal(hit_map.values(), _expected_map(run.truth))
+    assert status["recovered_hits"] == 1 == run.num_split
+    assert status["readouts"] == 2 and status["hits"] == len(run.truth)
+
+
+def test_a_read_processes_the_buffer_with_no_processing_thread_and_in_order():
+    """With only the listener running, every reader processes what is buffered, on its own thread."""
+    run = AstroPix4Simulator(seed=42, hits_per_readout=2.0, faults={"split": 0.2}).generate(50)
+    eng = MonitorEngine(port=0, coalesce=0.0)
+    calls = _calls_recorder(eng)
+    try:
+        eng.start_listening()
+        send_paced(eng.port, run.records[:20])
+        wait_for(lambda: eng.listener.stats().datagrams == 20, what="20 datagrams")
+        assert eng.num_readouts == 20
+        send_paced(eng.port, run.records[20:])
+        wait_for(lambda: eng.listener.stats().datagrams == 50, what="50 datagrams")
+        state = eng.state()
+    finally:
+        eng.stop()
+    assert {ident for ident, _ in calls} == {threading.get_ident()}
+    assert state.status["readouts"] == 50 and state.status["buffered"] == 0
+    assert np.array_equal(state.hit_map.values(), _expected_map(run.truth))
+    assert state.status["recovered_hits"] == run.num_split
+
+
+@pytest.mark.parametrize("how", ["process hook", "records callback"])
+def test_no_catch_up_on_the_callers_thread_with_a_user_step_or_a_records_callback(how):
+    """A user's processing or a records callback (a hub relay's sockets) stays on the processing thread:
+    reads do not process the buffer, and the processing thread does not wait PROCESS_DELAY."""
+    run = AstroPix4Simulator(seed=43, hits_per_readout=1.0).generate(30)
+    threads: list[int] = []
+    if how == "process hook":
+        eng = MonitorEngine(port=0, coalesce=0.0, process=lambda records: threads.append(threading.get_ident()))
+    else:
+        eng = MonitorEngine(port=0, coalesce=0.0)
+        eng.add_records_callback(lambda records: threads.append(threading.get_ident()))
+    try:
+        assert not eng.catches_up()
+        eng.start_listening()  # no processing thread: the records stay buffered unless a read processes them
+        send_paced(eng.port, run.records)
+        wait_for(lambda: eng.listener.stats().datagrams == 30, what="30 datagrams")
+        eng.hit_map(), eng.tot_hist(), eng.state(), eng.status(), eng.num_readouts, eng.hit_map_window(10.0)
+        assert eng.catch_up() == 0
+        assert threads == [] and eng.listener.stats().buffered == 30
+        eng.start_processing()
+        wait_for(lambda: eng.listener.stats().buffered == 0 and threads, what="the processing thread's batch")
+        worker = eng._process_thread.ident
+    finally:
+        eng.stop()
+    assert set(threads) == {worker}
+    assert eng.PROCESS_DELAY > 0 and eng.catch_ups == 0
+
+
+def test_the_widget_catches_up_only_when_its_processing_is_the_engines():
+    """AstroPix4SimpleMonitor's batch step is the engine's own: reads catch up; a subclass with its own
+    process_readout or process_batch does not (its code runs on the processing thread only)."""
+    from astropix_nbmonitor.monitor import AstroPix4SimpleMonitor
+
+    class OwnReadout(AstroPix4SimpleMonitor):
+        def process_readout(self, readout):
+            return super().process_readout(readout)
+
+    class OwnBatch(AstroPix4SimpleMonitor):
+        def process_batch(self, records):
+            super().process_batch(records)
+
+    monitors = [AstroPix4SimpleMonitor(port=0), OwnReadout(port=0), OwnBatch(port=0)]
+    try:
+        assert [m.engine.catches_up() for m in monitors] == [True, False, False]
+        plain = monitors[0]
+        run = AstroPix4Simulator(seed=44, hits_per_readout=2.0).generate(10)
+        plain.engine.start_listening()
+        send_paced(plain.port, run.records)
+        wait_for(lambda: plain.engine.listener.stats().datagrams == 10, what="10 datagrams")
+        assert np.array_equal(plain.hit_map.values(), _expected_map(run.truth))  # a property: the engine's hit_map()
+    finally:
+        for m in monitors:
+            m.stop()
+            m.close()
+
+
+def test_the_widget_view_state_is_copied_again_only_when_the_data_changed():
+    """An idle refresh reuses the whole run's histograms (change_mark unchanged), with the status of now;
+    processed records, a reset or a time window give a fresh copy."""
+    from astropix_nbmonitor.monitor import AstroPix4SimpleMonitor
+
+    mon = AstroPix4SimpleMonitor(port=0)
+    try:
+        first = mon.view_state()
+        again = mon.view_state()
+        assert again.histograms is first.histograms and again.status is not first.status
+        run = AstroPix4Simulator(seed=45, hits_per_readout=2.0).generate(20)
+        mon.replay(run.records)
+        fresh = mon.view_state()
+        assert fresh.histograms is not first.histograms
+        assert np.array_equal(fresh.hit_map.values(), _expected_map(run.truth))
+        assert fresh.status["readouts"] == 20 and again.status["readouts"] == 0
+        assert mon.view_state().histograms is fresh.histograms
+        mon.reset()
+        cleared = mon.view_state()
+        assert cleared.histograms is not fresh.histograms and cleared.hit_map.sum() == 0
+        mon.window = 10.0
+        assert mon.view_state().histograms is not mon.view_state().histograms  # a window follows the clock
+    finally:
+        mon.close()
+
+
+def test_the_listener_pauses_longer_only_while_reads_catch_up_and_a_given_coalesce_is_kept():
+    """The engine lengthens the listener's pause (bounded by the socket buffer) while reads take the
+    socket's datagrams themselves; a records callback brings the 4 ms pause back; coalesce= given, or set
+    by hand before start(), is never changed."""
+    from astropix_nbmonitor.listener import DEFAULT_COALESCE_S
+
+    eng = MonitorEngine(port=0, refresh_interval=0.05)
+    given = MonitorEngine(port=0, refresh_interval=0.05, coalesce=0.002)
+    by_hand = MonitorEngine(port=0, refresh_interval=0.05)
+    by_hand.listener.coalesce = 0.0
+    try:
+        for e in (eng, given, by_hand):
+            e.start()
+        long_pause = eng._coalesce_for(True)
+        assert DEFAULT_COALESCE_S <= long_pause <= eng.CATCH_UP_COALESCE
+        wait_for(lambda: eng.listener.coalesce == long_pause, what="the long pause")
+        eng.add_records_callback(lambda records: None)
+        wait_for(lambda: eng.listener.coalesce == DEFAULT_COALESCE_S, what="the short pause back")
+        turns = (given.process_wakeups, by_hand.process_wakeups)
+        wait_for(lambda: given.process_wakeups > turns[0] + 2 and by_hand.process_wakeups > turns[1] + 2,
+                 what="a few turns of the loops")
+        assert given.listener.coalesce == 0.002 and by_hand.listener.coalesce == 0.0
+    finally:
+        for e in (eng, given, by_hand):
+            e.stop()

@@ -989,3 +989,57 @@ def test_coalesce_is_checked_and_off_when_zero():
         Listener(port=0, coalesce=True)
     assert Listener(port=0).coalesce == 0.004
     assert Listener(port=0, coalesce=0).coalesce == 0.0
+
+
+def test_wait_for_records_can_wait_for_a_number_of_records():
+    """With min_records the consumer sleeps until that many are buffered (not woken per burst before)."""
+    listener = Listener(port=0, coalesce=0.0).start()
+    result: list[bool] = []
+    waiter = threading.Thread(target=lambda: result.append(listener.wait_for_records(30.0, min_records=5)))
+    try:
+        waiter.start()
+        with MulticastSender("127.0.0.1", listener.port) as sender:
+            for i in range(3):
+                sender.send_data(record(i))
+            deadline = time.monotonic() + 10
+            while listener.stats().buffered < 3 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert listener.stats().buffered == 3
+            assert waiter.is_alive() and result == []  # 3 of the 5: still asleep
+            for i in range(3, 5):
+                sender.send_data(record(i))
+            waiter.join(10)
+        assert result == [True]
+        assert listener.wait_for_records(0.0, min_records=5) is True  # already there: no wait
+        assert listener.wait_for_records(0.01, min_records=6) is False
+        assert len(listener.drain()) == 5
+        listener.wake()
+        assert listener.wait_for_records(30.0, min_records=100) is False  # woken whatever it waits for
+    finally:
+        listener.stop()
+        waiter.join(10)
+
+
+def test_receive_now_takes_what_waits_in_the_socket_during_the_pause():
+    """A reader's receive_now() buffers, on its thread, the datagrams the loop leaves in the socket while
+    it pauses (a long coalescing pause here), with the same checks and counters; 0 when stopped."""
+    listener = Listener(port=0, coalesce=0.9).start()
+    try:
+        with MulticastSender("127.0.0.1", listener.port) as sender:
+            sender.send_data(record(0))
+            deadline = time.monotonic() + 10
+            while listener.stats().datagrams < 1 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            # The loop received record 0 alone and now pauses 0.9 s: these wait in the socket.
+            sender.send_data(record(1))
+            sender.send_data(b"not a record")
+            sender.send_data(record(3))
+            got = listener.receive_now()
+        stats = listener.stats()
+        assert got == 3
+        assert (stats.datagrams, stats.accepted, stats.malformed, stats.lost, stats.buffered) == (4, 3, 1, 1, 3)
+        assert [r[3:7] for r in listener.drain()] == [struct.pack("<I", i) for i in (0, 1, 3)]
+    finally:
+        listener.stop()
+    assert listener.receive_now() == 0
+    assert Listener(port=0).receive_now() == 0  # never opened

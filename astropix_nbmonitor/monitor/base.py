@@ -14,6 +14,7 @@ bqplot figures, usually filled by :mod:`.panels`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import html
 import logging
 import threading
@@ -247,6 +248,10 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
                 interface=interface,
                 max_data_bytes=max_data_bytes,
             )
+        if hub is None:
+            # Reads catch up (process the listener's buffer on the reader's thread) only when the
+            # processing is the engine's own: see MonitorEngine and _engine_processing().
+            self.engine.catch_up_on_read = self._engine_processing()
         self.engine.add_refresh_callback(self._on_refresh)
         self.group = self.engine.group
         self._lifecycle_lock = threading.RLock()
@@ -532,10 +537,27 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
         return hasattr(self.engine, "windows")
 
     def view_state(self) -> EngineState:
-        """The state the views draw: the histograms of the chosen :attr:`window` (0: the whole run)."""
+        """The state the views draw: the histograms of the chosen :attr:`window` (0: the whole run).
+
+        The whole run's histograms are copied again only when the engine's
+        ``change_mark()`` moved since the last copy: an idle refresh reuses
+        them (with the status and the rates of now).
+        """
         if self.window and self.windows_available:
             return self.engine.state(window=self.window)
-        return self.engine.state()
+        engine = self.engine
+        if not isinstance(engine, MonitorEngine):  # a hub viewer's engine
+            return engine.state()
+        mark = engine.change_mark()  # before the copy: a record arriving meanwhile moves the next mark
+        cached = getattr(self, "_view_cache", None)
+        if cached is not None and cached[0] == mark and cached[1].running == engine.running:
+            t, readout_rate, hit_rate = engine.history.arrays()
+            return dataclasses.replace(
+                cached[1], time=time.time(), status=engine.status(), rates=np.vstack([t, readout_rate, hit_rate])
+            )
+        state = engine.state()
+        self._view_cache = (mark, state)
+        return state
 
     def listener_stats(self):
         """A snapshot of the listener's counters (see :class:`ListenerStats`); None for a viewer of a hub."""
@@ -656,6 +678,25 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
 
     def _process_records(self, records: list[bytes]) -> None:
         self.process_batch(records)
+
+    def _engine_processing(self) -> bool:
+        """True when processing a batch is exactly the engine's own step (``engine.process_records``).
+
+        That is ``AstroPix4SimpleMonitor`` with neither ``process_readout``
+        nor ``process_batch`` overridden: then a read may process buffered
+        records on its own thread (``MonitorEngine.catch_up``). A user's
+        ``process_readout`` or ``process_batch`` runs on the processing
+        thread only.
+        """
+        from .astropix4 import AstroPix4SimpleMonitor  # the subclass whose batch step is the engine's
+
+        cls = type(self)
+        return (
+            issubclass(cls, AstroPix4SimpleMonitor)
+            and cls.process_batch is AstroPix4SimpleMonitor.process_batch
+            and cls.process_readout is AstroPix4SimpleMonitor.process_readout
+            and cls._process_records is AbstractMonitor._process_records
+        )
 
     def _on_refresh_interval(self, change: dict[str, Any]) -> None:
         self.engine.refresh_interval = float(change["new"])
