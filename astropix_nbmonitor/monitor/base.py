@@ -38,6 +38,7 @@ from . import board, registry
 from .liveness import Liveness, ViewTracker, cell_watch, describe_pause, resend_state
 from .logbook import LogbookMixin
 from .shift import ShiftMixin
+from .tree import walk_widgets
 
 if TYPE_CHECKING:
     from ..engine import EngineState
@@ -84,26 +85,8 @@ def _close_widget_tree(root: widgets.Widget) -> None:
     layouts, styles...), so a widget that a child merely refers to in a plain
     attribute is left alone.
     """
-    seen: set[int] = set()
-    stack: list[Any] = [root]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, (list, tuple, set, frozenset)):
-            stack.extend(item)
-            continue
-        if isinstance(item, dict):
-            stack.extend(item.values())
-            continue
-        if not isinstance(item, widgets.Widget) or id(item) in seen:
-            continue
-        seen.add(id(item))
-        for name in item.trait_names():
-            try:
-                stack.append(getattr(item, name))
-            except Exception:  # noqa: BLE001 - a trait that cannot be read holds no widget to close
-                continue
+    for item in walk_widgets(root, root_attributes=True):
         if item is root:
-            stack.extend(vars(item).values())
             widgets.Widget.close(item)  # the root's own close() is what called us
         elif item.comm is not None:
             item.close()

@@ -40,6 +40,8 @@ import anywidget
 import ipywidgets as widgets
 from traitlets import Float, Unicode
 
+from .tree import walk_widgets
+
 __all__ = ["HEARTBEAT_S", "VIEW_TIMEOUT_S", "DEAD_AFTER_S", "Liveness", "CellWatch", "ViewTracker", "cell_watch", "describe_pause", "resend_state"]
 
 logger = logging.getLogger(__name__)
@@ -288,7 +290,6 @@ def describe_pause(began: float, ended: float) -> str:
     return f"display paused {first} to {last} ({length}, no view shown); counting went on"
 
 
-
 def resend_state(root: widgets.Widget) -> int:
     """Send the whole state of ``root`` and of every open widget its traits reach; return how many.
 
@@ -296,25 +297,8 @@ def resend_state(root: widgets.Widget) -> int:
     none for a page that is gone, see ``buffer_offline_messages``) missed
     some changes; this brings every widget of it up to date.
     """
-    seen: set[int] = set()
-    stack: list[Any] = [root]
     count = 0
-    while stack:
-        item = stack.pop()
-        if isinstance(item, (list, tuple, set, frozenset)):
-            stack.extend(item)
-            continue
-        if isinstance(item, dict):
-            stack.extend(item.values())
-            continue
-        if not isinstance(item, widgets.Widget) or id(item) in seen:
-            continue
-        seen.add(id(item))
-        for name in item.keys:  # the synced traits: where child widgets are
-            try:
-                stack.append(getattr(item, name))
-            except Exception:  # noqa: BLE001 - a trait that cannot be read holds no widget
-                continue
+    for item in walk_widgets(root, synced_only=True):
         if item.comm is not None:
             item.send_state()
             count += 1
