@@ -74,7 +74,7 @@ from astropix_nbmonitor.sock import MulticastSender  # noqa: E402
 CHROMIUM = os.environ.get("ASTROPIX_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 NUM_ROWS, NUM_COLS = 35, 16
 #: The stream's beam spot: narrow enough that the edge pixels (the markers) never fire.
-BEAM_CENTER, BEAM_SIGMA = (17.0, 8.0), (2.5, 1.2)
+BEAM_CENTER, BEAM_SIGMA = (16.0, 8.0), (2.5, 1.2)
 #: Targets of issue 14 (one chip; 16 chips).
 TARGETS = {"renderer_cpu": (4.0, 10.0), "main_ms": (8.0, 40.0), "bytes": 5000.0, "latency_extra_ms": 150.0, "growth": 5.0}
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -89,10 +89,15 @@ def layout_for(chips: int) -> list[list[int]]:
     return [ids[i : i + width] for i in range(0, chips, width)]
 
 
+#: Rows a hit can carry (the row field has 5 bits: rows 32 to 34 of the matrix are never hit).
+ENCODABLE_ROWS = 32
+
+
 def edge_pixels() -> list[tuple[int, int]]:
-    """(column, row) of the matrix's edge pixels, the latency markers, in a shuffled order."""
-    pixels = [(0, r) for r in range(NUM_ROWS)] + [(NUM_COLS - 1, r) for r in range(NUM_ROWS)]
-    pixels += [(c, 0) for c in range(1, NUM_COLS - 1)] + [(c, NUM_ROWS - 1) for c in range(1, NUM_COLS - 1)]
+    """(column, row) of the matrix's edge pixels that a hit can reach, the latency markers, in a shuffled order."""
+    last = ENCODABLE_ROWS - 1
+    pixels = [(0, r) for r in range(ENCODABLE_ROWS)] + [(NUM_COLS - 1, r) for r in range(ENCODABLE_ROWS)]
+    pixels += [(c, 0) for c in range(1, NUM_COLS - 1)] + [(c, last) for c in range(1, NUM_COLS - 1)]
     random.Random(7).shuffle(pixels)
     return pixels
 
@@ -180,14 +185,32 @@ def rss_mb(pid: int) -> float:
 
 
 def renderer_pids(mark: str) -> list[int]:
-    """Chromium renderer processes carrying the ``mark`` environment variable."""
-    out = []
-    for pid in marked_processes(mark):
+    """Chromium renderer processes of the browser carrying the ``mark`` environment variable.
+
+    Only the browser process keeps the environment (its zygotes clear it), so
+    the renderers are found as its descendants whose command line says
+    ``--type=renderer``.
+    """
+    parents: dict[int, int] = {}
+    cmdlines: dict[int, bytes] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            stat = Path(entry.path, "stat").read_text()
+            cmdlines[int(entry.name)] = Path(entry.path, "cmdline").read_bytes()
         except OSError:
             continue
-        if b"--type=renderer" in cmdline:
+        parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+    roots = {pid for pid in marked_processes(mark) if b"--type=" not in cmdlines.get(pid, b"")}
+    out = []
+    for pid, cmdline in cmdlines.items():
+        if b"--type=renderer" not in cmdline:
+            continue
+        ancestor = parents.get(pid)
+        while ancestor and ancestor not in roots:
+            ancestor = parents.get(ancestor)
+        if ancestor:
             out.append(pid)
     return out
 
@@ -334,7 +357,7 @@ class Probe:
         self.cdp.send("Performance.enable", {"timeDomain": "threadTicks"})
         self.kernel_pid = kernel_pid
         self.mark = mark
-        self.ws_in = self.ws_out = 0
+        self.ws_in = self.ws_out = self.frames = 0
         self._ws_lock = threading.Lock()
         page.on("websocket", self._on_websocket)
 
@@ -347,6 +370,7 @@ class Probe:
     def _count(self, payload, received: bool) -> None:
         n = len(payload.encode() if isinstance(payload, str) else payload)
         with self._ws_lock:
+            self.frames += 1
             if received:
                 self.ws_in += n
             else:
@@ -371,7 +395,7 @@ class Probe:
     def snapshot(self, gc: bool) -> dict[str, float]:
         m = self.metrics(gc=gc)
         with self._ws_lock:
-            ws_in, ws_out = self.ws_in, self.ws_out
+            ws_in, ws_out, frames = self.ws_in, self.ws_out, self.frames
         return {
             "t": time.monotonic(),
             "task": m.get("TaskDuration", 0.0),
@@ -383,6 +407,7 @@ class Probe:
             "widget_nodes": float(self.page.evaluate(JS_WIDGET_NODES)),
             "ws_in": ws_in,
             "ws_out": ws_out,
+            "frames": frames,
             "renderer_cpu": self.renderer_cpu(),
             "kernel_cpu": cpu_seconds(self.kernel_pid),
             "kernel_rss": rss_mb(self.kernel_pid),
@@ -446,7 +471,7 @@ def run_one(browser_type, args: argparse.Namespace, chips: int) -> dict[str, obj
         page.mouse.move(1, 1)
         time.sleep(args.warmup)
         # --- the measured span
-        print(f"  {'time':>6} {'main ms':>8} {'script':>7} {'layout':>7} {'style':>6} {'kB/ref':>7} {'in kB':>6}"
+        print(f"  {'time':>6} {'main ms':>8} {'script':>7} {'layout':>7} {'style':>6} {'kB/ref':>7} {'frames':>6}"
               f" {'nodes':>7} {'widget':>7} {'heap MB':>8} {'render%':>8} {'kernel%':>8} {'k RSS':>7}")
         census = page.evaluate(JS_CENSUS) if args.dom_census else {}
         samples = [probe.snapshot(gc=True)]
@@ -466,6 +491,7 @@ def run_one(browser_type, args: argparse.Namespace, chips: int) -> dict[str, obj
                 "style_ms": 1e3 * (s["style"] - p["style"]) / refreshes,
                 "bytes": (s["ws_in"] + s["ws_out"] - p["ws_in"] - p["ws_out"]) / refreshes,
                 "bytes_in": (s["ws_in"] - p["ws_in"]) / refreshes,
+                "frames": (s["frames"] - p["frames"]) / refreshes,
                 "renderer_pct": 100 * (s["renderer_cpu"] - p["renderer_cpu"]) / dt,
                 "kernel_pct": 100 * (s["kernel_cpu"] - p["kernel_cpu"]) / dt,
                 **{k: s[k] for k in ("nodes", "widget_nodes", "heap_mb", "kernel_rss")},
@@ -473,7 +499,7 @@ def run_one(browser_type, args: argparse.Namespace, chips: int) -> dict[str, obj
             rows.append(row)
             samples.append(s)
             print(f"  {row['t']:6.0f} {row['main_ms']:8.2f} {row['script_ms']:7.2f} {row['layout_ms']:7.2f} {row['style_ms']:6.2f}"
-                  f" {row['bytes'] / 1e3:7.2f} {row['bytes_in'] / 1e3:6.2f} {row['nodes']:7.0f} {row['widget_nodes']:7.0f}"
+                  f" {row['bytes'] / 1e3:7.2f} {row['frames']:6.1f} {row['nodes']:7.0f} {row['widget_nodes']:7.0f}"
                   f" {row['heap_mb']:8.2f} {row['renderer_pct']:8.1f} {row['kernel_pct']:8.1f} {row['kernel_rss']:7.1f}", flush=True)
         if args.dom_census:
             after = page.evaluate(JS_CENSUS)
@@ -491,6 +517,7 @@ def run_one(browser_type, args: argparse.Namespace, chips: int) -> dict[str, obj
             layout_ms=1e3 * (last["layout"] - first["layout"]) / refreshes,
             style_ms=1e3 * (last["style"] - first["style"]) / refreshes,
             bytes=(last["ws_in"] + last["ws_out"] - first["ws_in"] - first["ws_out"]) / refreshes,
+            frames=(last["frames"] - first["frames"]) / refreshes,
             bytes_first=rows[0]["bytes"] if rows else float("nan"),
             bytes_last=rows[-1]["bytes"] if rows else float("nan"),
             renderer_pct=100 * (last["renderer_cpu"] - first["renderer_cpu"]) / span,
@@ -555,6 +582,7 @@ def report(results: list[dict[str, object]], args: argparse.Namespace) -> None:
               f" {r['bytes']:10,.0f} {r['bytes_first']:6,.0f}->{r['bytes_last']:<6,.0f}"
               f" {r['renderer_pct']:8.1f} {r['kernel_pct']:8.1f}"
               f" {n0:6.0f}->{n1:<6.0f} {h0:6.1f}->{h1:<6.1f} {k0:6.1f}->{k1:<6.1f} {lat_text:>24}")
+        print(f"      websocket frames per refresh {r['frames']:.1f} ({r['bytes'] / max(r['frames'], 1e-9):,.0f} B each on average)")
         print(f"      growth over {r['span_s'] / 60:.1f} min: page nodes {growth(n0, n1):+.1f}%, monitor's elements"
               f" {w0:.0f}->{w1:.0f} ({growth(w0, w1):+.1f}%), JS heap {growth(h0, h1):+.1f}%, kernel RSS {growth(k0, k1):+.1f}%")
         i = 1 if r["chips"] >= 16 else 0

@@ -564,9 +564,11 @@ class RatePanel(Panel):
     def build(self) -> None:
         x_scale = bqplot.LinearScale()
         self.y_scale = bqplot.LinearScale(min=0.0, max=1.0)
+        # Two curves from the start (two points at 0 each): bqplot draws a y of fewer than two
+        # points as one curve, and the second curve and its legend entry would join later.
         self.lines = bqplot.Lines(
-            x=np.zeros(0, dtype=np.float32),
-            y=np.zeros((2, 0), dtype=np.float32),
+            x=np.array([-1.0, 0.0], dtype=np.float32),
+            y=np.zeros((2, 2), dtype=np.float32),
             scales={"x": x_scale, "y": self.y_scale},
             colors=[_BLUE, _ORANGE],
             labels=["readouts/s", "hits/s"],
@@ -658,6 +660,8 @@ class RatePanel(Panel):
         if rates is None or not len(rates[0]):
             return
         t, readout_rate, hit_rate = rates
+        if len(t) == 1:  # one point is drawn as one curve (see build): give each rate two
+            t, readout_rate, hit_rate = (np.repeat(a, 2) for a in (t, readout_rate, hit_rate))
         top = float(max(readout_rate.max(), hit_rate.max(), 1.0))
         with self.lines.hold_sync(), self.y_scale.hold_sync():
             set_if_changed(self.y_scale, "max", nice_ceiling(top * self.HEADROOM))
