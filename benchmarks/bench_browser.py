@@ -470,6 +470,8 @@ def run_one(browser_type, args: argparse.Namespace, chips: int) -> dict[str, obj
         page.locator(".apx-toolbar").first.evaluate("e => e.scrollIntoView({block: 'start'})")
         page.mouse.move(1, 1)
         time.sleep(args.warmup)
+        if args.screenshot:
+            page.screenshot(path=args.screenshot)
         # --- the measured span
         print(f"  {'time':>6} {'main ms':>8} {'script':>7} {'layout':>7} {'style':>6} {'kB/ref':>7} {'frames':>6}"
               f" {'nodes':>7} {'widget':>7} {'heap MB':>8} {'render%':>8} {'kernel%':>8} {'k RSS':>7}")
@@ -610,6 +612,7 @@ def main() -> int:
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between samples (default 10)")
     parser.add_argument("--warmup", type=float, default=15.0, help="seconds of data before measuring (default 15)")
     parser.add_argument("--markers", type=int, default=60, help="latency markers (at most 98 edge pixels; 0: none)")
+    parser.add_argument("--screenshot", default=None, help="save a picture of the page after the warm-up to this path")
     parser.add_argument("--dom-census", action="store_true", help="print which of the monitor's elements changed in number")
     args = parser.parse_args()
     args.markers = min(args.markers, len(edge_pixels()))

@@ -140,7 +140,10 @@ def status_html(
     warning = no_data_warning(status, running=running, address=address, now=now)
     if warning:
         lines.append(f'<span class="apx-warning" style="color:{_RED};font-weight:bold">&#9888; {html.escape(warning)}</span>')
-    return "".join(f'{BLOCK}<div class="apx-status" style="line-height:1.4">{line}</div>' for line in lines)
+    # Blocks: the lines that change at every refresh (uptime; counts and rates) together, with the
+    # exposure line between them (one message a refresh, not two); then one block a line.
+    blocks = ["<br>".join(line for line in lines[:3] if line), *lines[3:]]
+    return "".join(f'{BLOCK}<div class="apx-status" style="line-height:1.4">{block}</div>' for block in blocks)
 
 
 def viewer_html(engine: Any, *, now: float | None = None) -> str:
