@@ -227,6 +227,9 @@ def machine_load() -> str:
 NOTEBOOK_CELL = """\
 import os, json
 from astropix_nbmonitor import AstroPix4SimpleMonitor
+if {freeze!r}:  # --freeze-hitmap: the hit map is drawn once and never updated (what the other panels cost)
+    from astropix_nbmonitor.monitor import HitMapPanel
+    HitMapPanel.update = lambda self, state: None
 LAYOUT = {layout!r}
 info = {{"pid": os.getpid(), "layout": True}}
 kwargs = {{}}
@@ -439,7 +442,7 @@ def run_one(browser_type, args: argparse.Namespace, chips: int) -> dict[str, obj
     udp_port = free_udp_port()
     workdir = root / "nb"
     workdir.mkdir()
-    write_notebook(workdir / "bench.ipynb", NOTEBOOK_CELL.format(layout=layout, port=udp_port, refresh=args.refresh))
+    write_notebook(workdir / "bench.ipynb", NOTEBOOK_CELL.format(layout=layout, port=udp_port, refresh=args.refresh, freeze=args.freeze_hitmap))
     cmd = LaunchedCommand(
         cli_command("demo", "--http-port", str(free_tcp_port()), "--dir", str(workdir)), env=env, cwd=root, log=root / "lab.log"
     )
@@ -569,7 +572,8 @@ def run_one(browser_type, args: argparse.Namespace, chips: int) -> dict[str, obj
 
 
 def report(results: list[dict[str, object]], args: argparse.Namespace) -> None:
-    print(f"\nSummary ({args.minutes:g} min per run, refresh {args.refresh:g} s, {args.rate:,.0f} readouts/s; {machine_load()})")
+    frozen = ", hit map frozen" if args.freeze_hitmap else ""
+    print(f"\nSummary{frozen} ({args.minutes:g} min per run, refresh {args.refresh:g} s, {args.rate:,.0f} readouts/s; {machine_load()})")
     print(f"{'chips':>5} {'layout':>6} {'main ms':>8} {'script+layout+style':>20} {'B/refresh':>10} {'first->last':>14}"
           f" {'render%':>8} {'kernel%':>8} {'nodes':>14} {'heap MB':>14} {'kernel MB':>14} {'latency p50/p99/max ms':>24}")
     for r in results:
@@ -612,10 +616,12 @@ def main() -> int:
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between samples (default 10)")
     parser.add_argument("--warmup", type=float, default=15.0, help="seconds of data before measuring (default 15)")
     parser.add_argument("--markers", type=int, default=60, help="latency markers (at most 98 edge pixels; 0: none)")
+    parser.add_argument("--freeze-hitmap", action="store_true",
+                        help="never update the hit map (no latency then): the cost of everything else, for a side-by-side comparison")
     parser.add_argument("--screenshot", default=None, help="save a picture of the page after the warm-up to this path")
     parser.add_argument("--dom-census", action="store_true", help="print which of the monitor's elements changed in number")
     args = parser.parse_args()
-    args.markers = min(args.markers, len(edge_pixels()))
+    args.markers = 0 if args.freeze_hitmap else min(args.markers, len(edge_pixels()))
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).is_file():
