@@ -227,9 +227,13 @@ def machine_load() -> str:
 NOTEBOOK_CELL = """\
 import os, json
 from astropix_nbmonitor import AstroPix4SimpleMonitor
-if {freeze!r}:  # --freeze-hitmap: the hit map is drawn once and never updated (what the other panels cost)
-    from astropix_nbmonitor.monitor import HitMapPanel
-    HitMapPanel.update = lambda self, state: None
+# --freeze: these parts are drawn once and never updated (what the others cost, side by side)
+from astropix_nbmonitor.monitor import AbstractMonitor, HitMapPanel, RatePanel, TotPanel
+for part in {freeze!r}:
+    if part == "dashboard":
+        AbstractMonitor._render_dashboard = lambda self, status=None: None
+    else:
+        {{"hitmap": HitMapPanel, "tot": TotPanel, "rates": RatePanel}}[part].update = lambda self, state: None
 LAYOUT = {layout!r}
 info = {{"pid": os.getpid(), "layout": True}}
 kwargs = {{}}
@@ -417,6 +421,29 @@ class Probe:
         }
 
 
+def js_profile(probe: Probe, seconds: float, top: int = 25) -> list[tuple[float, str]]:
+    """Sample the page's JavaScript for ``seconds`` (CDP Profiler); the ``top`` functions by self time (ms per second)."""
+    cdp = probe.cdp
+    cdp.send("Profiler.enable")
+    cdp.send("Profiler.setSamplingInterval", {"interval": 200})
+    cdp.send("Profiler.start")
+    time.sleep(seconds)
+    profile = cdp.send("Profiler.stop")["profile"]
+    cdp.send("Profiler.disable")
+    nodes = {n["id"]: n for n in profile["nodes"]}
+    self_us: dict[int, float] = {}
+    for node_id, delta in zip(profile.get("samples", []), profile.get("timeDeltas", [])):
+        self_us[node_id] = self_us.get(node_id, 0.0) + delta
+    by_name: dict[str, float] = {}
+    for node_id, us in self_us.items():
+        frame = nodes[node_id]["callFrame"]
+        url = frame.get("url", "").rsplit("/", 1)[-1][:40]
+        name = f"{frame.get('functionName') or '(anonymous)'} {url}:{frame.get('lineNumber', 0)}"
+        by_name[name] = by_name.get(name, 0.0) + us
+    ranked = sorted(((us / 1e3 / seconds, name) for name, us in by_name.items()), reverse=True)
+    return ranked[:top]
+
+
 def _pct(values: list[float], q: float) -> float:
     values = sorted(values)
     if not values:
@@ -442,7 +469,7 @@ def run_one(browser_type, args: argparse.Namespace, chips: int) -> dict[str, obj
     udp_port = free_udp_port()
     workdir = root / "nb"
     workdir.mkdir()
-    write_notebook(workdir / "bench.ipynb", NOTEBOOK_CELL.format(layout=layout, port=udp_port, refresh=args.refresh, freeze=args.freeze_hitmap))
+    write_notebook(workdir / "bench.ipynb", NOTEBOOK_CELL.format(layout=layout, port=udp_port, refresh=args.refresh, freeze=args.freeze))
     cmd = LaunchedCommand(
         cli_command("demo", "--http-port", str(free_tcp_port()), "--dir", str(workdir)), env=env, cwd=root, log=root / "lab.log"
     )
@@ -533,6 +560,10 @@ def run_one(browser_type, args: argparse.Namespace, chips: int) -> dict[str, obj
             kernel_rss=(first["kernel_rss"], last["kernel_rss"]),
             span_s=span,
         )
+        if args.profile:
+            print(f"  JavaScript self time over {args.profile:g} s (ms per second of wall time):")
+            for ms, name in js_profile(probe, args.profile):
+                print(f"    {ms:7.2f}  {name}")
         # --- the latency
         if args.markers:
             page.locator(".apx-scale button:text-is('log')").first.click()
@@ -572,7 +603,7 @@ def run_one(browser_type, args: argparse.Namespace, chips: int) -> dict[str, obj
 
 
 def report(results: list[dict[str, object]], args: argparse.Namespace) -> None:
-    frozen = ", hit map frozen" if args.freeze_hitmap else ""
+    frozen = f", frozen: {', '.join(args.freeze)}" if args.freeze else ""
     print(f"\nSummary{frozen} ({args.minutes:g} min per run, refresh {args.refresh:g} s, {args.rate:,.0f} readouts/s; {machine_load()})")
     print(f"{'chips':>5} {'layout':>6} {'main ms':>8} {'script+layout+style':>20} {'B/refresh':>10} {'first->last':>14}"
           f" {'render%':>8} {'kernel%':>8} {'nodes':>14} {'heap MB':>14} {'kernel MB':>14} {'latency p50/p99/max ms':>24}")
@@ -616,12 +647,18 @@ def main() -> int:
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between samples (default 10)")
     parser.add_argument("--warmup", type=float, default=15.0, help="seconds of data before measuring (default 15)")
     parser.add_argument("--markers", type=int, default=60, help="latency markers (at most 98 edge pixels; 0: none)")
-    parser.add_argument("--freeze-hitmap", action="store_true",
-                        help="never update the hit map (no latency then): the cost of everything else, for a side-by-side comparison")
+    parser.add_argument("--freeze", default="",
+                        help="comma-separated parts never updated (hitmap, tot, rates, dashboard): what the others cost; "
+                        "no latency with the hit map frozen")
+    parser.add_argument("--profile", type=float, default=0.0, help="after the measured span, sample the page's JavaScript for this many seconds and print the top functions")
     parser.add_argument("--screenshot", default=None, help="save a picture of the page after the warm-up to this path")
     parser.add_argument("--dom-census", action="store_true", help="print which of the monitor's elements changed in number")
     args = parser.parse_args()
-    args.markers = 0 if args.freeze_hitmap else min(args.markers, len(edge_pixels()))
+    args.freeze = [p.strip() for p in args.freeze.split(",") if p.strip()]
+    unknown = set(args.freeze) - {"hitmap", "tot", "rates", "dashboard"}
+    if unknown:
+        parser.error(f"--freeze: unknown parts {sorted(unknown)}")
+    args.markers = 0 if "hitmap" in args.freeze else min(args.markers, len(edge_pixels()))
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).is_file():

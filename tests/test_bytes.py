@@ -205,3 +205,30 @@ def test_helpers_skip_equal_values_and_round_scales():
     assert np.array_equal(step_y(np.array([1.0, 2.0, 3.0])), [1, 2, 3, 3]) and step_y(np.zeros(2)).dtype == np.float32
     line.close()
 
+
+
+def test_a_running_monitor_redraws_the_spectrum_once_a_second_and_the_rates_once_a_bucket(driven, monkeypatch):
+    mon, clock, recorder = driven
+    from astropix_nbmonitor.engine import MonitorEngine
+
+    sim = AstroPix4Simulator(seed=15, hits_per_readout=2.0)
+    mon.refresh()
+    tot, rates = mon.panel(TotPanel), mon.panel(RatePanel)
+    for _ in range(400):  # a full rate history first (not running: every refresh draws)
+        _refresh(mon, clock, recorder, sim.generate(100).records)
+    monkeypatch.setattr(MonitorEngine, "running", property(lambda self: True))
+    tot_ids, rate_ids = _widget_ids(tot.figure), _widget_ids(rates.figure)
+    drawn_tot, drawn_rates = [], []
+    for _ in range(12):  # 6 s at 0.5 s a refresh, data at every one
+        _, _, sent = _refresh(mon, clock, recorder, sim.generate(100).records)
+        drawn_tot.append(any(m[0] in tot_ids for m in sent))
+        drawn_rates.append(any(m[0] in rate_ids for m in sent))
+    assert sum(drawn_tot) == 6 and drawn_tot[::2] != drawn_tot[1::2]  # every other refresh: once a second
+    assert sum(drawn_rates) == 2  # 6 s of 3 s buckets
+    # A control change redraws at the next refresh, due or not.
+    tot.invalidate()
+    rates.invalidate()
+    _, _, sent = _refresh(mon, clock, recorder, sim.generate(100).records)
+    assert any(m[0] in tot_ids for m in sent) and any(m[0] in rate_ids for m in sent)
+    # What the page shows is the spectrum of the last redraw: at most a second behind.
+    assert tot.drawn_counts().sum() <= mon.tot_hist.values().sum()

@@ -26,6 +26,7 @@ options come from its monitor.
 from __future__ import annotations
 
 import math
+import time
 from typing import TYPE_CHECKING, Any
 
 import bqplot
@@ -158,6 +159,11 @@ class Panel:
     width: float = 1.0
     #: CSS class of the figure (for styling and browser tests).
     css_class: str = ""
+    #: Seconds between two redraws at the least (0: every refresh). Each redraw of a bqplot mark
+    #: costs the browser several ms of main-thread time; a panel whose picture changes slowly
+    #: (a spectrum filling up, a strip chart of 3 s buckets) is redrawn less often. A control
+    #: change (:meth:`invalidate`) redraws at the next refresh.
+    min_interval: float = 0.0
 
     def __init__(self, figure: bqplot.Figure, monitor: Any = None) -> None:
         self.figure = figure
@@ -186,6 +192,22 @@ class Panel:
 
     def invalidate(self) -> None:
         """Forget what was sent, so that the next :meth:`update` resends everything."""
+
+    def due(self, forced: bool = False) -> bool:
+        """True when :attr:`min_interval` has passed since the last redraw (or ``forced``); then counts a redraw now.
+
+        A monitor that is not running is always due: its refreshes are explicit
+        (stop, replay, a control), and the last picture must be complete. Time
+        is the engine's clock (the run's wall clock, injectable in tests).
+        """
+        engine = getattr(self.monitor, "engine", None)
+        now = float(getattr(engine, "clock", time.time)())
+        last = getattr(self, "_drawn_at", None)
+        forced = forced or not getattr(engine, "running", True)
+        if not forced and last is not None and 0.0 <= now - last < self.min_interval:
+            return False
+        self._drawn_at = now
+        return True
 
     def own_widgets(self) -> list[widgets.Widget]:
         """Widgets of the panel that its figure and controls may not hold (closed with the monitor)."""
@@ -447,6 +469,8 @@ class TotPanel(Panel):
     title = "TOT spectrum"
     width = 1.35
     css_class = "apx-tot"
+    #: Redrawn at most once a second (a spectrum filling up changes slowly; each redraw costs the browser).
+    min_interval = 1.0
 
     def build(self) -> None:
         edges = np.asarray(getattr(self.monitor, "tot_edges", TOT_EDGES), dtype=float)
@@ -508,6 +532,8 @@ class TotPanel(Panel):
             and np.array_equal(counts, self._last[0])
         ):
             return
+        if not self.due(forced=self._last is None):
+            return
         top = float(counts.max()) if counts.size else 0.0
         if reference is None:
             set_if_changed(self.y_scale, "max", nice_ceiling(top * 1.05))
@@ -544,8 +570,9 @@ class RatePanel(Panel):
 
     The last minutes are shown as :attr:`POINTS` buckets of equal length
     counted back from the newest refresh (each the mean of its refreshes'
-    rates): once the history spans its minutes, the buckets' times are fixed
-    and a refresh sends only the new rates (2 x 60 float32). The whole run
+    rates), redrawn once a bucket (:attr:`min_interval`): once the history
+    spans its minutes, the buckets' times are fixed and a redraw sends only
+    the new rates (2 x 60 float32). The whole run
     (the engine's downsampled trend) is shown in at most :attr:`RUN_POINTS`
     buckets and redrawn when the trend has grown by a :attr:`RUN_POINTS`-th
     of its points (every refresh at first, every few minutes after hours).
@@ -558,6 +585,8 @@ class RatePanel(Panel):
     HEADROOM = 1.35
     #: Buckets of the last minutes.
     POINTS = 60
+    #: Redrawn at most once a bucket (3 s for the default 180 s history; the dashboard's rates are per refresh).
+    min_interval = 3.0
     #: The most points of the whole-run view.
     RUN_POINTS = 120
 
@@ -592,9 +621,7 @@ class RatePanel(Panel):
         self.span_toggle.observe(lambda _: self.redraw(), names="value")
         self.controls = [self.span_toggle]
         self._sent_trend = -1
-
-    def invalidate(self) -> None:
-        self._sent_trend = -1
+        self._forced = True
 
     @property
     def whole_run(self) -> bool:
@@ -648,11 +675,19 @@ class RatePanel(Panel):
         _, times = self.bucket_means(t, t[None, :], edges)
         return times[0], means[0], means[1]
 
+    def invalidate(self) -> None:
+        self._sent_trend = -1
+        self._forced = True
+
     def rate_arrays(self, state: EngineState) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """Seconds before the last point, readouts/s, hits/s to draw (None: nothing new)."""
+        """Seconds before the last point, readouts/s, hits/s to draw (None: nothing new, or not due)."""
         if not self.whole_run:
+            if not self.due(forced=getattr(self, "_forced", True)):
+                return None
+            self._forced = False
             self._sent_trend = -1
             return self.recent_arrays(state)
+        self._forced = False
         return self.run_arrays()
 
     def update(self, state: EngineState) -> None:
