@@ -44,3 +44,4 @@ bench: install-test
 	$(PYTHON) benchmarks/bench_windows.py
 	$(PYTHON) benchmarks/soak.py
 	$(PYTHON) benchmarks/soak.py --hits-per-readout 32
+	$(PYTHON) benchmarks/bench_browser.py --chips 1,4,16

@@ -505,7 +505,7 @@ def run_one(browser_type, args: argparse.Namespace, chips: int) -> dict[str, obj
         run_notebook(page)
         info = wait_until("the kernel's info file", lambda: (workdir / "kernel.json").is_file() and json.loads((workdir / "kernel.json").read_text()))
         probe.kernel_pid = int(info["pid"])
-        result["layout_used"] = bool(info["layout"])
+        result["layout_used"] = bool(info["layout"]) if chips > 1 else None
         if not info["layout"] and chips > 1:
             print(f"  the monitor does not accept layout= yet ({info.get('why')}): one summed map of {chips} chips")
         wait_until("the hit map", lambda: page.locator(".apx-hitmap").count() > 0, timeout=120)
@@ -628,7 +628,7 @@ def report(results: list[dict[str, object]], args: argparse.Namespace) -> None:
         w0, w1 = r["widget_nodes"]
         lat = r.get("latency")
         lat_text = "-" if not lat else f"{lat[0]:.0f}/{lat[1]:.0f}/{lat[2]:.0f} ({r['latency_n']}, {r['latency_mark']})"
-        print(f"{r['chips']:>5} {'yes' if r['layout_used'] else 'no':>6} {r['main_ms']:8.2f}"
+        print(f"{r['chips']:>5} {'-' if r['layout_used'] is None else 'yes' if r['layout_used'] else 'no':>6} {r['main_ms']:8.2f}"
               f" {r['script_ms']:6.2f}+{r['layout_ms']:5.2f}+{r['style_ms']:5.2f}"
               f" {r['bytes']:10,.0f} {r['bytes_first']:6,.0f}->{r['bytes_last']:<6,.0f}"
               f" {r['renderer_pct']:8.1f} {r['kernel_pct']:8.1f}"

@@ -714,6 +714,8 @@ class PixelPanel(Panel):
 
     title = "Selected pixel"
     css_class = "apx-pixel"
+    #: Redrawn at most once a second while the same pixel is shown (a new pixel at once).
+    min_interval = 1.0
     #: Seconds of the rate chart when the whole run is shown (a window shows the window).
     RATE_SECONDS = 120.0
 
@@ -770,6 +772,9 @@ class PixelPanel(Panel):
         key = (column, row, self.chip, flow.tobytes(), rates.tobytes())
         if key == self._last:
             return
+        if self._last is not None and key[:3] == self._last[:3] and not self.due():
+            return  # the same pixel: redrawn at most once a second (its rates are per second)
+        self.due(forced=True)
         where = f"column {column}, row {row}" + ("" if self.chip is None else f", chip {self.chip}")
         counts = flow[1:-1]
         set_if_changed(self.y_scale, "max", nice_ceiling(float(counts.max() if counts.size else 0.0) * 1.05))
