@@ -585,10 +585,13 @@ class RatePanel(Panel):
     HEADROOM = 1.35
     #: Buckets of the last minutes.
     POINTS = 60
-    #: Redrawn at most once a bucket (3 s for the default 180 s history; the dashboard's rates are per refresh).
-    min_interval = 3.0
     #: The most points of the whole-run view.
     RUN_POINTS = 120
+
+    @property
+    def min_interval(self) -> float:  # type: ignore[override]
+        """Redrawn at most once a bucket: 3 s for the default 180 s history (the dashboard's rates follow every refresh)."""
+        return self.history_span() / self.POINTS
 
     def build(self) -> None:
         x_scale = bqplot.LinearScale()
@@ -671,7 +674,7 @@ class RatePanel(Panel):
             return t, values[0], values[1]
         edges = np.linspace(t[0], 0.0, self.RUN_POINTS + 1)
         edges[-1] = 1.0
-        filled, means = self.bucket_means(t, values, edges)
+        _, means = self.bucket_means(t, values, edges)
         _, times = self.bucket_means(t, t[None, :], edges)
         return times[0], means[0], means[1]
 
