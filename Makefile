@@ -45,3 +45,6 @@ bench: install-test
 	$(PYTHON) benchmarks/bench_windows.py
 	$(PYTHON) benchmarks/soak.py
 	$(PYTHON) benchmarks/soak.py --hits-per-readout 32
+	$(PYTHON) benchmarks/bench_browser.py --chips 1,4,16
+	$(PYTHON) benchmarks/bench_marks.py
+	$(PYTHON) benchmarks/bench_night.py

@@ -483,8 +483,8 @@ def test_jupyterlab_shift_window_noisy_mask_alarm_and_pixel_drill_down(launch, p
         # The panel appears first with its generic title, then with the pixel's.
         spectrum_title = re.compile(r"Pixel column \d+, row \d+: TOT, [\d,]+ hits")
         poll("the selected pixel's spectrum", lambda: spectrum_title.match(pixel_title(page) or ""))
-        bars = page.locator(".apx-pixel .bargroup rect, .apx-pixel rect.bar")
-        poll("the pixel's TOT bars", lambda: bars.count() > 0)
+        spectrum = page.locator(".apx-pixel path.area")  # the spectrum: a filled step line
+        poll("the pixel's TOT spectrum", lambda: spectrum.count() > 0 and len(spectrum.first.get_attribute("d") or "") > 100)
         # The mouse is on the cell: the kernel fills the tooltip with its counts.
         page.mouse.move(at[0] + 1, at[1])
         tooltip = page.locator(".apx-hitmap-tooltip")
@@ -507,6 +507,137 @@ def test_jupyterlab_shift_window_noisy_mask_alarm_and_pixel_drill_down(launch, p
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "shift-failure.png"))
         (ARTIFACTS / "shift-failure.log").write_text(cmd.log())
+        raise
+    assert cmd.stop(signal.SIGTERM) == 0, cmd.log()
+    assert wait_no_marked_processes(env[MARK_VAR]) == []
+
+
+# --------------------------------------------------------------------------
+# A shift-long page (issue 14): nothing piles up in the DOM refresh after refresh.
+
+#: The monitor's elements (its output area), leaving out the axes' ticks, whose number follows
+#: the scales' ranges (a colour bar of 0..3 hits has 4 ticks, of 0..5,000 six).
+JS_MONITOR_ELEMENTS = """() => {
+    const bar = document.querySelector('.apx-toolbar');
+    const root = bar.closest('.jp-OutputArea-output');
+    return root.querySelectorAll('*').length - root.querySelectorAll('.tick, .tick *').length;
+}"""
+
+
+#: The same elements by figure, tag and class (what changed, in a failure's message).
+JS_MONITOR_CENSUS = """() => {
+    const root = document.querySelector('.apx-toolbar').closest('.jp-OutputArea-output');
+    const out = {};
+    for (const e of root.querySelectorAll('*')) {
+        if (e.closest('.tick')) continue;
+        const fig = e.closest('.apx-hitmap, .apx-tot, .apx-rates, .apx-pixel, .apx-pixel-rate, .apx-dashboard, .apx-toolbar');
+        const where = fig ? Array.from(fig.classList).find(c => c.startsWith('apx-')) : 'other';
+        const key = where + ' ' + e.tagName.toLowerCase() + '.' + (e.getAttribute('class') || '').split(' ')[0];
+        out[key] = (out[key] || 0) + 1;
+    }
+    return out;
+}"""
+
+
+class Census:
+    """The monitor's element count, and by kind, to say what changed."""
+
+    def __init__(self, page) -> None:
+        self.total = int(page.evaluate(JS_MONITOR_ELEMENTS))
+        self.kinds = page.evaluate(JS_MONITOR_CENSUS)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Census) and self.total == other.total
+
+    def __repr__(self) -> str:
+        return f"{self.total} elements"
+
+    def diff(self, other: Census) -> dict[str, tuple[int, int]]:
+        keys = set(self.kinds) | set(other.kinds)
+        return {k: (self.kinds.get(k, 0), other.kinds.get(k, 0)) for k in sorted(keys) if self.kinds.get(k) != other.kinds.get(k)}
+
+
+def monitor_elements(page) -> Census:
+    return Census(page)
+
+
+def assert_same_elements(page, before: Census) -> None:
+    now = Census(page)
+    assert now == before, f"{before} then {now}: {before.diff(now)}"
+
+
+def wait_refreshes(page, n: int) -> None:
+    """Wait until the dashboard's readout count has changed ``n`` times (data flow: one change a refresh)."""
+    seen = [readouts(page)]
+    deadline = time.monotonic() + 30 + 2 * n
+    while len(seen) <= n:
+        if time.monotonic() > deadline:
+            pytest.fail(f"only {len(seen) - 1} refreshes seen, {n} awaited")
+        value = readouts(page)
+        if value is not None and value != seen[-1]:
+            seen.append(value)
+        time.sleep(0.05)
+
+
+def test_jupyterlab_page_does_not_grow_refresh_after_refresh(launch, page, tmp_path):
+    """``demo``: after the first refresh, 25 refreshes later, with the window, log colours and a selected pixel
+    exercised on the way, the monitor has exactly as many elements as after the first (ticks apart).
+
+    bqplot's ``Bars`` left an empty ``<g>`` per redraw in the TOT spectrum (240 nodes a minute):
+    a page open for a 12-hour shift would hold 170,000 more nodes at its end.
+    """
+    cmd, env = launch("demo", "--http-port", str(free_tcp_port()), "--dir", str(tmp_path / "demo"))
+    url = cmd.wait_for_url()
+    try:
+        page.goto(url)
+        run_all_cells(page)
+        poll(f"{NUM_CELLS} hit-map cells", lambda: page.locator(".apx-hitmap rect.heatmapcell").count() == NUM_CELLS, timeout=120)
+        poll("a readout count", lambda: (readouts(page) or 0) > 0)
+        page.locator(".apx-toolbar").first.evaluate("e => e.scrollIntoView({block: 'start'})")
+        page.mouse.move(1, 1)  # no tooltip
+        wait_refreshes(page, 1)
+        first = monitor_elements(page)
+
+        # Twenty-five refreshes with data, the map in linear colours, the whole run.
+        wait_refreshes(page, 25)
+        assert_same_elements(page, first)
+
+        # A selected pixel: its panel appears, then it does not grow either.
+        cell = page.locator(".apx-hitmap rect.heatmapcell").nth(17 * 16 + 8)
+        box = cell.bounding_box()
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        poll("the selected pixel's spectrum", lambda: pixel_title(page).startswith("Pixel column"))
+        page.mouse.move(1, 1)
+        wait_refreshes(page, 2)
+        with_pixel = monitor_elements(page)
+        assert with_pixel.total > first.total
+        wait_refreshes(page, 20)
+        assert_same_elements(page, with_pixel)
+        box = cell.bounding_box()
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        poll("the pixel panel to hide", lambda: pixel_title(page) == "")
+
+        # A 10 s window and log colours for 20 refreshes, then back to the whole run in linear colours.
+        page.locator(".apx-window select").first.select_option(label="last 10 s")
+        poll("the window in the title", lambda: "last 10 s" in (page.locator(".apx-hitmap .mainheading").first.text_content() or ""))
+        page.locator(".apx-scale button:text-is('log')").first.click()
+        poll("log colours", lambda: "log10" in (page.locator(".apx-hitmap .mainheading").first.text_content() or ""))
+        page.mouse.move(1, 1)
+        wait_refreshes(page, 2)
+        windowed = monitor_elements(page)
+        wait_refreshes(page, 20)
+        assert_same_elements(page, windowed)
+        page.locator(".apx-window select").first.select_option(label="whole run")
+        page.locator(".apx-scale button:text-is('linear')").first.click()
+        poll("linear colours, whole run", lambda: (page.locator(".apx-hitmap .mainheading").first.text_content() or "") == "Hit map")
+        page.mouse.move(1, 1)
+        wait_refreshes(page, 3)
+        assert_same_elements(page, first)
+        assert_no_js_errors(page)
+    except BaseException:
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dom-growth-failure.png"))
+        (ARTIFACTS / "dom-growth-failure.log").write_text(cmd.log())
         raise
     assert cmd.stop(signal.SIGTERM) == 0, cmd.log()
     assert wait_no_marked_processes(env[MARK_VAR]) == []

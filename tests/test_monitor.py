@@ -144,7 +144,8 @@ def test_update_display_sends_a_javascript_safe_color_array(monitor):
     # The smallest type the front end reads: these counts fit in a byte (float32 for log, ratio or masks).
     assert color.dtype == np.uint8
     assert np.array_equal(color, monitor.hit_map.values().T)
-    assert monitor.tot_bars.y.dtype == np.float64
+    assert monitor.tot_bars.y.dtype == np.float32  # a step line over the edges: the counts, the last one twice
+    assert np.array_equal(monitor.tot_bars.y[:-1], monitor.tot_hist.values())
     # What the README promises of the plots: a colour bar, a tooltip with row,
     # column and counts, rows drawn top-down, and the TOT overflow in the title.
     assert any(isinstance(ax, bqplot.ColorAxis) for ax in monitor.figures[0].axes)

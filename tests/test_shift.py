@@ -8,7 +8,7 @@ import pytest
 
 from astropix_nbmonitor.engine import MonitorEngine
 from astropix_nbmonitor.fmt import decode_batch
-from astropix_nbmonitor.monitor import AstroPix4SimpleMonitor, HitMapPanel
+from astropix_nbmonitor.monitor import AstroPix4SimpleMonitor, HitMapPanel, TotPanel
 from astropix_nbmonitor.sim import AstroPix4Simulator
 from conftest import monitor_threads, send_paced, wait_for
 
@@ -332,7 +332,7 @@ def test_a_masked_noisy_pixel_leaves_the_displayed_map_and_spectrum(monitor):
     assert monitor.heatmap.null_color == "#c8c8c8"
     layer = monitor.panel(HitMapPanel).mask_layer  # paints the masked pixel grey in the browser
     assert layer in monitor.figures[0].marks and np.argwhere(layer.color).tolist() == [[NOISY_ROW, NOISY_COLUMN]]
-    assert np.array_equal(monitor.tot_bars.y, (whole_tot - pixel_tot)[1:-1])
+    assert np.array_equal(monitor.panel(TotPanel).drawn_counts(), (whole_tot - pixel_tot)[1:-1])
     assert "masked pixels out" in monitor.figures[1].title
     # hit_map and tot_hist stay complete; the dashboard counts the masked hits.
     assert np.array_equal(monitor.hit_map.values(), whole_map)
@@ -439,9 +439,9 @@ def test_a_click_on_a_pixel_selects_it_and_a_second_click_deselects(monitor):
     assert panel.box in monitor.children
     expected = monitor.pixel_tot_hist(column, row).values()
     assert expected.sum() == hits[column, row] > 0
-    assert np.array_equal(panel.bars.y, expected) and panel.bars.y.dtype == np.float64
+    assert np.array_equal(panel.drawn_counts(), expected) and panel.bars.y.dtype == np.float32
     assert f"column {column}, row {row}" in panel.figure.title
-    assert panel.rate_line.y.sum() == hits[column, row] and panel.rate_line.x.dtype == np.float64
+    assert panel.rate_line.y.sum() == hits[column, row] and panel.rate_line.x.dtype == np.float32
     hitmap = monitor.panel(HitMapPanel)
     assert hitmap.selected_marker in monitor.figures[0].marks
     assert not monitor.clear_pixel_button.disabled
@@ -481,7 +481,7 @@ def test_several_chips_get_their_own_rates_out_of_matrix_hits_noisy_pixels_and_m
     assert np.isnan(monitor.heatmap.color[30, 2])
     assert monitor.shift_figures.masked_hits == monitor.chip_hit_map(3).values()[2, 30]
     monitor.selected_pixel = (2, 30)
-    assert monitor.pixel_panel.bars.y.sum() == monitor.pixel_tot_hist(2, 30, 3).sum()
+    assert monitor.pixel_panel.drawn_counts().sum() == monitor.pixel_tot_hist(2, 30, 3).sum()
     assert "chip 3" in monitor.pixel_panel.figure.title
 
 

@@ -246,7 +246,7 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
             int(getattr(self, "NUM_COLS", getattr(readout_class, "NUM_COLS", 16))),
         )
         self._build_toolbar()
-        self.dashboard = widgets.HTML(value="")
+        self.dashboard = board.Dashboard()  # one HTML widget per block: a refresh sends the lines that changed
         self.dashboard.add_class("apx-dashboard")
         self.dashboard.layout.width = "100%"
         self.canvas = widgets.GridBox([])

@@ -6,6 +6,12 @@ was processed, what went wrong, decoding flags, warnings);
 :func:`messages_html` lays out the ``display_message`` texts of a monitor
 below them. Both are plain functions of their inputs (no widget), so the
 same lines can be checked in tests and reused by other views.
+
+:class:`Dashboard` is the widget that shows them: every block (a status
+line, the alarms, the shift's lines, the messages...) starts with
+:data:`BLOCK`, and each block is its own HTML widget, so that a refresh sends
+only the blocks that changed (the uptime line and the counts, a few hundred
+bytes) rather than the whole dashboard.
 """
 
 from __future__ import annotations
@@ -15,14 +21,57 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import ipywidgets as widgets
+from traitlets import Unicode, observe
+
 from ..status import Status, format_value
 
-__all__ = ["NO_DATA_WARNING_S", "alarms_html", "messages_html", "shift_html", "no_data_warning", "publisher_html", "status_html", "viewer_html"]
+__all__ = ["BLOCK", "Dashboard", "NO_DATA_WARNING_S", "alarms_html", "messages_html", "shift_html", "no_data_warning", "publisher_html", "status_html", "viewer_html"]
 
 #: Seconds without a datagram after which the dashboard warns.
 NO_DATA_WARNING_S = 5.0
 
 _RED = "#c0392b"
+
+#: Starts every block of the dashboard's HTML (an HTML comment: invisible in any page).
+BLOCK = "<!--apx-block-->"
+
+
+class Dashboard(widgets.VBox):
+    """The dashboard: :attr:`value` is its whole HTML; each :data:`BLOCK` of it is shown by its own HTML widget.
+
+    Setting :attr:`value` sends to the page only the blocks whose HTML
+    changed (and the list of blocks when their number changes). ``value``
+    itself stays in the kernel (it is observable, e.g. by tests, but not synced).
+    """
+
+    #: The whole HTML (kept in the kernel; the blocks are what the page gets).
+    value = Unicode("")
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.parts: list[widgets.HTML] = []
+
+    @staticmethod
+    def blocks(text: str) -> list[str]:
+        """The blocks of ``text`` (split at :data:`BLOCK`, empty ones left out)."""
+        return [part for part in text.split(BLOCK) if part]
+
+    @observe("value")
+    def _show(self, change: dict[str, Any]) -> None:
+        blocks = self.blocks(change["new"])
+        while len(self.parts) < len(blocks):
+            part = widgets.HTML(layout=widgets.Layout(margin="0px", width="100%"))
+            self.parts.append(part)
+        for part, block in zip(self.parts, blocks):
+            if part.value != block:
+                part.value = block
+        shown = self.parts[: len(blocks)]
+        if list(self.children) != shown:
+            self.children = shown
+        for part in self.parts[len(blocks) :]:  # kept for later, emptied
+            if part.value:
+                part.value = ""
 
 
 def _span(css: str, text: str) -> str:
@@ -91,7 +140,10 @@ def status_html(
     warning = no_data_warning(status, running=running, address=address, now=now)
     if warning:
         lines.append(f'<span class="apx-warning" style="color:{_RED};font-weight:bold">&#9888; {html.escape(warning)}</span>')
-    return f'<div class="apx-status" style="line-height:1.4">{"<br>".join(lines)}</div>'
+    # Blocks: the lines that change at every refresh (uptime; counts and rates) together, with the
+    # exposure line between them (one message a refresh, not two); then one block a line.
+    blocks = ["<br>".join(line for line in lines[:3] if line), *lines[3:]]
+    return "".join(f'{BLOCK}<div class="apx-status" style="line-height:1.4">{block}</div>' for block in blocks)
 
 
 def viewer_html(engine: Any, *, now: float | None = None) -> str:
@@ -126,7 +178,7 @@ def viewer_html(engine: Any, *, now: float | None = None) -> str:
     if len(statuses) > 1:
         for url, status in statuses.items():
             lines.append(_span("apx-hub-status", html.escape(f"{url}: {status.one_line()}")))
-    return f'<div class="apx-viewer" style="line-height:1.4">{"<br>".join(lines)}</div>'
+    return f'{BLOCK}<div class="apx-viewer" style="line-height:1.4">{"<br>".join(lines)}</div>'
 
 
 def publisher_html(publisher: Any) -> str:
@@ -135,7 +187,7 @@ def publisher_html(publisher: Any) -> str:
         f"publishing as a hub on {publisher.publish_url} (commands {publisher.command_url}, "
         f"token in mon.publisher.token): {publisher.exposure()}"
     )
-    return f'<div class="apx-publisher" style="line-height:1.4">{html.escape(text)}</div>'
+    return f'{BLOCK}<div class="apx-publisher" style="line-height:1.4">{html.escape(text)}</div>'
 
 
 def messages_html(messages: Mapping[tuple[float, float], tuple[str, dict[str, Any]]]) -> str:
@@ -160,7 +212,7 @@ def messages_html(messages: Mapping[tuple[float, float], tuple[str, dict[str, An
         parts.append(f'<div style="{";".join(style)}">{body}</div>')
     lines = max((t.count("\n") + t.count("<br") + 1 for t, _ in messages.values()), default=1)
     height = 1.4 * lines + 0.4
-    return f'<div class="apx-messages" style="position:relative;line-height:1.4;min-height:{height:.1f}em">{"".join(parts)}</div>'
+    return f'{BLOCK}<div class="apx-messages" style="position:relative;line-height:1.4;min-height:{height:.1f}em">{"".join(parts)}</div>'
 
 
 def _clock(when: float) -> str:
@@ -180,7 +232,7 @@ def alarms_html(alarms: list[dict[str, Any]]) -> str:
         text = html.escape(f"{alarm['name']}: {alarm['message']} ({times}; {state})")
         lines.append(f'<span class="apx-alarm" data-alarm="{html.escape(alarm["name"])}">&#9888; {text}</span>')
     return (
-        f'<div class="apx-alarms" style="background:{_RED};color:white;font-weight:bold;padding:2px 6px;'
+        f'{BLOCK}<div class="apx-alarms" style="background:{_RED};color:white;font-weight:bold;padding:2px 6px;'
         f'border-radius:3px;line-height:1.5">{"<br>".join(lines)}</div>'
     )
 
@@ -210,4 +262,4 @@ def shift_html(figures: Any, masked: set[tuple[int, int, int]], shown_chip: int 
         parts = [f"chip {c}: {n:,} hits, {rate:,.1f}/s, out of matrix {oom:,}" for c, n, rate, oom in figures.chip_rows]
         lines.append(_span("apx-chips", html.escape("per chip (" + span + "): " + "; ".join(parts))))
         lines.append("(decoding flags, lost and malformed are per readout or datagram: not attributable to one chip)")
-    return f'<div class="apx-shift" style="line-height:1.4">{"<br>".join(lines)}</div>'
+    return "".join(f'{BLOCK}<div class="apx-shift" style="line-height:1.4">{line}</div>' for line in lines)
