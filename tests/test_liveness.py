@@ -54,6 +54,10 @@ class Sent:
     def updates_of(self, widget: widgets.Widget) -> list[dict]:
         return [m["state"] for w, m in self.messages if w is widget and m.get("method") == "update"]
 
+    def dashboard_updates(self, mon) -> list[dict]:
+        """Updates of the dashboard's blocks (one HTML widget per block of lines)."""
+        return [u for block in mon.dashboard.children for u in self.updates_of(block)]
+
 
 @pytest.fixture
 def clock() -> Clock:
@@ -171,7 +175,7 @@ def test_no_display_message_while_no_view_is_shown_and_a_heartbeat_brings_it_up_
     assert any("display updates resumed" in r.getMessage() for r in caplog.records)
     state = mon.state()
     assert np.array_equal(np.asarray(mon.heatmap.color), state.hit_counts(None))
-    assert np.array_equal(np.asarray(mon.tot_bars.y), mon.tot_hist.values())
+    assert np.array_equal(np.asarray(mon.tot_bars.y)[:-1], mon.tot_hist.values())  # a step line: the last count repeated
     assert f'<span class="apx-num-readouts">{mon.num_readouts:,}</span>' in mon.dashboard.value
     assert mon.num_readouts == 2000
     assert mon.liveness.note.startswith("display paused ")
@@ -184,7 +188,7 @@ def test_no_display_message_while_no_view_is_shown_and_a_heartbeat_brings_it_up_
     # And the next refreshes flow again.
     sent.clear()
     mon.replay(records(100, seed=30, start_id=start_id))
-    assert len(sent.updates_of(mon.dashboard)) == 1
+    assert len(sent.dashboard_updates(mon)) >= 1
 
 
 def test_a_running_cell_does_not_pause_updates(mon, clock, cells, monkeypatch):
@@ -195,7 +199,7 @@ def test_a_running_cell_does_not_pause_updates(mon, clock, cells, monkeypatch):
     sent.clear()
     mon.replay(records(200, seed=2))
     assert mon.view_shown
-    assert len(sent.updates_of(mon.dashboard)) == 1
+    assert len(sent.dashboard_updates(mon)) >= 1
     cells.post_run_cell(None)
     clock.now += VIEW_TIMEOUT_S + 1  # no heartbeat after the cell: the page is really gone
     sent.clear()
@@ -213,7 +217,7 @@ def test_without_any_heartbeat_nothing_is_ever_paused(mon, clock, monkeypatch):
     sent = Sent(monkeypatch)
     clock.now += 1e6
     mon.replay(records(100, seed=5))
-    assert mon.view_shown and len(sent.updates_of(mon.dashboard)) == 1
+    assert mon.view_shown and len(sent.dashboard_updates(mon)) >= 1
 
 
 def test_two_views_any_heartbeat_keeps_updates_flowing(mon, clock, monkeypatch):
@@ -227,7 +231,7 @@ def test_two_views_any_heartbeat_keeps_updates_flowing(mon, clock, monkeypatch):
         sent.clear()
         mon.replay(records(100, seed=6, start_id=start_id))
         start_id += 100
-        assert mon.view_shown and len(sent.updates_of(mon.dashboard)) == 1
+        assert mon.view_shown and len(sent.dashboard_updates(mon)) >= 1
 
 
 def test_live_monitor_counts_on_while_paused_and_resumes_from_another_thread(mon, clock, monkeypatch):

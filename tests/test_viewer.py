@@ -231,7 +231,7 @@ def test_a_viewer_has_the_hubs_windows_noisy_pixels_viewer_masks_drill_down_and_
         counts, exact = mon.engine.masked_tot_window(10, [(0, 2, 30)])
         expected = mon.tot_hist_window(10).values(flow=True) - counts
         assert exact and counts.sum() == hub_window.values()[2, 30] > 0
-        assert np.array_equal(viewer.tot_bars.y, expected[1:-1])
+        assert np.array_equal(np.asarray(viewer.tot_bars.y)[:-1], expected[1:-1])  # a step line: the last count repeated
         assert "masked pixels out" in viewer.figures[1].title
         assert np.isnan(np.asarray(viewer.heatmap.color)[30, 2])
         viewer.refresh()
@@ -246,7 +246,7 @@ def test_a_viewer_has_the_hubs_windows_noisy_pixels_viewer_masks_drill_down_and_
         viewer.refresh()
         assert viewer.selected_pixel == (2, 30)
         panel = viewer.pixel_panel
-        assert np.array_equal(panel.bars.y, mon.pixel_tot_hist(2, 30).values())
+        assert np.array_equal(panel.drawn_counts(), mon.pixel_tot_hist(2, 30).values())
         assert panel.rate_line.y.sum() == hub_window.values()[2, 30]
         assert viewer.error_count == 0, viewer.last_error
     finally:
