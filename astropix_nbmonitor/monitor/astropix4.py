@@ -72,12 +72,6 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
     HEIGHT_PX = 520
     MAX_WIDTH_PX = 1350
 
-    def __new__(cls, *args: Any, layout: Any = None, **kwargs: Any) -> AstroPix4SimpleMonitor:
-        # A bad layout is refused before the widget (and its socket) exists.
-        if layout is not None and not isinstance(layout, widgets.Layout):
-            normalize_layout(layout)
-        return super().__new__(cls, *args, **kwargs)
-
     def __init__(
         self,
         group: str = LOCAL_HOST,
@@ -91,6 +85,8 @@ class AstroPix4SimpleMonitor(AbstractMonitor):
     ) -> None:
         if isinstance(layout, widgets.Layout):  # the widget's own CSS layout, as any ipywidget takes
             kwargs["layout"], layout = layout, None
+        elif layout is not None:
+            normalize_layout(layout)  # a bad layout is refused before the engine (and its socket) exists
         super().__init__(AstroPix4Readout, group, port, tot_edges=tot_edges, history_seconds=history_seconds, **kwargs)
         self.tot_edges = np.asarray(tot_edges, dtype=float)
         self.shown_chip: int | None = None

@@ -440,6 +440,9 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
 
     def close(self) -> None:
         """Stop the monitor (and its publisher) and close the widget and its figures."""
+        if "_lifecycle_lock" not in self.__dict__:  # refused in __init__ (a bad argument): nothing was started
+            widgets.VBox.close(self)
+            return
         self.stop()
         if self.player is not None:
             self.player.stop()
