@@ -323,6 +323,47 @@ JS_WATCH = """([column, row, ncols, nrows]) => {
     const w = {changedAt: null, kind: null, error: null};
     let read = null;
     const rects = fig.querySelectorAll('rect.heatmapcell');
+    const image = fig.querySelector('image.heatmap');
+    if (image) {
+        // A canvas-drawn HeatMap shown as an SVG image (under a transparent, never-updated
+        // GridHeatMap that catches clicks): the pixel is read from the image the page shows,
+        // decoded again whenever its href changes; row 0 is at the top (a reversed row scale).
+        w.kind = 'image';
+        const W = Math.round(+image.getAttribute('width')), H = Math.round(+image.getAttribute('height'));
+        const canvas = document.createElement('canvas');
+        canvas.width = W; canvas.height = H;
+        const ctx = canvas.getContext('2d');
+        const px = Math.floor((column + 0.5) * W / ncols), py = Math.floor((row + 0.5) * H / nrows);
+        const decode = (href) => {
+            const img = new Image();
+            img.src = href;
+            return img.decode().then(() => {
+                ctx.clearRect(0, 0, W, H);
+                ctx.drawImage(img, 0, 0, W, H);
+                return Array.from(ctx.getImageData(px, py, 1, 1).data).join(',');
+            });
+        };
+        let lastHref = image.getAttribute('href');
+        decode(lastHref).then((initial) => {
+            w.initial = initial;
+            const check = () => {
+                if (window.__apxWatch !== w) return;
+                const current = fig.querySelector('image.heatmap');
+                const href = current && current.getAttribute('href');
+                if (href && href !== lastHref) {
+                    lastHref = href;
+                    const seen = Date.now();  // when the page put the new picture up
+                    decode(href).then((now) => {
+                        if (w.changedAt === null && now !== w.initial) { w.changedAt = seen; w.now = now; }
+                    });
+                }
+                if (w.changedAt === null) requestAnimationFrame(check);
+            };
+            requestAnimationFrame(check);
+        });
+        window.__apxWatch = w;
+        return {kind: w.kind, initial: null};
+    }
     if (rects.length >= ncols * nrows) {
         w.kind = 'svg';
         let cell = null;
