@@ -448,6 +448,26 @@ def test_a_click_on_a_pixel_selects_it_and_a_second_click_deselects(monitor):
     click()  # the same pixel again
     assert monitor.selected_pixel is None and panel.box not in monitor.children
     assert hitmap.selected_marker not in monitor.figures[0].marks
+
+
+def test_the_selected_pixels_spectrum_follows_the_time_window(monitor):
+    clock = FakeClock()
+    monitor.engine.clock = clock
+    sim = AstroPix4Simulator(seed=21)
+    monitor.replay(sim.generate(3000).records)
+    column, row = _spot(monitor.hit_map.values())
+    clock.now += 60  # a minute later, fewer readouts: the last 10 s hold only these
+    monitor.replay(sim.generate(300).records)  # the ids go on
+    monitor.selected_pixel = (column, row)
+    monitor.refresh()
+    panel = monitor.pixel_panel
+    whole = monitor.pixel_tot_hist(column, row).values()
+    assert np.array_equal(panel.drawn_counts(), whole) and panel.figure.title.endswith("(whole run)")
+    monitor.window = 10
+    monitor.refresh()
+    windowed = monitor.pixel_tot_hist(column, row, seconds=10).values()
+    assert 0 < windowed.sum() < whole.sum()
+    assert np.array_equal(panel.drawn_counts(), windowed) and panel.figure.title.endswith("(last 10 s)")
     monitor.selected_pixel = (3, 4)
     monitor.clear_pixel_button.click()
     assert monitor.selected_pixel is None

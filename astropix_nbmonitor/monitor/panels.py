@@ -869,20 +869,22 @@ class PixelPanel(Panel):
             self._last = None
             return
         column, row = int(pixel[0]), int(pixel[1])
-        hist = self.monitor.pixel_tot_hist(column, row, self.chip)
+        # The spectrum of the time window shown (the whole run without one), as every histogram view.
+        window = float(getattr(state, "window", 0.0) or 0.0) if getattr(self.monitor, "windows_available", False) else 0.0
+        hist = self.monitor.pixel_tot_hist(column, row, self.chip, seconds=window or None)
         flow = hist.values(flow=True)
         times, rates = self._rates(column, row)
-        key = (column, row, self.chip, flow.tobytes(), rates.tobytes())
+        key = (column, row, self.chip, window, flow.tobytes(), rates.tobytes())
         if key == self._last:
             return
-        if self._last is not None and key[:3] == self._last[:3] and not self.due():
+        if self._last is not None and key[:4] == self._last[:4] and not self.due():
             return  # the same pixel: redrawn at most once a second (its rates are per second)
         self.due(forced=True)
         where = f"column {column}, row {row}" + ("" if self.chip is None else f", chip {self.chip}")
         counts = flow[1:-1]
         set_if_changed(self.y_scale, "max", nice_ceiling(float(counts.max() if counts.size else 0.0) * 1.05))
         set_if_changed(self.bars, "y", step_y(counts))
-        set_if_changed(self.figure, "title", f"Pixel {where}: TOT, {int(flow.sum()):,} hits (whole run)")
+        set_if_changed(self.figure, "title", f"Pixel {where}: TOT, {int(flow.sum()):,} hits" + (window_suffix(state) or " (whole run)"))
         with self.rate_line.hold_sync(), self.rate_scale.hold_sync():
             set_if_changed(self.rate_scale, "max", nice_ceiling(float(rates.max() if rates.size else 0.0) * 1.2))
             set_if_changed(self.rate_line, "x", times.astype(np.float32))
