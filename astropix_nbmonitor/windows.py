@@ -145,14 +145,6 @@ def _check_shape(binned: BinnedHits, num_rows: int, num_cols: int) -> None:
         raise ValueError(msg)
 
 
-def _chip_groups(chip: np.ndarray) -> list[tuple[int, np.ndarray | None]]:
-    """``[(chip_id, selection)]`` of a batch; selection None when every hit has that chip."""
-    first = int(chip[0])
-    if np.all(chip == first):
-        return [(first, None)]
-    return [(int(c), chip == c) for c in np.unique(chip)]
-
-
 # ---------------------------------------------------------------------------
 # The ring of per-second histograms
 # ---------------------------------------------------------------------------
@@ -627,13 +619,6 @@ class WindowedAccumulator:
                 if col < num_cols and row < num_rows:
                     ring.maps[slot, col * num_rows + row] += 1
                 ring.tots[slot, tot_bin] += 1
-
-    def _cells(self, hits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Flat pixel index ``column * num_rows + row`` of each hit, and which are inside."""
-        col = hits["column"].astype(np.intp)
-        row = hits["row"].astype(np.intp)
-        inside = (col < self.num_cols) & (row < self.num_rows)
-        return col * self.num_rows + row, inside
 
     def _ring(self, chip: int) -> _ChipRing:
         """The ring of ``chip``, allocated at its first hit."""
