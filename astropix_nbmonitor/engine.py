@@ -911,7 +911,7 @@ class MonitorEngine:
         """
         # The counters and the hits filled too: records fed by hand (a process_batch called directly) move it.
         return (self._resets, self._batches, self.listener._datagrams, self._readouts, self._hits,
-                self.accumulator.num_filled, int(self.accumulator.out_of_matrix))
+                self.accumulator.generation, int(self.accumulator.out_of_matrix))
 
     def _process(self, records: list[bytes]) -> None:
         if not records:

@@ -205,6 +205,8 @@ class HitAccumulator:
         self._below_last_edge = float(np.nextafter(edges[-1], -np.inf))
         self.out_of_matrix = 0
         self.chips_seen: set[int] = set()
+        #: Fills and resets so far: a number that moves whenever the counts may have (cheaper than summing them).
+        self.generation = 0
         self._tot_axis = tot_axis
         # The storage's layout (boost-histogram's is column-major): element
         # strides of the chip, column and row axes, to index it flat.
@@ -247,6 +249,7 @@ class HitAccumulator:
         t_chip, t_tot = self._tot_strides
         flat_tot = chip * t_chip + tot_bin * t_tot
         with self._lock:
+            self.generation += 1
             maps, tots = self._flat_maps, self._flat_tots
             np.add.at(maps, flat_map if inside is None else flat_map[inside], _ONE64)
             np.add.at(tots, flat_tot if known else flat_tot[chip < NUM_CHIPS], _ONE64)
@@ -263,6 +266,7 @@ class HitAccumulator:
         num_cols, num_rows = self.num_cols, self.num_rows
         out = 0
         with self._lock:
+            self.generation += 1
             for chip, col, row, tot_bin in zip(chips, cols, rows, bins):
                 known = chip < NUM_CHIPS
                 if col < num_cols and row < num_rows:
@@ -295,6 +299,7 @@ class HitAccumulator:
     def reset(self) -> None:
         """Empty every histogram and counter."""
         with self._lock:
+            self.generation += 1
             self._maps.reset()
             self._tots.reset()
             self._take_views()  # reset keeps the storage; taken again all the same

@@ -166,14 +166,18 @@ def test_the_dashboard_sends_only_the_lines_that_changed(driven):
     assert len(parts) >= 5  # one widget per block of lines
     _, _, sent = _refresh(mon, clock, recorder, sim.generate(200).records)
     changed = [parts[m[0]] for m in sent if m[0] in parts]
+    shown = lambda p: p.status if p is mon.liveness else p.value  # noqa: E731 - the liveness element shows the live block
     # The counts line changed (it shares its block with the address and uptime lines, which change
     # at every refresh of a running monitor); the decoding flags and the shift's lines did not.
-    assert [p for p in changed if "apx-num-readouts" in p.value] == changed[:1]
-    assert not any("decoding flags" in p.value or "view: whole run" in p.value for p in changed)
+    assert [p for p in changed if "apx-num-readouts" in shown(p)] == changed[:1] == [mon.liveness]
+    assert not any("decoding flags" in shown(p) or "view: whole run" in shown(p) for p in changed)
+    # That block travels with the liveness beat: one message for both.
+    live = [m for m in sent if m[0] == mon.liveness.comm.comm_id]
+    assert len(live) == 1 and {"status", "beat"} <= set(live[0][1])
     # The whole HTML is still the dashboard's value, in order.
     whole = dashboard.value
     assert 'class="apx-num-readouts">400<' in whole
-    assert "".join(p.value for p in dashboard.children) == "".join(dashboard.blocks(whole))
+    assert "".join(shown(p) for p in dashboard.children) == "".join(dashboard.blocks(whole))
 
 
 def test_the_rate_chart_keeps_a_bounded_number_of_points_and_fixed_times(driven):

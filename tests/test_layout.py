@@ -23,7 +23,7 @@ def quad():
 def _places(mon: AstroPix4SimpleMonitor) -> dict[int, tuple[int, int]]:
     """chip_id -> (row, column) of the layout, read from the widgets: the figure's CSS grid place and its class."""
     out = {}
-    for figure in mon.chip_grid.box.children:
+    for figure in mon.chip_grid.figures:
         chips = [int(c.split("-")[-1]) for c in figure._dom_classes if c.startswith("apx-chip-")]
         assert len(chips) == 1, figure._dom_classes
         out[chips[0]] = (int(figure.layout.grid_row) - 1, int(figure.layout.grid_column) - 1)
@@ -47,6 +47,10 @@ def test_the_layout_places_each_chip_map_where_it_says(layout, places, columns):
         assert grid.box.layout.grid_template_columns == f"repeat({columns}, minmax(0, 1fr))"
         for chip, (row, column) in places.items():
             assert grid.chip_at(row, column) == chip
+            # The same place as a CSS rule for the figure's cell class (what the page applies).
+            cell = f"apx-cell-{row + 1}-{column + 1}"
+            assert cell in mon.chip_maps[chip].figure._dom_classes
+            assert f".apx-chips > .{cell} {{ grid-row: {row + 1}; grid-column: {column + 1}; }}" in grid.places_style.value
             assert mon.chip_maps[chip].figure.title == f"chip {chip}"  # before any data
         assert set(mon.chip_maps) == set(places)
         # Under the main plots, which stay (the summed view and the chip selector).
@@ -64,7 +68,8 @@ def test_without_a_layout_there_is_the_one_map_of_today():
     try:
         assert mon.chip_grid is None and mon.chip_maps == {} and mon.layout_rows is None
         assert not any(isinstance(p, ChipMapPanel) for p in mon.panels)
-        assert list(mon.children) == [mon.toolbar, mon.liveness, mon.dashboard, mon.canvas]
+        assert list(mon.children) == [mon.toolbar, mon.dashboard, mon.canvas]
+        assert mon.liveness in mon.dashboard.children  # carrying the lines that change at every refresh
     finally:
         mon.close()
     # A widget Layout is still the widget's own CSS layout.

@@ -52,7 +52,12 @@ class Sent:
         return len(self.messages)
 
     def updates_of(self, widget: widgets.Widget) -> list[dict]:
-        return [m["state"] for w, m in self.messages if w is widget and m.get("method") == "update"]
+        """The states sent to ``widget``'s model (binary traits, which travel as buffers, included by name)."""
+        return [
+            {**m["state"], **{path[0]: None for path in m.get("buffer_paths", ())}}
+            for w, m in self.messages
+            if w is widget and m.get("method") == "update"
+        ]
 
     def dashboard_updates(self, mon) -> list[dict]:
         """Updates of the dashboard's blocks (one HTML widget per block of lines)."""

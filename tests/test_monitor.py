@@ -19,6 +19,7 @@ from conftest import wait_for as _wait_for
 from astropix_nbmonitor.fmt import AstroPix4Readout, decode_batch
 from astropix_nbmonitor.hist import TOT_EDGES
 from astropix_nbmonitor.monitor import AbstractMonitor, AstroPix4SimpleMonitor, HitMapPanel, RatePanel
+from astropix_nbmonitor.monitor.matrix import MatrixCanvas, color_indices
 from astropix_nbmonitor.monitor.panels import integer_ticks
 from astropix_nbmonitor.sim import AstroPix4Simulator
 from astropix_nbmonitor.sock import AddressInUseError, MulticastSender
@@ -150,14 +151,18 @@ def test_update_display_sends_a_javascript_safe_color_array(monitor):
     # column and counts, rows drawn top-down, and the TOT overflow in the title.
     assert any(isinstance(ax, bqplot.ColorAxis) for ax in monitor.figures[0].axes)
     panel = monitor.panel(HitMapPanel)
-    assert isinstance(monitor.heatmap, bqplot.HeatMap)  # canvas-drawn: one image, not one SVG element per pixel
-    assert panel.light.tooltip is panel.tooltip and list(monitor.figures[0].marks) == [monitor.heatmap, panel.light]
+    # Canvas-drawn under the figure: one byte a cell a refresh, not one SVG element per pixel nor a PNG.
+    assert isinstance(monitor.heatmap, MatrixCanvas) and monitor.heatmap in monitor.canvas.children
+    assert monitor.heatmap.pixels == color_indices(counts_t := monitor.hit_map.values().T, 0.0, panel.color_scale.max).tobytes()
+    assert counts_t.max() > 0 and len(set(monitor.heatmap.pixels)) > 2  # several colours drawn
+    assert monitor.heatmap.inset == monitor.figures[0].fig_margin and monitor.figures[0].background_style["fill"] == "none"
+    assert panel.light.tooltip is panel.tooltip and list(monitor.figures[0].marks) == [panel.light]
     counts = monitor.hit_map.values().T
     row, column = np.argwhere(counts == counts.max())[0]
     # What bqplot's front end sends when the mouse enters a cell of the light layer.
     panel.light._handle_custom_msg({"event": "hover", "data": {"rowNum": int(row), "columnNum": int(column)}}, [])
     assert panel.tooltip.value == f"row {row}, column {column}: {int(counts.max()):,} hits"
-    assert monitor.heatmap.scales["y"].reverse
+    assert panel.row_scale.reverse
     overflow = int(monitor.tot_hist.values(flow=True)[-1])
     assert monitor.figures[1].title.endswith(f"overflow > 500 us: {overflow})")
     # Log scale: colours log10(1 + counts); the tooltip still shows the counts.
@@ -165,14 +170,14 @@ def test_update_display_sends_a_javascript_safe_color_array(monitor):
     monitor.scale_toggle.value = "log"
     assert monitor.heatmap.color.dtype == np.float32
     assert np.allclose(monitor.heatmap.color, np.log10(1 + counts))
-    assert list(monitor.figures[0].marks) == [monitor.heatmap, panel.light]
+    assert list(monitor.figures[0].marks) == [panel.light]
     panel.tooltip.value = ""
     panel.light._handle_custom_msg({"event": "hover", "data": {"rowNum": int(row), "columnNum": int(column)}}, [])
     assert panel.tooltip.value == f"row {row}, column {column}: {int(counts.max()):,} hits"
     assert panel.color_axis.label == "" and monitor.figures[0].title == "Hit map: log10(1 + hits)"
     monitor.scale_toggle.value = "linear"
     assert np.array_equal(monitor.heatmap.color, counts)
-    assert list(monitor.figures[0].marks) == [monitor.heatmap, panel.light]
+    assert list(monitor.figures[0].marks) == [panel.light]
 
 
 def test_the_tot_title_takes_the_overflow_edge_from_the_real_edges():

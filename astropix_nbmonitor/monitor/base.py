@@ -37,6 +37,7 @@ from ..status import STATUS_TABLE, Status
 from . import board, registry
 from .liveness import Liveness, ViewTracker, cell_watch, describe_pause, resend_state
 from .logbook import LogbookMixin
+from .matrix import stack_underlays
 from .shift import ShiftMixin
 from .tree import walk_widgets
 
@@ -240,27 +241,31 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
         self._lifecycle_lock = threading.RLock()
         self._messages: dict[tuple[float, float], tuple[str, dict[str, Any]]] = {}
         self._status: Status = self.engine.status()
+        #: The status read by the refresh under way (None between refreshes).
+        self._refresh_status: Status | None = None
         self.panels: list[Panel] = []
         self._init_shift(
             int(getattr(self, "NUM_ROWS", getattr(readout_class, "NUM_ROWS", 35))),
             int(getattr(self, "NUM_COLS", getattr(readout_class, "NUM_COLS", 16))),
         )
         self._build_toolbar()
-        self.dashboard = board.Dashboard()  # one HTML widget per block: a refresh sends the lines that changed
+        # Beats to the page, heartbeats from it (monitor/liveness.py).
+        self.liveness = Liveness()
+        self.liveness.set_refresh_interval(self.refresh_interval)
+        self.liveness.on_heartbeat(self._on_heartbeat)
+        # One HTML widget per block: a refresh sends the lines that changed; the block that
+        # changes at every refresh goes with the liveness element's beat (one message).
+        self.dashboard = board.Dashboard(lead=self.liveness)
         self.dashboard.add_class("apx-dashboard")
         self.dashboard.layout.width = "100%"
         self.canvas = widgets.GridBox([])
         self.canvas.add_class("apx-canvas")
         self.figures: list[bqplot.Figure] = []
-        # Beats to the page, heartbeats from it (monitor/liveness.py).
-        self.liveness = Liveness()
-        self.liveness.set_refresh_interval(self.refresh_interval)
-        self.liveness.on_heartbeat(self._on_heartbeat)
         self.views = ViewTracker()
         self._paused_at: float | None = None
         cell_watch.register()
         self.add_class("apx-monitor")
-        self.children = [self.toolbar, self.liveness, self.dashboard, self.canvas]
+        self.children = [self.toolbar, self.dashboard, self.canvas]
         self.observe(self._on_refresh_interval, names="refresh_interval")
         self.observe(self._on_window, names="window")
         self._sync_buttons()
@@ -320,7 +325,8 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
             fig.layout.min_width = "0px"
             fig.layout.min_height = "150px"
             figures.append(fig)
-        old_figures = list(self.canvas.children)
+        old_figures = [c for c in self.canvas.children if isinstance(c, bqplot.Figure)]
+        old_layers = [c for c in self.canvas.children if not isinstance(c, bqplot.Figure)]
         self.canvas.children = figures
         layout = self.canvas.layout
         with layout.hold_sync():
@@ -329,7 +335,7 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
             layout.width = "100%"
             layout.max_width = f"{int(width * _DPI)}px"
             layout.height = f"{int(height * _DPI)}px"
-        for fig in old_figures:  # a second create_canvas() replaces the first one's figures
+        for fig in old_figures + old_layers:  # a second create_canvas() replaces the first one's figures
             _close_widget_tree(fig)
         self.figures = figures
         return figures
@@ -538,8 +544,9 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
         cached = getattr(self, "_view_cache", None)
         if cached is not None and cached[0] == mark and cached[1].running == engine.running:
             t, readout_rate, hit_rate = engine.history.arrays()
+            status = self._refresh_status if self._refresh_status is not None else engine.status()
             return dataclasses.replace(
-                cached[1], time=time.time(), status=engine.status(), rates=np.vstack([t, readout_rate, hit_rate])
+                cached[1], time=time.time(), status=status, rates=np.vstack([t, readout_rate, hit_rate])
             )
         state = engine.state()
         self._view_cache = (mark, state)
@@ -626,6 +633,10 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
     def add_panel(self, panel: Panel) -> Panel:
         """Have ``panel`` updated by :meth:`update_panels`; its controls join the toolbar."""
         self.panels.append(panel)
+        children = list(self.canvas.children)
+        figure = getattr(panel, "figure", None)
+        if getattr(figure, "_apx_underlay", None) is not None and figure in children:
+            self.canvas.children = stack_underlays(children)  # the hit map's colour canvas in its figure's cell
         if panel.controls:
             self.toolbar.children = [*self.toolbar.children, *panel.controls]
         return panel
@@ -751,6 +762,13 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
         """The engine's refresh callback: traitlets, then the subclass's display, then the status lines."""
         status = engine.status()
         self._status = status
+        self._refresh_status = status  # one status read a refresh (view_state's idle path reuses it)
+        try:
+            self._refresh_with(engine, status)
+        finally:
+            self._refresh_status = None
+
+    def _refresh_with(self, engine: MonitorEngine, status: Status) -> None:
         self._sync_traits(status)
         if self.running != engine.running:
             self.set_trait("running", engine.running)
@@ -782,8 +800,9 @@ class AbstractMonitor(ShiftMixin, LogbookMixin, widgets.VBox, metaclass=_Monitor
             status = engine.status()
             self._status = status
         self._sync_player_controls()
-        self._render_dashboard(status)
-        self.liveness.pulse(bool(engine.running))
+        with self.liveness.hold_sync():  # the changing lines and the beat: one message
+            self._render_dashboard(status)
+            self.liveness.pulse(bool(engine.running))
 
     def _on_heartbeat(self) -> None:
         """A view's heartbeat (kernel main thread): a paused display is brought up to date at once."""

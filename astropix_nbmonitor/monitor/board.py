@@ -26,7 +26,7 @@ from traitlets import Unicode, observe
 
 from ..status import Status, format_value
 
-__all__ = ["BLOCK", "Dashboard", "NO_DATA_WARNING_S", "alarms_html", "messages_html", "shift_html", "no_data_warning", "publisher_html", "status_html", "viewer_html"]
+__all__ = ["BLOCK", "LIVE_CLASS", "Dashboard", "NO_DATA_WARNING_S", "alarms_html", "messages_html", "shift_html", "no_data_warning", "publisher_html", "status_html", "viewer_html"]
 
 #: Seconds without a datagram after which the dashboard warns.
 NO_DATA_WARNING_S = 5.0
@@ -35,6 +35,8 @@ _RED = "#c0392b"
 
 #: Starts every block of the dashboard's HTML (an HTML comment: invisible in any page).
 BLOCK = "<!--apx-block-->"
+#: The CSS class of the block of the lines that change at every refresh (uptime, counts, rates).
+LIVE_CLASS = "apx-status-now"
 
 
 class Dashboard(widgets.VBox):
@@ -48,9 +50,16 @@ class Dashboard(widgets.VBox):
     #: The whole HTML (kept in the kernel; the blocks are what the page gets).
     value = Unicode("")
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, lead: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.parts: list[widgets.HTML] = []
+        #: A widget with a ``status`` trait that shows the block marked with
+        #: :data:`LIVE_CLASS`, in its place (the monitor's liveness element: the lines
+        #: that change at every refresh then travel with its beat, one message for
+        #: both); None: that block is an HTML part as the others.
+        self.lead = lead
+        if lead is not None:
+            self.children = [lead]
 
     @staticmethod
     def blocks(text: str) -> list[str]:
@@ -60,6 +69,12 @@ class Dashboard(widgets.VBox):
     @observe("value")
     def _show(self, change: dict[str, Any]) -> None:
         blocks = self.blocks(change["new"])
+        lead, at = self.lead, 0
+        if lead is not None:
+            at = next((i for i, block in enumerate(blocks) if LIVE_CLASS in block), 0)
+            text = blocks.pop(at) if at < len(blocks) and LIVE_CLASS in blocks[at] else ""
+            if lead.status != text:
+                lead.status = text
         while len(self.parts) < len(blocks):
             part = widgets.HTML(layout=widgets.Layout(margin="0px", width="100%"))
             self.parts.append(part)
@@ -67,6 +82,8 @@ class Dashboard(widgets.VBox):
             if part.value != block:
                 part.value = block
         shown = self.parts[: len(blocks)]
+        if lead is not None:
+            shown = [*shown[:at], lead, *shown[at:]]
         if list(self.children) != shown:
             self.children = shown
         for part in self.parts[len(blocks) :]:  # kept for later, emptied
@@ -143,7 +160,10 @@ def status_html(
     # Blocks: the lines that change at every refresh (uptime; counts and rates) together, with the
     # exposure line between them (one message a refresh, not two); then one block a line.
     blocks = ["<br>".join(line for line in lines[:3] if line), *lines[3:]]
-    return "".join(f'{BLOCK}<div class="apx-status" style="line-height:1.4">{block}</div>' for block in blocks)
+    first, rest = blocks[0], blocks[1:]
+    return f'{BLOCK}<div class="apx-status {LIVE_CLASS}" style="line-height:1.4">{first}</div>' + "".join(
+        f'{BLOCK}<div class="apx-status" style="line-height:1.4">{block}</div>' for block in rest
+    )
 
 
 def viewer_html(engine: Any, *, now: float | None = None) -> str:

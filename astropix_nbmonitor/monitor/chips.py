@@ -27,6 +27,7 @@ import ipywidgets as widgets
 import numpy as np
 
 from ..astropix4.layout import NUM_CHIPS
+from .matrix import stack_underlays
 from .panels import HitMapPanel
 
 if TYPE_CHECKING:
@@ -179,6 +180,13 @@ class ChipMapPanel(HitMapPanel):
             self.figure.title = title
 
 
+def _places_css(places: dict[int, tuple[int, int]]) -> str:
+    """A ``<style>`` placing each chip's figure (class ``apx-cell-R-C``, 1-based) in its cell of the ``.apx-chips`` grid."""
+    cells = sorted(set(places.values()))
+    rules = " ".join(f".apx-chips > .apx-cell-{r + 1}-{c + 1} {{ grid-row: {r + 1}; grid-column: {c + 1}; }}" for r, c in cells)
+    return f"<style>{rules}</style>"
+
+
 class ChipGrid:
     """The chip maps of a layout, in a grid box; updated by the monitor as one panel.
 
@@ -216,11 +224,16 @@ class ChipGrid:
                 figure.layout.min_width = "0px"
                 figure.layout.grid_row = str(r + 1)
                 figure.layout.grid_column = str(c + 1)
+                figure.add_class(f"apx-cell-{r + 1}-{c + 1}")  # the place again, by CSS (see _places_css)
                 self.maps[chip] = ChipMapPanel(figure, monitor, chip, main)
                 self.places[chip] = (r, c)
                 figures.append(figure)
+        # The places as CSS rules too: a child's grid_row/grid_column Layout traits were not
+        # applied by the front ends we test with (JupyterLab 4, ipywidgets 8.1), so a layout
+        # with a hole would be drawn shifted. An HTML widget that takes no room holds the rules.
+        self.places_style = widgets.HTML(_places_css(self.places), layout=widgets.Layout(display="none"))
         self.box = widgets.GridBox(
-            figures,
+            [self.places_style, *stack_underlays(figures)],  # each map's colour canvas goes into its figure
             layout=widgets.Layout(
                 grid_template_columns=f"repeat({ncols}, minmax(0, 1fr))",
                 grid_template_rows=f"repeat({self.nrows}, auto)",
@@ -264,7 +277,7 @@ class ChipGrid:
             panel.invalidate()
 
     def own_widgets(self) -> list[widgets.Widget]:
-        out: list[widgets.Widget] = [self.box, *self.controls]
+        out: list[widgets.Widget] = [self.box, self.places_style, *self.controls]
         for panel in self.maps.values():
             out += [panel.figure, *panel.own_widgets()]
         return out

@@ -47,9 +47,9 @@ __all__ = ["HEARTBEAT_S", "VIEW_TIMEOUT_S", "DEAD_AFTER_S", "Liveness", "CellWat
 logger = logging.getLogger(__name__)
 
 #: Seconds between two heartbeats of a visible page.
-HEARTBEAT_S = 1.5
+HEARTBEAT_S = 5.0
 #: Seconds without a heartbeat after which the kernel considers that no view is shown.
-VIEW_TIMEOUT_S = 10.0
+VIEW_TIMEOUT_S = 20.0
 #: Seconds without a beat after which a visible page says its monitor stopped updating.
 DEAD_AFTER_S = 5.0
 
@@ -67,6 +67,15 @@ function render({ model, el }) {
   const note = document.createElement("div");
   note.className = "apx-live-note";
   el.appendChild(note);
+  // The dashboard's first block (the lines that change at every refresh) comes with the beat:
+  // one message a refresh for both.
+  const status = document.createElement("div");
+  status.className = "apx-live-status";
+  el.appendChild(status);
+  const showStatus = () => {
+    const text = model.get("status") || "";
+    if (status.innerHTML !== text) { status.innerHTML = text; }
+  };
   // A beat seen by this view: before the first one, a frozen state is a saved
   // view (or a kernel busy since the page opened), not a monitor that died.
   let seen = false;
@@ -121,11 +130,14 @@ function render({ model, el }) {
   model.on("change:beat", onBeat);
   model.on("change:state", onBeat);
   model.on("change:note", draw);
+  model.on("change:status", showStatus);
   document.addEventListener("visibilitychange", onVisibility);
   const timer = setInterval(() => { heartbeat(); draw(); }, model.get("heartbeat") * 1000);
   heartbeat();
+  showStatus();
   draw();
   return () => {
+    model.off("change:status", showStatus);
     clearInterval(timer);
     document.removeEventListener("visibilitychange", onVisibility);
     model.off("change:beat", onBeat);
@@ -140,7 +152,8 @@ export default { render };
 """
 
 _CSS = """
-.apx-liveness { font-size: 12px; line-height: 1.4; margin: 2px 0; }
+.apx-liveness { font-size: 12px; line-height: 1.4; margin: 2px 0; contain: content; }
+.apx-liveness .apx-live-status { font-size: var(--jp-widgets-font-size, 13px); }
 .apx-liveness .apx-live-note { color: #777; }
 .apx-liveness .apx-live-note:empty { display: none; }
 .apx-liveness.apx-live-ok .apx-live-line { color: #2a7d2a; }
@@ -168,6 +181,8 @@ class Liveness(anywidget.AnyWidget):
     state = Unicode("idle").tag(sync=True)
     beat = Float(0.0).tag(sync=True)
     note = Unicode("").tag(sync=True)
+    #: HTML shown under the live line: the dashboard's first block (see ``board.Dashboard(lead=...)``).
+    status = Unicode("").tag(sync=True)
     dead_after = Float(DEAD_AFTER_S).tag(sync=True)
     heartbeat = Float(HEARTBEAT_S).tag(sync=True)
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..astropix4.layout import NUM_COLS, NUM_ROWS
 from ..hist import TOT_EDGES
+from .matrix import MatrixCanvas
 
 if TYPE_CHECKING:
     from ..engine import EngineState
@@ -242,15 +243,18 @@ def compact_counts(counts: np.ndarray) -> np.ndarray:
 class HitMapPanel(Panel):
     """Hits per pixel: columns on x, rows on y with row 0 at the top, as offline.
 
-    The colours are a canvas-drawn ``bqplot.HeatMap`` (one image, whatever
-    the matrix size: a ``GridHeatMap`` costs the browser one SVG element per
-    pixel at every refresh, see ``benchmarks/bench_marks.py``). bqplot 0.13's
-    HeatMap sends no click and shows no tooltip, so a transparent
-    ``GridHeatMap`` whose data never change (:attr:`light`) lies on top: it
+    The colours are a :class:`~astropix_nbmonitor.monitor.matrix.MatrixCanvas`
+    (:attr:`heatmap`): one canvas pixel a cell under the figure's transparent
+    plot area, one byte a cell sent a refresh; its ``color`` holds the values
+    drawn, rows first, as a ``bqplot.HeatMap``'s did. bqplot's own HeatMap
+    costs the page a PNG encoding and decoding of the whole plot at every
+    refresh, a ``GridHeatMap`` one SVG element per pixel (see
+    ``benchmarks/bench_marks.py``). A transparent ``GridHeatMap`` whose data
+    never change (:attr:`light`) lies on top: it
     catches the clicks (``element_click`` with the cell's row and column
     numbers) and the hovers (the tooltip, :attr:`tooltip`, is filled from the
     counts shown when the kernel gets the hover). Masked pixels are painted
-    by a second HeatMap (:attr:`mask_layer`, sent only when the mask
+    by a bqplot HeatMap (:attr:`mask_layer`, sent only when the mask
     changes), noisy pixels and the selected pixel by Scatter markers.
     """
 
@@ -271,13 +275,9 @@ class HitMapPanel(Panel):
         # min/max set from the start: an empty (or never started) map is
         # drawn in the lowest colour, not in the middle of an undefined scale.
         self.color_scale = bqplot.ColorScale(scheme="viridis", min=0.0, max=1.0)
-        self.heatmap = bqplot.HeatMap(
-            x=np.arange(num_cols, dtype=np.float32),
-            y=np.arange(num_rows, dtype=np.float32),
-            color=np.zeros((num_rows, num_cols), dtype=np.uint8),
-            scales={"x": col_scale, "y": row_scale, "color": self.color_scale},
-            null_color=NULL_COLOR,
-        )
+        # The colours: a canvas under the figure's plot area, one byte a cell a refresh (monitor/matrix.py).
+        self.heatmap = MatrixCanvas(num_rows, num_cols, null_color=NULL_COLOR)
+        self.heatmap.follow(self.figure)
         # Noisy pixels: red markers on the same scales.
         self.noisy_markers = bqplot.Scatter(
             x=np.zeros(0), y=np.zeros(0), scales={"x": col_scale, "y": row_scale},
@@ -331,7 +331,7 @@ class HitMapPanel(Panel):
         self._last: tuple[Any, ...] | None = None
         #: What the map shows now, for the tooltip: (counts [row, column] with NaN when masked, ratio or None).
         self._shown: tuple[np.ndarray, np.ndarray | None] = (np.zeros(self.shape), None)
-        self.figure.marks = [self.heatmap, self.light]
+        self.figure.marks = [self.light]
         if self.OWN_CONTROLS:
             self._build_controls()
 
@@ -351,7 +351,7 @@ class HitMapPanel(Panel):
         self.controls = [box, self.view_box]
 
     def own_widgets(self) -> list[widgets.Widget]:
-        return [self.light, self.mask_layer, self.noisy_markers, self.selected_marker, self.tooltip]
+        return [self.heatmap, self.light, self.mask_layer, self.noisy_markers, self.selected_marker, self.tooltip]
 
     @staticmethod
     def _cell_of(content: dict[str, Any]) -> tuple[int, int] | None:
@@ -499,7 +499,7 @@ class HitMapPanel(Panel):
             self._draw_ratio(state, reference, counts)
         else:
             self._draw_counts(counts, log, top)
-        marks = [self.heatmap, *self.overlay_marks(), self.light]
+        marks = [*self.overlay_marks(), self.light]
         if list(self.figure.marks) != marks:
             self.figure.marks = marks
         self._draw_title(state)
@@ -521,14 +521,15 @@ class HitMapPanel(Panel):
         nice = max(math.ceil(top / step) * step, 1.0)
         if nice > ticks[-1]:
             ticks = np.append(ticks, nice)
-        with self.heatmap.hold_sync(), self.color_scale.hold_sync(), self.color_axis.hold_sync():
+        with self.color_scale.hold_sync(), self.color_axis.hold_sync():
             self.color_scale.scheme = "viridis"
             self.color_scale.mid = None
             self.color_scale.min = 0.0
             self.color_scale.max = float(nice) if not log else float(max(np.ceil(2.0 * top) / 2.0, 1.0))
             self.color_axis.tick_values = ticks[ticks <= self.color_scale.max]
             self.color_axis.label = "" if log else "hits"  # the title says what log colours are
-            self.heatmap.color = colors
+        self.heatmap.set_scheme("viridis")
+        self.heatmap.show(colors, self.color_scale.min, self.color_scale.max)
         self._shown = (counts, None)
 
     def _draw_title(self, state: EngineState) -> None:
@@ -546,14 +547,15 @@ class HitMapPanel(Panel):
         ratio = compare.hit_map_ratio(state.chip_hit_map(self.chip), compare.hit_map_of(reference, self.chip), rows_first=True)
         finite = ratio[np.isfinite(ratio)]
         top = float(max(2.0, finite.max())) if finite.size else 2.0
-        with self.heatmap.hold_sync(), self.color_scale.hold_sync(), self.color_axis.hold_sync():
+        with self.color_scale.hold_sync(), self.color_axis.hold_sync():
             self.color_scale.scheme = "RdBu"
             self.color_scale.min = 0.0
             self.color_scale.mid = 1.0
             self.color_scale.max = top
             self.color_axis.tick_values = np.array([0.0, 0.5, 1.0, 1.5, 2.0])[: 5 if top >= 2 else 3]
             self.color_axis.label = "ratio"
-            self.heatmap.color = self.masked(ratio).astype(np.float32)
+        self.heatmap.set_scheme("RdBu")
+        self.heatmap.show(self.masked(ratio).astype(np.float32), 0.0, top, mid=1.0)
         self._shown = (counts, ratio)
 
 

@@ -147,20 +147,43 @@ class ShiftMixin:
         return self._run_counts(), max(float(self.engine.uptime), 1.0)
 
     def _run_counts(self) -> np.ndarray:
-        """The whole run's hit counts ``[chip, column, row]``."""
+        """The whole run's hit counts ``[chip, column, row]`` (a copy; the same one while ``change_mark()`` stays)."""
         accumulator = getattr(self.engine, "accumulator", None)
         if accumulator is not None:
-            return accumulator.snapshot()["chip_hit_map"].values()
+            return self._unchanged_run("counts", lambda: accumulator.snapshot()["chip_hit_map"].values())
         state = self.engine.state()
         if state is None or "chip_hit_map" not in state.histograms:
             return np.zeros((NUM_CHIPS, 1, 1), dtype=np.int64)
         return state.histograms["chip_hit_map"].values()
 
+    def _unchanged_run(self, name: str, compute: Any) -> Any:
+        """``compute()``, or what it gave last time when the engine's ``change_mark()`` has not moved since.
+
+        The whole run's figures change only with the data: an idle refresh
+        (no datagram, no record, no reset) reuses them instead of copying the
+        histograms again. A hub viewer's engine has no mark: always computed.
+        """
+        mark_of = getattr(self.engine, "change_mark", None)
+        if mark_of is None:
+            return compute()
+        mark = mark_of()  # before computing: data arriving meanwhile move the next mark
+        cache = self.__dict__.setdefault("_run_cache", {})
+        hit = cache.get(name)
+        if hit is not None and hit[0] == mark:
+            return hit[1]
+        value = compute()
+        cache[name] = (mark, value)
+        return value
+
     def _update_shift_figures(self) -> None:
         """Noisy pixels, masked hits and per-chip figures of the counts shown (at every refresh)."""
         window = float(self.window) if self.windows_available else 0.0
         counts, seconds = self._counts_for(window)
-        noisy = tuple(self._find_noisy(counts, seconds))
+        if window:
+            noisy = tuple(self._find_noisy(counts, seconds))
+        else:  # the same pixels while the counts stay; their rates follow the uptime
+            found = self._unchanged_run("noisy", lambda: tuple(self._find_noisy(counts, seconds)))
+            noisy = tuple(dataclasses.replace(p, rate=p.hits / seconds) for p in found)
         masked = self.mask.masked_hits(counts) if len(self.mask) else 0
         self.shift_figures = ShiftFigures(seconds, window, noisy, masked, self._chip_rows(counts, seconds, window))
 
@@ -189,7 +212,7 @@ class ShiftMixin:
         accumulator = getattr(engine, "accumulator", None)
         if accumulator is None:
             return None
-        return accumulator.snapshot()["chip_tot_hist"].values(flow=True).sum(axis=1)
+        return self._unchanged_run("tot_entries", lambda: accumulator.snapshot()["chip_tot_hist"].values(flow=True).sum(axis=1))
 
     # ------------------------------------------------------------------ masks
     @property
