@@ -234,6 +234,11 @@ from astropix_nbmonitor.monitor import AbstractMonitor, HitMapPanel, RatePanel, 
 for part in {freeze!r}:
     if part == "dashboard":
         AbstractMonitor._render_dashboard = lambda self, status=None: None
+    elif part == "heartbeat":
+        pass  # below, once the monitor exists
+    elif part == "liveness":  # no beats after the first: the page says, once, that updates stopped
+        from astropix_nbmonitor.monitor.liveness import Liveness
+        Liveness.pulse = lambda self, running, now=None: None
     else:
         {{"hitmap": HitMapPanel, "tot": TotPanel, "rates": RatePanel}}[part].update = lambda self, state: None
 LAYOUT = {layout!r}
@@ -247,6 +252,9 @@ except Exception as exc:  # a monitor without the layout option yet (VBox takes 
     info["layout"] = False
     info["why"] = str(exc)
     mon = AstroPix4SimpleMonitor(group="127.0.0.1", port={port})
+if "heartbeat" in {freeze!r}:  # the page's heartbeats too: one at the start, then none (never paused)
+    mon.liveness.heartbeat = 3600.0
+    mon.views.timeout = 1e9
 with open("kernel.json", "w") as f:
     json.dump(info, f)
 mon.start(refresh_interval={refresh})
@@ -324,7 +332,14 @@ JS_WATCH = """([column, row, ncols, nrows]) => {
     let read = null;
     const rects = fig.querySelectorAll('rect.heatmapcell');
     const image = fig.querySelector('image.heatmap');
-    if (image) {
+    const matrix = fig.querySelector('canvas.apx-matrix-canvas');
+    if (matrix) {
+        // The monitor's colour canvas (one canvas pixel a cell, row 0 on top), under a
+        // transparent GridHeatMap that catches clicks: the cell's pixel, read at every frame.
+        w.kind = 'matrix';
+        const ctx = matrix.getContext('2d');
+        read = () => Array.from(ctx.getImageData(column, row, 1, 1).data).join(',');
+    } else if (image) {
         // A canvas-drawn HeatMap shown as an SVG image (under a transparent, never-updated
         // GridHeatMap that catches clicks): the pixel is read from the image the page shows,
         // decoded again whenever its href changes; row 0 is at the top (a reversed row scale).
@@ -364,7 +379,9 @@ JS_WATCH = """([column, row, ncols, nrows]) => {
         window.__apxWatch = w;
         return {kind: w.kind, initial: null};
     }
-    if (rects.length >= ncols * nrows) {
+    if (w.kind === 'matrix') {
+        // read is set
+    } else if (rects.length >= ncols * nrows) {
         w.kind = 'svg';
         let cell = null;
         for (const r of rects) {
@@ -499,6 +516,53 @@ def js_profile(probe: Probe, seconds: float, top: int = 25) -> list[tuple[float,
     return ranked[:top]
 
 
+def main_thread_trace(probe: Probe, seconds: float, top: int = 20) -> list[tuple[float, str]]:
+    """Record a Chrome trace of the page for ``seconds``; the renderer main thread's ``top`` event kinds by self time.
+
+    Self time of an event: its duration minus that of the events nested in
+    it on the same thread (e.g. ``Paint``, ``Layout``, ``UpdateLayoutTree``,
+    ``FunctionCall``): ms per second of wall time. Where the main-thread time
+    that is not script goes.
+    """
+    cdp = probe.cdp
+    chunks: list[dict] = []
+    done = threading.Event()
+    cdp.on("Tracing.dataCollected", lambda event: chunks.extend(event.get("value", [])))
+    cdp.on("Tracing.tracingComplete", lambda _event: done.set())
+    cdp.send("Tracing.start", {"traceConfig": {"includedCategories": ["devtools.timeline", "disabled-by-default-devtools.timeline", "blink", "v8"]}})
+    time.sleep(seconds)
+    cdp.send("Tracing.end")
+    deadline = time.monotonic() + 30
+    while not done.is_set() and time.monotonic() < deadline:
+        probe.page.wait_for_timeout(100)  # the session's events are delivered while playwright waits
+    main = {(e.get("pid"), e.get("tid")) for e in chunks if e.get("name") == "thread_name" and e.get("args", {}).get("name") == "CrRendererMain"}
+    by_thread: dict[tuple, list[tuple[float, float, str]]] = {}
+    for e in chunks:
+        if e.get("ph") == "X" and (e.get("pid"), e.get("tid")) in main and "dur" in e:
+            by_thread.setdefault((e["pid"], e["tid"]), []).append((float(e["ts"]), float(e["dur"]), e["name"]))
+    return _trace_self_times(by_thread, seconds, top)
+
+
+def _trace_self_times(by_thread: dict, seconds: float, top: int) -> list[tuple[float, str]]:
+    """Self time per event name (ms per second of wall time) of nested complete events."""
+    self_us: dict[str, float] = {}
+    for events in by_thread.values():
+        events.sort(key=lambda x: (x[0], -x[1]))
+        stack: list[list] = []  # [end, name, duration, time of the children]
+        def close(entry: list) -> None:
+            self_us[entry[1]] = self_us.get(entry[1], 0.0) + max(entry[2] - entry[3], 0.0)
+        for ts, dur, name in events:
+            while stack and stack[-1][0] <= ts:
+                close(stack.pop())
+            if stack:
+                stack[-1][3] += min(dur, stack[-1][0] - ts)
+            stack.append([ts + dur, name, dur, 0.0])
+        while stack:
+            close(stack.pop())
+    ranked = sorted(((us / 1e3 / seconds, name) for name, us in self_us.items()), reverse=True)
+    return ranked[:top]
+
+
 def _pct(values: list[float], q: float) -> float:
     values = sorted(values)
     if not values:
@@ -615,6 +679,10 @@ def run_one(browser_type, args: argparse.Namespace, chips: int) -> dict[str, obj
             kernel_rss=(first["kernel_rss"], last["kernel_rss"]),
             span_s=span,
         )
+        if args.trace:
+            print(f"  Renderer main thread over {args.trace:g} s, self time by trace event (ms per second of wall time):")
+            for ms, name in main_thread_trace(probe, args.trace):
+                print(f"    {ms:7.2f}  {name}")
         if args.profile:
             print(f"  JavaScript self time over {args.profile:g} s (ms per second of wall time):")
             for ms, name in js_profile(probe, args.profile):
@@ -703,14 +771,15 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=15.0, help="seconds of data before measuring (default 15)")
     parser.add_argument("--markers", type=int, default=60, help="latency markers (at most 98 edge pixels; 0: none)")
     parser.add_argument("--freeze", default="",
-                        help="comma-separated parts never updated (hitmap, tot, rates, dashboard): what the others cost; "
+                        help="comma-separated parts never updated (hitmap, tot, rates, dashboard, liveness, heartbeat): what the others cost; "
                         "no latency with the hit map frozen")
+    parser.add_argument("--trace", type=float, default=0.0, help="after the measured span, record a Chrome trace for this many seconds and print the main thread's time by event (Paint, Layout, FunctionCall...)")
     parser.add_argument("--profile", type=float, default=0.0, help="after the measured span, sample the page's JavaScript for this many seconds and print the top functions")
     parser.add_argument("--screenshot", default=None, help="save a picture of the page after the warm-up to this path")
     parser.add_argument("--dom-census", action="store_true", help="print which of the monitor's elements changed in number")
     args = parser.parse_args()
     args.freeze = [p.strip() for p in args.freeze.split(",") if p.strip()]
-    unknown = set(args.freeze) - {"hitmap", "tot", "rates", "dashboard"}
+    unknown = set(args.freeze) - {"hitmap", "tot", "rates", "dashboard", "liveness", "heartbeat"}
     if unknown:
         parser.error(f"--freeze: unknown parts {sorted(unknown)}")
     args.markers = 0 if "hitmap" in args.freeze else min(args.markers, len(edge_pixels()))

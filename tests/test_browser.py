@@ -143,31 +143,16 @@ def readouts(page) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-#: The colour of each cell of the main hit map, row by row, as drawn: the map is a canvas-drawn
-#: HeatMap (an SVG image) with the masked pixels' layer (another image) over it; both are
-#: painted on one canvas and read at the cells' centres (rows top-down, as the map draws them).
-CELL_FILLS_JS = """async () => {
+#: The colour of each cell of the main hit map, row by row, as drawn: the map's colours are a
+#: canvas of one pixel a cell (row 0 on top) inside the figure, under its transparent plot area;
+#: masked pixels are drawn in the grey of cells without a value.
+CELL_FILLS_JS = """() => {
     const figure = document.querySelector('.apx-hitmap');
-    const images = figure ? Array.from(figure.querySelectorAll('image.heatmap')) : [];
-    if (!images.length) return [];
-    const w = Math.round(+images[0].getAttribute('width')), h = Math.round(+images[0].getAttribute('height'));
-    if (!(w > 0 && h > 0)) return [];
-    const canvas = document.createElement('canvas');
-    canvas.width = w; canvas.height = h;
-    const ctx = canvas.getContext('2d');
-    for (const image of images) {
-        const img = new Image();
-        img.src = image.getAttribute('href');
-        await img.decode();
-        ctx.drawImage(img, 0, 0, w, h);
-    }
+    const canvas = figure ? figure.querySelector('canvas.apx-matrix-canvas') : null;
+    if (!canvas || canvas.width !== 16 || canvas.height !== 35) return [];
+    const d = canvas.getContext('2d').getImageData(0, 0, 16, 35).data;
     const out = [];
-    for (let r = 0; r < 35; r++) {
-        for (let c = 0; c < 16; c++) {
-            const d = ctx.getImageData(Math.floor((c + 0.5) * w / 16), Math.floor((r + 0.5) * h / 35), 1, 1).data;
-            out.push(`rgb(${d[0]}, ${d[1]}, ${d[2]})`);
-        }
-    }
+    for (let i = 0; i < 16 * 35; i++) out.push(`rgb(${d[4 * i]}, ${d[4 * i + 1]}, ${d[4 * i + 2]})`);
     return out;
 }"""
 
