@@ -700,3 +700,31 @@ def test_per_readout_path_fills_exactly_what_the_batch_path_fills():
     finally:
         fast.close()
         slow.close()
+
+
+def test_an_idle_running_monitor_refreshes_its_display_at_most_once_a_second():
+    """No datagram: the periodic refreshes (every 0.1 s here) update the display once a second; data or a control at once."""
+    mon = AstroPix4SimpleMonitor(group="127.0.0.1", port=0)
+    shown = []
+    original = mon.update_display
+    mon.update_display = lambda: (shown.append(time.monotonic()), original())[1]
+    try:
+        mon.start(refresh_interval=0.1)
+        _wait_for(lambda: len(shown) >= 2, what="two display updates of an idle monitor")
+        shown.clear()
+        began = time.monotonic()
+        time.sleep(3.0)
+        span = time.monotonic() - began
+        # Thirty periodic refreshes in 3 s; the idle ones come at most once a second (a slow
+        # machine makes fewer, never more).
+        assert 1 <= len(shown) <= span / mon.IDLE_REFRESH_S + 1, shown
+        # A datagram: the next refresh shows it (not held back as idle).
+        _send(mon.port, AstroPix4Simulator(seed=21, hits_per_readout=3).generate(1).records)
+        _wait_for(lambda: mon.num_hits > 0 and int(np.asarray(mon.heatmap.color).sum()) == mon.num_hits, what="the hits to be drawn")
+        # A control change on a running monitor: redrawn at the next refresh, whatever the data.
+        shown.clear()
+        mon.scale_toggle.value = "log"
+        _wait_for(lambda: len(shown) >= 1 and mon.heatmap.color.dtype == np.float32, what="the log colours to be drawn")
+    finally:
+        mon.close()
+    assert monitor_threads() == []
