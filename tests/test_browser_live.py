@@ -28,16 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from _jupyter_env import (
-    MARK_VAR,
-    failure_artifacts,
-    free_tcp_port,
-    free_udp_port,
-    marked_processes,
-    run_all_cells,
-    run_new_cell,
-    wait_no_marked_processes,
-)
+from _jupyter_env import MARK_VAR, failure_artifacts, free_tcp_port, free_udp_port, marked_processes, wait_no_marked_processes
 from test_browser import (  # the same browser, page, polls and readers
     ARTIFACTS,
     NUM_CELLS,
@@ -46,6 +37,8 @@ from test_browser import (  # the same browser, page, polls and readers
     page,  # noqa: F401 - a fixture
     poll,
     readouts,
+    run_all_cells,
+    run_new_cell,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(300)]
