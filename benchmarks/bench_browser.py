@@ -46,8 +46,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import random
-import re
 import shutil
 import signal
 import statistics
@@ -58,6 +58,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _bench_common import PacedSender, cpu_seconds, rss_mb  # noqa: E402 - the benchmarks' shared pieces
 
 from _jupyter_env import (  # noqa: E402 - the tests' helpers for Jupyter servers
     MARK_VAR,
@@ -68,10 +71,10 @@ from _jupyter_env import (  # noqa: E402 - the tests' helpers for Jupyter server
     isolated_env,
     kill_marked_processes,
     marked_processes,
+    run_all_cells,
 )
 
 from astropix_nbmonitor.sim import AstroPix4Simulator  # noqa: E402
-from astropix_nbmonitor.sock import MulticastSender  # noqa: E402
 
 CHROMIUM = os.environ.get("ASTROPIX_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 NUM_ROWS, NUM_COLS = 35, 16
@@ -79,7 +82,6 @@ NUM_ROWS, NUM_COLS = 35, 16
 BEAM_CENTER, BEAM_SIGMA = (16.0, 8.0), (2.5, 1.2)
 #: Targets of issue 14 (one chip; 16 chips).
 TARGETS = {"renderer_cpu": (4.0, 10.0), "main_ms": (8.0, 40.0), "bytes": 5000.0, "latency_extra_ms": 150.0, "growth": 5.0}
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def layout_for(chips: int) -> list[list[int]]:
@@ -108,20 +110,14 @@ def edge_pixels() -> list[tuple[int, int]]:
 # The stream, with markers slipped in (ids consecutive).
 
 
-class Sender(threading.Thread):
+class Sender(PacedSender):
     """A paced simulated stream; :meth:`mark` slips in one readout with one hit on a given pixel."""
 
     def __init__(self, port: int, rate: float, chips: list[int]) -> None:
-        super().__init__(name="bench-browser-sender", daemon=True)
-        self.port, self.rate = port, rate
-        self.stop_event = threading.Event()
-        self._stream = AstroPix4Simulator(
+        stream = AstroPix4Simulator(
             seed=1, hits_per_readout=1.0, beam_center=BEAM_CENTER, beam_sigma=BEAM_SIGMA, beam_fraction=1.0, chip_ids=chips
         )
-        self._marks: list[tuple[bytes, list[float]]] = []
-        self._lock = threading.Lock()
-        self._next_id = 0
-        self.sent = 0
+        super().__init__(port, rate, stream, chunk=2000, clock=time.time, name="bench-browser-sender")
 
     @staticmethod
     def marker_record(column: int, row: int, chip: int) -> bytes:
@@ -130,60 +126,16 @@ class Sender(threading.Thread):
                                  beam_center=(float(row), float(column)), beam_sigma=(1e-3, 1e-3), beam_fraction=1.0)
         return sim.generate(1).records[0]
 
-    def _renumber(self, record: bytes) -> bytes:
-        out = record[:3] + self._next_id.to_bytes(4, "little") + record[7:]
-        self._next_id = (self._next_id + 1) & 0xFFFFFFFF
-        return out
-
     def mark(self, record: bytes) -> float:
-        """Send ``record`` (renumbered) with the next burst; return its send time (``time.time()``)."""
-        box: list[float] = []
-        with self._lock:
-            self._marks.append((record, box))
-        deadline = time.monotonic() + 5
-        while not box and time.monotonic() < deadline:
-            time.sleep(0.0005)
-        return box[0] if box else float("nan")
-
-    def run(self) -> None:
-        period = 0.01
-        per_burst = max(1, int(self.rate * period))
-        pending: list[bytes] = []
-        t0 = time.monotonic()
-        with MulticastSender("127.0.0.1", self.port, ttl=1) as sender:
-            while not self.stop_event.is_set():
-                with self._lock:
-                    marks, self._marks = self._marks, []
-                for record, box in marks:
-                    sender.send_data(self._renumber(record))
-                    box.append(time.time())
-                if len(pending) < per_burst:
-                    pending.extend(self._stream.generate(2000).records)
-                burst, pending = pending[:per_burst], pending[per_burst:]
-                sender.send_records([self._renumber(r) for r in burst])
-                self.sent += len(burst)
-                delay = t0 + self.sent / self.rate - time.monotonic()
-                if delay > 0:
-                    self.stop_event.wait(min(delay, period))
+        """Send ``record`` (renumbered) with the next burst; return its send time (``time.time()``; NaN after 5 s unsent)."""
+        try:
+            return super().mark(record, timeout=5.0)
+        except queue.Empty:
+            return float("nan")
 
 
 # --------------------------------------------------------------------------
-# /proc
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid``."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+# /proc (cpu_seconds, rss_mb: _bench_common)
 
 
 def renderer_pids(mark: str) -> list[int]:
@@ -280,23 +232,6 @@ def wait_until(what: str, predicate, timeout: float = 90.0, interval: float = 0.
             return value
         time.sleep(interval)
     raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def run_notebook(page) -> None:
-    """Run All Cells through JupyterLab's menu once the kernel is idle (retried: Lab may run nothing at first)."""
-    page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=120_000)
-    page.locator("#jp-main-statusbar .jp-StatusBar-TextItem", has_text=re.compile(r"\|\s*Idle")).first.wait_for(timeout=120_000)
-    prompt = page.locator(".jp-Notebook .jp-CodeCell .jp-InputPrompt").first
-    for _ in range(3):
-        page.locator(".jp-Notebook .jp-Cell").first.click()
-        page.get_by_role("menuitem", name="Run", exact=True).click()
-        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if re.search(r"\[(\*|\d+)\]", prompt.inner_text()):
-                return
-            time.sleep(0.25)
-    raise RuntimeError("Run All Cells ran nothing, 3 times")
 
 
 # --------------------------------------------------------------------------
@@ -607,7 +542,7 @@ def run_one(browser_type, args: argparse.Namespace, chips: int) -> dict[str, obj
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         probe = Probe(page, mark, kernel_pid=0)
         page.goto(url)
-        run_notebook(page)
+        run_all_cells(page, quiet=True)
         info = wait_until("the kernel's info file", lambda: (workdir / "kernel.json").is_file() and json.loads((workdir / "kernel.json").read_text()))
         probe.kernel_pid = int(info["pid"])
         result["layout_used"] = bool(info["layout"]) if chips > 1 else None

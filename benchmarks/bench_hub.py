@@ -33,13 +33,11 @@ import argparse
 import json
 import os
 import platform
-import queue
 import random
 import statistics
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 from pathlib import Path
@@ -48,13 +46,14 @@ import numpy as np
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _bench_common import PacedSender, cpu_seconds  # noqa: E402 - the benchmarks' shared pieces
 from _jupyter_env import free_tcp_pair, free_udp_port  # noqa: E402 - the tests' free-port helpers
 
 from astropix_nbmonitor.engine import MonitorEngine
 from astropix_nbmonitor.hub import HubEngine, HubInfo, decode_state, encode_state, request_command
 from astropix_nbmonitor.sim import AstroPix4Simulator
-from astropix_nbmonitor.sock import MulticastSender
 
 REFRESH_S = 0.5
 MARK_CHIP = 7
@@ -84,68 +83,21 @@ _VIEWERS = textwrap.dedent(
 # --------------------------------------------------------------------------
 
 
-class _Sender(threading.Thread):
+class _Sender(PacedSender):
     """Send a steady simulated stream, and on request one marked readout (chip 7), ids consecutive."""
 
     def __init__(self, port: int, rate: float) -> None:
-        super().__init__(name="bench-sender", daemon=True)
-        self.port = port
-        self.rate = rate
-        self.stop_event = threading.Event()
-        self.marks: queue.Queue[queue.Queue[float]] = queue.Queue()
-        self._stream = AstroPix4Simulator(seed=1, hits_per_readout=1.0)
+        super().__init__(port, rate, AstroPix4Simulator(seed=1, hits_per_readout=1.0), chunk=1000, name="bench-sender")
         self._marker = AstroPix4Simulator(seed=2, hits_per_readout=1.0, fixed_hits=True, chip_ids=(MARK_CHIP,))
-        self._next_id = 0
-        self.sent = 0
-
-    def _renumber(self, record: bytes) -> bytes:
-        out = record[:3] + self._next_id.to_bytes(4, "little") + record[7:]
-        self._next_id = (self._next_id + 1) & 0xFFFFFFFF
-        return out
 
     def mark(self, timeout: float = 5.0) -> float:
         """Send one marked readout now; return its send time (``time.monotonic()``)."""
-        answer: queue.Queue[float] = queue.Queue()
-        self.marks.put(answer)
-        return answer.get(timeout=timeout)
-
-    def run(self) -> None:
-        period = 0.01
-        per_burst = max(1, int(self.rate * period))
-        pending: list[bytes] = []
-        t0 = time.monotonic()
-        with MulticastSender("127.0.0.1", self.port, ttl=1) as sender:
-            while not self.stop_event.is_set():
-                while not self.marks.empty():
-                    answer = self.marks.get_nowait()
-                    record = self._renumber(self._marker.generate(1).records[0])
-                    sent_at = time.monotonic()
-                    sender.send_data(record)
-                    answer.put(sent_at)
-                if len(pending) < per_burst:
-                    pending.extend(self._stream.generate(1000).records)
-                burst, pending = pending[:per_burst], pending[per_burst:]
-                sender.send_records([self._renumber(r) for r in burst])
-                self.sent += len(burst)
-                delay = t0 + self.sent / self.rate - time.monotonic()
-                if delay > 0:
-                    self.stop_event.wait(min(delay, period))
+        return super().mark(self._marker.generate(1).records[0], timeout)
 
 
 # --------------------------------------------------------------------------
 # Measurements
 # --------------------------------------------------------------------------
-
-
-
-
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _window_bytes(frames: list[bytes]) -> int:
@@ -209,9 +161,9 @@ def measure_cpu(hub_pid: int, url: str, n: int, window: float, per_process: int)
     procs = _start_viewers(url, n, per_process)
     try:
         time.sleep(1.5)  # let the attachments settle
-        wall0, cpu0 = time.monotonic(), _cpu_seconds(hub_pid)
+        wall0, cpu0 = time.monotonic(), cpu_seconds(hub_pid)
         time.sleep(window)
-        wall1, cpu1 = time.monotonic(), _cpu_seconds(hub_pid)
+        wall1, cpu1 = time.monotonic(), cpu_seconds(hub_pid)
         size, header, windows = _state_size(url)
     finally:
         states, missed = _stop_viewers(procs)

@@ -50,7 +50,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from _jupyter_env import MARK_VAR, free_tcp_port, isolated_env, kill_marked_processes  # noqa: E402
+from _jupyter_env import MARK_VAR, free_tcp_port, isolated_env, kill_marked_processes, run_new_cell  # noqa: E402
 
 CHROMIUM = os.environ.get("ASTROPIX_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -187,12 +187,7 @@ def notebook() -> dict:
 
 def run_cell(page, code: str) -> None:
     """A new cell at the end of the notebook, ``code`` typed into it and run."""
-    page.locator(".jp-Notebook .jp-Cell").last.click()
-    page.keyboard.press("Escape")
-    page.keyboard.press("b")
-    page.keyboard.press("Enter")
-    page.keyboard.type(code)
-    page.keyboard.press("Shift+Enter")
+    run_new_cell(page, code)
     page.keyboard.press("Escape")  # command mode: no blinking cursor in the measured time
     page.mouse.move(1, 1)
 

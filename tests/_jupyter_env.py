@@ -1,4 +1,4 @@
-"""Helpers shared by the tests that start Jupyter servers (test_app, test_browser).
+"""Helpers shared by the tests that start Jupyter servers (test_app, test_browser) and the browser benchmarks.
 
 Every server a test starts gets its own HOME, XDG, Jupyter, IPython and temp
 folders under the test's tmp dir, and a marker variable in its environment
@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 MARK_VAR = "ASTROPIX_NBMONITOR_TEST_MARK"
@@ -212,3 +214,58 @@ class LaunchedCommand:
                 return rest
             if line is not None:
                 rest.append(line)
+
+
+# --------------------------------------------------------------------------
+# A JupyterLab page (playwright).
+
+
+def run_all_cells(page, attempts: int = 3, *, quiet: bool = False) -> None:
+    """Run all the cells of the open notebook through the menus, once the kernel is ready.
+
+    Now and then JupyterLab shows an idle kernel a moment before it can run
+    code, and a Run All in that moment runs nothing: if the first code cell
+    has not started within 20 s, no cell ran, and Run All is tried again
+    (said on stdout unless ``quiet``). Raises :class:`RuntimeError` when no
+    attempt ran anything.
+    """
+    page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=120_000)
+    page.locator("#jp-main-statusbar .jp-StatusBar-TextItem", has_text=re.compile(r"\|\s*Idle")).first.wait_for(
+        timeout=120_000
+    )
+    prompt = page.locator(".jp-Notebook .jp-CodeCell .jp-InputPrompt").first
+    for attempt in range(attempts):
+        if attempt and not quiet:
+            print(f"Run All Cells ran nothing: trying again ({attempt + 1} of {attempts})")
+        page.locator(".jp-Notebook .jp-Cell").first.click()
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if re.search(r"\[(\*|\d+)\]", prompt.inner_text()):
+                return
+            time.sleep(0.25)
+    msg = f"Run All Cells ran nothing, {attempts} times"
+    raise RuntimeError(msg)
+
+
+def run_new_cell(page, code: str) -> None:
+    """Add a cell at the end of the open notebook, type ``code`` (one line) into it and run it."""
+    page.locator(".jp-Notebook .jp-Cell").last.click()
+    page.keyboard.press("Escape")
+    page.keyboard.press("b")
+    page.keyboard.press("Enter")
+    page.keyboard.type(code)
+    page.keyboard.press("Shift+Enter")
+
+
+@contextlib.contextmanager
+def failure_artifacts(page, cmd: LaunchedCommand, stem: Path) -> Iterator[None]:
+    """On any exception in the block: ``page``'s picture to ``stem``.png and ``cmd``'s log to ``stem``.log, then re-raised."""
+    try:
+        yield
+    except BaseException:
+        stem.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(stem.with_name(stem.name + ".png")))
+        stem.with_name(stem.name + ".log").write_text(cmd.log())
+        raise

@@ -39,9 +39,12 @@ import pytest
 
 from _jupyter_env import (
     MARK_VAR,
+    failure_artifacts,
     free_tcp_port,
     free_udp_port,
     marked_processes,
+    run_all_cells,
+    run_new_cell,
     wait_no_marked_processes,
 )
 
@@ -209,12 +212,7 @@ def count_rises_while_a_cell_sleeps(page) -> None:
     still shows ``[*]`` the dashboard's readout count must rise.
     """
     running = page.locator(".jp-Notebook .jp-CodeCell .jp-InputPrompt:text-is('[*]:')")
-    page.locator(".jp-Notebook .jp-Cell").last.click()
-    page.keyboard.press("Escape")
-    page.keyboard.press("b")
-    page.keyboard.press("Enter")
-    page.keyboard.type("import time; time.sleep(8)")
-    page.keyboard.press("Shift+Enter")
+    run_new_cell(page, "import time; time.sleep(8)")
     poll("the sleeping cell to start", lambda: running.count() > 0, timeout=20)
     before = readouts(page) or 0
     poll(
@@ -223,32 +221,6 @@ def count_rises_while_a_cell_sleeps(page) -> None:
         timeout=6,
     )
     poll("the sleeping cell to finish", lambda: running.count() == 0, timeout=30)
-
-
-def run_all_cells(page, attempts: int = 3) -> None:
-    """Run all the cells of the open notebook through the menus, once the kernel is ready.
-
-    Now and then JupyterLab shows an idle kernel a moment before it can run
-    code, and a Run All in that moment runs nothing: if the first code cell
-    has not started within 20 s, no cell ran, and Run All is tried again.
-    """
-    page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=120_000)
-    page.locator("#jp-main-statusbar .jp-StatusBar-TextItem", has_text=re.compile(r"\|\s*Idle")).first.wait_for(
-        timeout=120_000
-    )
-    prompt = page.locator(".jp-Notebook .jp-CodeCell .jp-InputPrompt").first
-    for attempt in range(attempts):
-        if attempt:
-            print(f"Run All Cells ran nothing: trying again ({attempt + 1} of {attempts})")
-        page.locator(".jp-Notebook .jp-Cell").first.click()
-        page.get_by_role("menuitem", name="Run", exact=True).click()
-        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if re.search(r"\[(\*|\d+)\]", prompt.inner_text()):
-                return
-            time.sleep(0.25)
-    pytest.fail(f"Run All Cells ran nothing, {attempts} times")
 
 
 def fits_a_narrow_page(page) -> None:
@@ -300,16 +272,11 @@ def test_jupyterlab_demo_quickstart_is_live(launch, page, tmp_path):
     """``demo``: JupyterLab, Run All on the quickstart, then drive the widget."""
     cmd, env = launch("demo", "--http-port", str(free_tcp_port()), "--dir", str(tmp_path / "demo"))
     url = cmd.wait_for_url()
-    try:
+    with failure_artifacts(page, cmd, ARTIFACTS / "jupyterlab-failure"):
         page.goto(url)
         run_all_cells(page)
         # Every cell ran (the kernel is idle again after the last one) and none failed.
         poll("the widget", lambda: page.locator(".apx-hitmap").count() > 0, timeout=120)
-    except BaseException:
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "jupyterlab-failure.png"))
-        (ARTIFACTS / "jupyterlab-failure.log").write_text(cmd.log())
-        raise
     page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=120_000)
     failed = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')
     assert failed.count() == 0, failed.all_inner_texts()
@@ -414,16 +381,6 @@ def test_serve_hub_three_pages_at_once_are_live(launch, browser):
 
 
 
-def run_new_cell(page, code: str) -> None:
-    """Add a cell at the end of the open notebook, type ``code`` (one line) into it and run it."""
-    page.locator(".jp-Notebook .jp-Cell").last.click()
-    page.keyboard.press("Escape")
-    page.keyboard.press("b")
-    page.keyboard.press("Enter")
-    page.keyboard.type(code)
-    page.keyboard.press("Shift+Enter")
-
-
 def pixel_title(page) -> str:
     """The title of the selected pixel's TOT figure ("" while hidden)."""
     box = page.locator(".apx-pixel-box")
@@ -444,7 +401,7 @@ def test_jupyterlab_shift_window_noisy_mask_alarm_and_pixel_drill_down(launch, p
     """
     cmd, env = launch("demo", "--http-port", str(free_tcp_port()), "--dir", str(tmp_path / "demo"))
     url = cmd.wait_for_url()
-    try:
+    with failure_artifacts(page, cmd, ARTIFACTS / "shift-failure"):
         page.goto(url)
         run_all_cells(page)
         poll("the widget", lambda: page.locator(".apx-hitmap").count() > 0, timeout=120)
@@ -488,11 +445,6 @@ def test_jupyterlab_shift_window_noisy_mask_alarm_and_pixel_drill_down(launch, p
         run_new_cell(page, "noisy_src.stop()")
         page.locator("button.apx-acknowledge").first.click()
         assert_no_js_errors(page)
-    except BaseException:
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "shift-failure.png"))
-        (ARTIFACTS / "shift-failure.log").write_text(cmd.log())
-        raise
     assert cmd.stop(signal.SIGTERM) == 0, cmd.log()
     assert wait_no_marked_processes(env[MARK_VAR]) == []
 
@@ -584,7 +536,7 @@ def test_jupyterlab_page_does_not_grow_refresh_after_refresh(launch, page, tmp_p
     """
     cmd, env = launch("demo", "--http-port", str(free_tcp_port()), "--dir", str(tmp_path / "demo"))
     url = cmd.wait_for_url()
-    try:
+    with failure_artifacts(page, cmd, ARTIFACTS / "dom-growth-failure"):
         page.goto(url)
         run_all_cells(page)
         poll(f"{NUM_CELLS} hit-map cells", lambda: page.locator(".apx-hitmap rect.heatmapcell").count() == NUM_CELLS, timeout=120)
@@ -630,10 +582,5 @@ def test_jupyterlab_page_does_not_grow_refresh_after_refresh(launch, page, tmp_p
         wait_refreshes(page, 3)
         assert_same_elements(page, first)
         assert_no_js_errors(page)
-    except BaseException:
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "dom-growth-failure.png"))
-        (ARTIFACTS / "dom-growth-failure.log").write_text(cmd.log())
-        raise
     assert cmd.stop(signal.SIGTERM) == 0, cmd.log()
     assert wait_no_marked_processes(env[MARK_VAR]) == []

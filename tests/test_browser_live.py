@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from _jupyter_env import MARK_VAR, free_tcp_port, free_udp_port, marked_processes, wait_no_marked_processes
+from _jupyter_env import MARK_VAR, failure_artifacts, free_tcp_port, free_udp_port, marked_processes, wait_no_marked_processes
 from test_browser import (  # the same browser, page, polls and readers
     ARTIFACTS,
     NUM_CELLS,
@@ -106,7 +106,7 @@ def test_jupyterlab_hidden_page_pauses_and_a_dead_kernel_shows(launch, page, tmp
     cmd, env = launch("demo", "--http-port", str(free_tcp_port()), "--dir", str(tmp_path / "demo"))
     url = cmd.wait_for_url()
     mark = env[MARK_VAR]
-    try:
+    with failure_artifacts(page, cmd, ARTIFACTS / "jupyterlab-live-failure"):
         lab = processes_running(mark, "jupyterlab")
         assert lab, "no JupyterLab server among the demo's processes"
         assert all(NO_BUFFER in cmdline(pid) for pid in lab), [cmdline(pid) for pid in lab]
@@ -158,11 +158,6 @@ def test_jupyterlab_hidden_page_pauses_and_a_dead_kernel_shows(launch, page, tmp
         assert liveness(page) == "dead"  # the restarted kernel does not revive the old widget
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "jupyterlab-dead-kernel.png"))
-    except BaseException:
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "jupyterlab-live-failure.png"))
-        (ARTIFACTS / "jupyterlab-live-failure.log").write_text(cmd.log())
-        raise
     assert cmd.stop(signal.SIGTERM) == 0, cmd.log()
     assert wait_no_marked_processes(mark) == []
 

@@ -26,6 +26,7 @@ from comm.base_comm import BaseComm
 from astropix_nbmonitor import hist
 from astropix_nbmonitor.monitor import AstroPix4SimpleMonitor, HitMapPanel, RatePanel, TotPanel
 from astropix_nbmonitor.monitor.panels import nice_ceiling, set_if_changed, step_y
+from astropix_nbmonitor.monitor.tree import walk_widgets
 from astropix_nbmonitor.sim import AstroPix4Simulator
 
 #: What everything but the hit map may send in one refresh (bytes).
@@ -79,18 +80,7 @@ def driven(recorder, monkeypatch):
 
 def _widget_ids(*roots: widgets.Widget) -> set[str]:
     """Comm ids of ``roots`` and every widget reachable from their traits."""
-    seen: dict[int, widgets.Widget] = {}
-    stack: list[object] = list(roots)
-    while stack:
-        item = stack.pop()
-        if isinstance(item, (list, tuple)):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, widgets.Widget) and id(item) not in seen:
-            seen[id(item)] = item
-            stack.extend(getattr(item, name) for name in item.trait_names())
-    return {w.comm.comm_id for w in seen.values() if w.comm is not None}
+    return {w.comm.comm_id for root in roots for w in walk_widgets(root) if w.comm is not None}
 
 
 def _hit_map_ids(mon: AstroPix4SimpleMonitor) -> set[str]:
