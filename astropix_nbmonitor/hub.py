@@ -806,18 +806,14 @@ def _decode_window_block(block: dict[str, Any], frames: _Frames, where: str) -> 
     if "keys" not in block:
         return out
     cells, nbins = num_rows * num_cols, len(edges) + 1
-    # The slices' arrays, read (and checked) in this order: (key, dtypes allowed, dimensions).
-    arrays = (
-        ("keys", ("<i8",), 2),
-        ("maps", ("<i4",), 2),
-        ("tots", ("<i4",), 2),
-        ("pixel_lengths", ("<i8",), 1),
-        ("pixel_index", (_index_dtype(num_rows, num_cols, len(edges)),), 1),
-        ("pixel_count", ("<u2", "<u4"), 1),
-    )
-    keys, maps, tots, lengths, index, counts = (_ref_array(block, key, frames, where, dtypes, ndim) for key, dtypes, ndim in arrays)
-    counts = counts.astype("<u4")
+    keys = _ref_array(block, "keys", frames, where, ("<i8",), 2)
     count = len(keys)
+    maps = _ref_array(block, "maps", frames, where, ("<i4",), 2)
+    tots = _ref_array(block, "tots", frames, where, ("<i4",), 2)
+    lengths = _ref_array(block, "pixel_lengths", frames, where, ("<i8",), 1)
+    index_dtype = _index_dtype(num_rows, num_cols, len(edges))
+    index = _ref_array(block, "pixel_index", frames, where, (index_dtype,), 1)
+    counts = _ref_array(block, "pixel_count", frames, where, ("<u2", "<u4"), 1).astype("<u4")
     bare = int(np.count_nonzero(lengths < 0))
     if keys.shape[1:] != (3,) or maps.shape != (bare, cells) or tots.shape != (count, nbins) or lengths.shape != (count,):
         msg = f"{where}: slice arrays of shapes {keys.shape} {maps.shape} {tots.shape} {lengths.shape} do not match {count} slices"
@@ -886,14 +882,11 @@ def decode_history(frames: Sequence[Any]) -> HubHistory:
     seq = _int_field(header, "seq", "history", 0, 1 << 62)
     windows = _decode_window_block(_field(header, "windows", dict, "history"), raw, "history windows")
     totals_block = _field(header, "pixel_totals", dict, "history")
-    # The per-pixel totals' arrays, read (and checked) in this order: (key, dtypes allowed), each one-dimensional.
-    arrays = (
-        ("chips", ("<i8",)),
-        ("lengths", ("<i8",)),
-        ("index", (_index_dtype(windows.num_rows, windows.num_cols, len(windows.tot_edges)),)),
-        ("count", ("<i8",)),
-    )
-    chips, lengths, index, counts = (_ref_array(totals_block, key, raw, "history pixel_totals", dtypes, 1) for key, dtypes in arrays)
+    chips = _ref_array(totals_block, "chips", raw, "history pixel_totals", ("<i8",), 1)
+    lengths = _ref_array(totals_block, "lengths", raw, "history pixel_totals", ("<i8",), 1)
+    index_dtype = _index_dtype(windows.num_rows, windows.num_cols, len(windows.tot_edges))
+    index = _ref_array(totals_block, "index", raw, "history pixel_totals", (index_dtype,), 1)
+    counts = _ref_array(totals_block, "count", raw, "history pixel_totals", ("<i8",), 1)
     flat = windows.num_rows * windows.num_cols * (len(windows.tot_edges) + 1)
     if len(chips) != len(lengths) or (lengths < 0).any() or int(lengths.sum()) != len(index) or len(index) != len(counts):
         msg = "history pixel_totals: chips, lengths, indices and counts do not match"
