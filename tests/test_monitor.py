@@ -728,3 +728,38 @@ def test_an_idle_running_monitor_refreshes_its_display_at_most_once_a_second():
     finally:
         mon.close()
     assert monitor_threads() == []
+
+
+def test_a_running_panels_title_changes_its_numbers_at_most_every_title_interval():
+    """A bqplot Figure lays itself out again at each title change: numbers wait, words and a stopped monitor do not."""
+    import types
+
+    from astropix_nbmonitor.monitor.panels import Panel
+
+    clock = [1000.0]
+    engine = types.SimpleNamespace(running=True, clock=lambda: clock[0])
+
+    class Titled(Panel):
+        title_interval = 3.0
+
+        def build(self):
+            pass
+
+    figure = bqplot.Figure()
+    panel = Titled(figure, types.SimpleNamespace(engine=engine))
+    try:
+        assert panel.set_title("TOT (overflow > 500 us: 1)") and figure.title == "TOT (overflow > 500 us: 1)"
+        clock[0] += 1.0
+        assert not panel.set_title("TOT (overflow > 500 us: 2)")  # numbers only, 1 s later: held back
+        assert figure.title == "TOT (overflow > 500 us: 1)"
+        clock[0] += 2.5
+        assert panel.set_title("TOT (overflow > 500 us: 3)")  # 3.5 s since the last title
+        clock[0] += 0.1
+        assert panel.set_title("TOT (overflow > 500 us: 3) (last 10 s)")  # other words: at once
+        clock[0] += 0.1
+        assert not panel.set_title("TOT (overflow > 500 us: 4) (last 10 s)")
+        engine.running = False  # a stopped monitor's picture is complete
+        assert panel.set_title("TOT (overflow > 500 us: 4) (last 10 s)") and figure.title.endswith("4) (last 10 s)")
+        assert not panel.set_title(figure.title)  # the same title: nothing sent
+    finally:
+        figure.close()

@@ -115,6 +115,8 @@ class ChipMapPanel(HitMapPanel):
     OWN_CONTROLS = False
     css_class = "apx-chipmap"
     title = ""
+    #: The hit rate in the title: at most every 3 s while running (a title change lays the whole figure out again).
+    title_interval = 3.0
 
     def __init__(self, figure: bqplot.Figure, monitor: Any, chip_id: int, main: HitMapPanel | None = None) -> None:
         self.chip_id = int(chip_id)
@@ -176,8 +178,7 @@ class ChipMapPanel(HitMapPanel):
             title += " / reference"
         elif self.log:
             title += " (log10)"
-        if self.figure.title != title:
-            self.figure.title = title
+        self.set_title(title)
 
 
 def _places_css(places: dict[int, tuple[int, int]]) -> str:

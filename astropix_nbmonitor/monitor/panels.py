@@ -26,6 +26,7 @@ options come from its monitor.
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +86,10 @@ def nice_ceiling(value: float) -> float:
         if m * magnitude >= value * (1 - 1e-12):
             return m * magnitude
     return 10.0 * magnitude
+
+
+#: Numbers in a title (digits with their separators): what :meth:`Panel.set_title` may hold back.
+_NUMBERS = re.compile(r"\d[\d,.]*")
 
 
 def set_if_changed(widget: Any, name: str, value: Any) -> bool:
@@ -216,6 +221,38 @@ class Panel:
     def own_widgets(self) -> list[widgets.Widget]:
         """Widgets of the panel that its figure and controls may not hold (closed with the monitor)."""
         return []
+
+    #: Seconds between two title changes of a running panel that only its numbers make (0: at
+    #: once). bqplot's Figure lays itself out again, axes and marks, at every title change.
+    title_interval: float = 0.0
+
+    def set_title(self, title: str) -> bool:
+        """Show ``title``; True when it was sent.
+
+        A change of the numbers alone (an overflow count, a rate) waits until
+        :attr:`title_interval` has passed since the last title while the
+        monitor runs; a change of the words (a time window chosen, "no data"
+        turning into a rate, a note on masked pixels) and any title of a
+        stopped monitor go at once.
+        """
+        figure = self.figure
+        if figure.title == title:
+            return False
+        engine = getattr(self.monitor, "engine", None)
+        now = float(getattr(engine, "clock", time.time)())
+        last = getattr(self, "_titled_at", None)
+        numbers_only = _NUMBERS.sub("#", title) == _NUMBERS.sub("#", figure.title or "")
+        if (
+            self.title_interval
+            and numbers_only
+            and getattr(engine, "running", False)
+            and last is not None
+            and 0.0 <= now - last < self.title_interval
+        ):
+            return False
+        figure.title = title
+        self._titled_at = now
+        return True
 
     def redraw(self) -> None:
         """Ask the monitor for a refresh now (after a control changed)."""
@@ -573,6 +610,8 @@ class TotPanel(Panel):
     css_class = "apx-tot"
     #: Redrawn at most once a second (a spectrum filling up changes slowly; each redraw costs the browser).
     min_interval = 1.0
+    #: The overflow count in the title: at most every 3 s while running (see Panel.set_title).
+    title_interval = 3.0
 
     def build(self) -> None:
         edges = np.asarray(getattr(self.monitor, "tot_edges", TOT_EDGES), dtype=float)
@@ -640,7 +679,7 @@ class TotPanel(Panel):
         if reference is None:
             set_if_changed(self.y_scale, "max", nice_ceiling(top * 1.05))
             set_if_changed(self.bars, "y", step_y(counts))
-            set_if_changed(self.figure, "title", self.title_for(overflow) + window_suffix(state) + note)
+            self.set_title(self.title_for(overflow) + window_suffix(state) + note)
             if list(self.figure.marks) != [self.bars]:
                 self.figure.marks = [self.bars]
         else:
@@ -821,6 +860,8 @@ class PixelPanel(Panel):
     css_class = "apx-pixel"
     #: Redrawn at most once a second while the same pixel is shown (a new pixel at once).
     min_interval = 1.0
+    #: The hit count in the title: at most every 3 s while running (see Panel.set_title).
+    title_interval = 3.0
     #: Seconds of the rate chart when the whole run is shown (a window shows the window).
     RATE_SECONDS = 120.0
 
@@ -886,7 +927,7 @@ class PixelPanel(Panel):
         counts = flow[1:-1]
         set_if_changed(self.y_scale, "max", nice_ceiling(float(counts.max() if counts.size else 0.0) * 1.05))
         set_if_changed(self.bars, "y", step_y(counts))
-        set_if_changed(self.figure, "title", f"Pixel {where}: TOT, {int(flow.sum()):,} hits" + (window_suffix(state) or " (whole run)"))
+        self.set_title(f"Pixel {where}: TOT, {int(flow.sum()):,} hits" + (window_suffix(state) or " (whole run)"))
         with self.rate_line.hold_sync(), self.rate_scale.hold_sync():
             set_if_changed(self.rate_scale, "max", nice_ceiling(float(rates.max() if rates.size else 0.0) * 1.2))
             set_if_changed(self.rate_line, "x", times.astype(np.float32))
