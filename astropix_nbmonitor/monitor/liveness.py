@@ -72,9 +72,33 @@ function render({ model, el }) {
   const status = document.createElement("div");
   status.className = "apx-live-status";
   el.appendChild(status);
+  // The block changes at every refresh, mostly in its numbers: when its tags are as before,
+  // only the text nodes that differ are rewritten (no new elements to style and lay out).
+  let shownHtml = null, shownSkeleton = null;
+  const textNodes = (root) => {
+    const out = [], walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+    for (let n = walker.nextNode(); n; n = walker.nextNode()) { out.push(n); }
+    return out;
+  };
   const showStatus = () => {
     const text = model.get("status") || "";
-    if (status.innerHTML !== text) { status.innerHTML = text; }
+    if (text === shownHtml) { return; }
+    const skeleton = text.replace(/>[^<]*</g, "><");
+    if (skeleton === shownSkeleton) {
+      const fresh = document.createElement("template");
+      fresh.innerHTML = text;
+      const now = textNodes(status), next = textNodes(fresh.content);
+      if (now.length === next.length) {
+        for (let i = 0; i < now.length; i++) {
+          if (now[i].nodeValue !== next[i].nodeValue) { now[i].nodeValue = next[i].nodeValue; }
+        }
+        shownHtml = text;
+        return;
+      }
+    }
+    status.innerHTML = text;
+    shownHtml = text;
+    shownSkeleton = skeleton;
   };
   // A beat seen by this view: before the first one, a frozen state is a saved
   // view (or a kernel busy since the page opened), not a monitor that died.
