@@ -268,6 +268,37 @@ def assert_no_js_errors(page) -> None:
 # Tests.
 
 
+#: The boxes of a layout's chip maps on the page, and of each map's colour canvas.
+JS_CHIP_BOXES = """() => {
+    const out = {};
+    for (const figure of document.querySelectorAll('.apx-chips .apx-chipmap')) {
+        const chip = Array.from(figure.classList).find(c => /^apx-chip-\\d+$/.test(c));
+        const canvas = figure.querySelector('canvas.apx-matrix-canvas');
+        const f = figure.getBoundingClientRect(), c = canvas ? canvas.getBoundingClientRect() : null;
+        out[chip.slice('apx-chip-'.length)] = {x: f.x, y: f.y, w: f.width, h: f.height,
+            canvas: c && {x: c.x, y: c.y, w: c.width, h: c.height}};
+    }
+    return out;
+}"""
+
+
+def layout_places_each_chip(page) -> None:
+    """A layout with a hole and a ragged row: each chip's map in its cell on the page, its colours inside it."""
+    run_new_cell(page, "lay = AstroPix4SimpleMonitor(port=0, layout=[[5, None, 9], [30]]); lay")
+    poll("three chip maps", lambda: len(page.evaluate(JS_CHIP_BOXES)) == 3, timeout=60)
+    poll("their colour canvases", lambda: all(b["canvas"] for b in page.evaluate(JS_CHIP_BOXES).values()), timeout=60)
+    boxes = page.evaluate(JS_CHIP_BOXES)
+    five, nine, thirty = boxes["5"], boxes["9"], boxes["30"]
+    # Chip 9 two cells right of chip 5 (the hole between them), chip 30 under chip 5.
+    assert abs(nine["y"] - five["y"]) < 2 and nine["x"] > five["x"] + 1.5 * five["w"], boxes
+    assert abs(thirty["x"] - five["x"]) < 2 and thirty["y"] >= five["y"] + five["h"] - 2, boxes
+    for box in boxes.values():  # the canvas lies in its figure's plot area
+        c = box["canvas"]
+        assert box["x"] < c["x"] and c["x"] + c["w"] < box["x"] + box["w"], boxes
+        assert box["y"] < c["y"] and c["y"] + c["h"] < box["y"] + box["h"] and c["w"] > 50 and c["h"] > 50, boxes
+    run_new_cell(page, "lay.close()")
+
+
 def test_jupyterlab_demo_quickstart_is_live(launch, page, tmp_path):
     """``demo``: JupyterLab, Run All on the quickstart, then drive the widget."""
     cmd, env = launch("demo", "--http-port", str(free_tcp_port()), "--dir", str(tmp_path / "demo"))
@@ -285,6 +316,7 @@ def test_jupyterlab_demo_quickstart_is_live(launch, page, tmp_path):
     exercise_monitor(page, "jupyterlab-quickstart")
     count_rises_while_a_cell_sleeps(page)
     fits_a_narrow_page(page)
+    layout_places_each_chip(page)
     assert_no_js_errors(page)
 
     assert cmd.stop(signal.SIGTERM) == 0, cmd.log()
