@@ -1,4 +1,4 @@
-"""The browser's cost of a hit map mark: GridHeatMap (SVG cells) against HeatMap (canvas).
+"""The browser's cost of a hit map mark: GridHeatMap (SVG cells), HeatMap (canvas as a PNG) and the monitor's colour canvas.
 
 Runs a real JupyterLab (isolated state, 127.0.0.1, a fresh token) and
 Debian's chromium through playwright, as the browser tests do. A notebook
@@ -8,6 +8,10 @@ shows 1, 4 and 16 chip maps of 35 rows x 16 columns, each drawn as
   monitor drew until now);
 * ``heat``: a ``bqplot.HeatMap`` (the cells painted on a canvas, shown as
   one ``image``);
+* ``matrix``: the monitor's ``MatrixCanvas`` (monitor/matrix.py: the colours
+  on a canvas of one pixel a cell, one byte a cell sent, inside the figure
+  under its transparent plot area) with the transparent ``GridHeatMap`` on
+  top, as the monitor draws its maps now;
 * ``heat+light``: a ``HeatMap`` under a transparent ``GridHeatMap`` whose
   data never change (the layer that catches clicks and hovers: bqplot 0.13's
   HeatMap sends no click and shows no tooltip);
@@ -27,7 +31,7 @@ time, the bytes the page received on the kernel's websocket, and the DOM
 nodes of the page. The same time with no update, just before each case's
 updates, gives the page's idle baseline ("over idle" subtracts it).
 
-    python benchmarks/bench_marks.py [--updates 20] [--chips 1 4 16] [--kinds grid heat heat+light monitor] [--kernel-only]
+    python benchmarks/bench_marks.py [--updates 20] [--chips 1 4 16] [--kinds grid heat heat+light matrix monitor] [--kernel-only]
 
 It first counts, in the kernel, the bytes the main hit map's widgets send per
 refresh (linear, log, with masked pixels).
@@ -96,10 +100,32 @@ class ImageMap:
         picture.value = png_of(counts)
         self.mark.image = picture
 
+class MatrixMap:
+    """The monitor's colour canvas (one canvas pixel a cell, one byte a cell sent) under a figure: ``color = counts``."""
+    def __init__(self, matrix):
+        self.matrix = matrix
+    @property
+    def color(self):
+        return self.matrix.color
+    @color.setter
+    def color(self, counts):
+        self.matrix.show(counts, 0.0, 30.0)
+
 def one_map(kind):
     rows, cols = np.arange(35.0), np.arange(16.0)
     color = np.zeros((35, 16), dtype=np.float32)
     cs = bqplot.ColorScale(scheme="viridis", min=0.0, max=30.0)
+    if kind == "matrix":
+        from astropix_nbmonitor.monitor.matrix import MatrixCanvas
+        xs, ys = bqplot.LinearScale(min=-0.5, max=15.5), bqplot.LinearScale(min=34.5, max=-0.5)
+        lx, ly = bqplot.OrdinalScale(), bqplot.OrdinalScale(reverse=True)
+        clear = bqplot.ColorScale(min=0.0, max=1.0, colors=["rgba(0,0,0,0)", "rgba(0,0,0,0)"])
+        light = bqplot.GridHeatMap(row=rows, column=cols, color=np.zeros((35, 16)), scales={"row": ly, "column": lx, "color": clear}, stroke=None, null_color="rgba(0,0,0,0)")
+        fig = bqplot.Figure(marks=[light], axes=[bqplot.Axis(scale=xs), bqplot.Axis(scale=ys, orientation="vertical"), bqplot.ColorAxis(scale=cs, side="right")],
+                            fig_margin={"top": 10, "bottom": 30, "left": 35, "right": 60}, layout=widgets.Layout(width="auto", height="300px", min_width="0px"))
+        matrix = MatrixCanvas(35, 16)
+        matrix.follow(fig)
+        return fig, MatrixMap(matrix)
     if kind == "image":
         xs, ys = bqplot.LinearScale(min=-0.5, max=15.5), bqplot.LinearScale(min=34.5, max=-0.5)
         pictures = [widgets.Image(value=png_of(color), format="png") for _ in range(2)]
@@ -143,7 +169,8 @@ def bench(kind, chips, updates, rate=2.0):
         return bench_monitor(chips, updates, rate, label)
     pairs = [one_map(kind) for _ in range(chips)]
     ncols = 1 if chips == 1 else 4 if chips >= 16 else 2
-    box = widgets.GridBox([f for f, _ in pairs], layout=widgets.Layout(grid_template_columns=f"repeat({ncols}, minmax(0, 1fr))", width="100%"))
+    from astropix_nbmonitor.monitor.matrix import stack_underlays
+    box = widgets.GridBox(stack_underlays([f for f, _ in pairs]), layout=widgets.Layout(grid_template_columns=f"repeat({ncols}, minmax(0, 1fr))", width="100%"))
     box.add_class("bench-box")
     display(box)
     threading.Thread(target=run_updates, args=([m for _, m in pairs], updates, rate, label), daemon=True).start()
@@ -281,7 +308,7 @@ def main() -> int:
     parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--rate", type=float, default=2.0)
     parser.add_argument("--chips", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--kinds", nargs="+", default=["grid", "heat", "heat+light", "monitor"])
+    parser.add_argument("--kinds", nargs="+", default=["grid", "heat", "heat+light", "matrix", "monitor"])
     parser.add_argument("--kernel-only", action="store_true", help="only the kernel-side byte count (no browser)")
     parser.add_argument("--screenshots", default=None, help="a folder to save a picture of each case in")
     parser.add_argument("--kernel-tree", default=str(ROOT), help="the source tree the notebook's kernel imports (to compare with another checkout)")

@@ -10,10 +10,13 @@ stays. A click on a chip's map selects that chip in the chip selector and the
 pixel in ``selected_pixel``, so the drill-down, masks and noisy-pixel markers
 work per chip.
 
-The maps use bqplot's canvas-drawn HeatMap (see
-:class:`~astropix_nbmonitor.monitor.panels.HitMapPanel`): the browser's cost
-of a refresh then grows little with the number of chips (figures in
-``benchmarks/README.md``).
+The maps draw their colours on a small canvas each (one pixel a cell, one
+byte a cell sent; see :class:`~astropix_nbmonitor.monitor.matrix.MatrixCanvas`
+and :class:`~astropix_nbmonitor.monitor.panels.HitMapPanel`): the browser's
+cost of a refresh then grows little with the number of chips (figures in
+``benchmarks/README.md``). Each figure is placed in its grid cell by a CSS
+rule of its cell class (``apx-cell-R-C``), which the page applies whatever
+its widget front end does with a child's ``grid_row``/``grid_column``.
 """
 
 from __future__ import annotations
