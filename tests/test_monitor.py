@@ -763,3 +763,45 @@ def test_a_running_panels_title_changes_its_numbers_at_most_every_title_interval
         assert not panel.set_title(figure.title)  # the same title: nothing sent
     finally:
         figure.close()
+
+
+def test_a_running_tot_spectrum_waits_for_a_visible_change_and_is_exact_when_the_data_stop():
+    """While data come, a change under a pixel's worth is not sent (at most max_stale s); stopped data: exact at once."""
+    from astropix_nbmonitor.monitor import TotPanel
+
+    mon = AstroPix4SimpleMonitor(group="127.0.0.1", port=0)
+    try:
+        panel = mon.panel(TotPanel)
+        engine = mon.engine
+        clock = [2_000_000_000.0]
+        engine.clock = lambda: clock[0]
+        engine._running = True  # the panel's view of a running monitor (no threads: driven by hand)
+        sim = AstroPix4Simulator(seed=31, hits_per_readout=2)
+        mon.process_batch(sim.generate(5000).records)
+        panel.update(mon.view_state())
+        drawn = panel.drawn_counts().copy()
+        assert np.array_equal(drawn, mon.tot_hist.values())
+        # One more readout a second later: no bin moves by 0.4% of the scale: nothing sent.
+        clock[0] += 1.1
+        mon.process_batch(sim.generate(1).records)
+        panel.update(mon.view_state())
+        assert np.array_equal(panel.drawn_counts(), drawn) and not np.array_equal(drawn, mon.tot_hist.values())
+        # The data stopped (the engine's mark did not move since): the exact spectrum at once.
+        clock[0] += 1.1
+        panel.update(mon.view_state())
+        assert np.array_equal(panel.drawn_counts(), mon.tot_hist.values())
+        # A big change while data come: drawn at the next due redraw.
+        clock[0] += 1.1
+        mon.process_batch(sim.generate(5000).records)
+        panel.update(mon.view_state())
+        assert np.array_equal(panel.drawn_counts(), mon.tot_hist.values())
+        # Small changes while data come: at the latest max_stale seconds after the last redraw.
+        drawn = panel.drawn_counts().copy()
+        for _ in range(int(panel.max_stale / 1.1) + 2):
+            clock[0] += 1.1
+            mon.process_batch(sim.generate(1).records)
+            panel.update(mon.view_state())
+        assert not np.array_equal(panel.drawn_counts(), drawn)
+    finally:
+        engine._running = False
+        mon.close()

@@ -612,6 +612,11 @@ class TotPanel(Panel):
     min_interval = 1.0
     #: The overflow count in the title: at most every 3 s while running (see Panel.set_title).
     title_interval = 3.0
+    #: While data keep coming, the spectrum is redrawn when a bin moved by this fraction of the
+    #: y scale's top (about a pixel and a half of a 400 px plot: a smaller change is not seen) ...
+    redraw_fraction = 0.004
+    #: ... or when the drawing is this many seconds old; when the data stop, at once, exactly.
+    max_stale = 10.0
 
     def build(self) -> None:
         edges = np.asarray(getattr(self.monitor, "tot_edges", TOT_EDGES), dtype=float)
@@ -645,6 +650,25 @@ class TotPanel(Panel):
     def invalidate(self) -> None:
         self._last = None
 
+    def _settled(self) -> bool:
+        """True when the engine's data did not move since the previous update (then the exact picture is drawn at once)."""
+        mark_of = getattr(getattr(self.monitor, "engine", None), "change_mark", None)
+        if mark_of is None:
+            return False
+        mark = mark_of()
+        seen, self._mark_seen = getattr(self, "_mark_seen", None), mark
+        return seen == mark
+
+    def _visible_change(self, counts: np.ndarray, drawn: np.ndarray) -> bool:
+        """True when a bin moved by :attr:`redraw_fraction` of the y scale, or the drawing is :attr:`max_stale` s old."""
+        engine = getattr(self.monitor, "engine", None)
+        now = float(getattr(engine, "clock", time.time)())
+        drawn_at = getattr(self, "_drawn_at", None)
+        if drawn_at is None or not 0.0 <= now - drawn_at < self.max_stale or counts.shape != drawn.shape:
+            return True
+        top = float(self.y_scale.max or 0.0)
+        return top <= 0.0 or float(np.max(np.abs(counts - drawn), initial=0.0)) >= self.redraw_fraction * top
+
     def title_for(self, overflow: int) -> str:
         """The title: the overflow edge is the last real bin edge."""
         return f"TOT (overflow > {self.edges[-1]:g} us: {overflow:,})"
@@ -664,16 +688,14 @@ class TotPanel(Panel):
         counts, overflow, note = self.shown_counts(state)
         reference = getattr(self.monitor, "reference", None)
         window = getattr(state, "window", 0.0)
-        if (
-            self._last is not None
-            and self._last[1] == overflow
-            and self._last[2] is reference
-            and self._last[3] == window
-            and self._last[4] == note
-            and np.array_equal(counts, self._last[0])
-        ):
+        last = self._last
+        same_view = last is not None and last[2] is reference and last[3] == window and last[4] == note
+        if same_view and last[1] == overflow and np.array_equal(counts, last[0]):
             return
-        if not self.due(forced=self._last is None):
+        settled = self._settled() or not getattr(getattr(self.monitor, "engine", None), "running", True)
+        if same_view and not settled and not self._visible_change(counts, last[0]):
+            return  # data still coming, but no bar moved by a pixel's worth: wait (at most max_stale)
+        if not self.due(forced=last is None or settled):
             return
         top = float(counts.max()) if counts.size else 0.0
         if reference is None:
