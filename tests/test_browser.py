@@ -413,13 +413,19 @@ def test_serve_hub_three_pages_at_once_are_live(launch, browser):
 
 
 
+#: The pixel panel's title, read in one step ("" while the panel is hidden or gone): a locator
+#: counted and then read could wait a minute for an element removed in between.
+JS_PIXEL_TITLE = """() => {
+    const box = document.querySelector('.apx-pixel-box');
+    if (!box || box.offsetParent === null || getComputedStyle(box).display === 'none') return '';
+    const title = document.querySelector('.apx-pixel .mainheading');
+    return title ? (title.textContent || '') : '';
+}"""
+
+
 def pixel_title(page) -> str:
     """The title of the selected pixel's TOT figure ("" while hidden)."""
-    box = page.locator(".apx-pixel-box")
-    if box.count() == 0 or not box.first.is_visible():
-        return ""
-    title = page.locator(".apx-pixel .mainheading")
-    return (title.first.text_content() or "") if title.count() else ""
+    return page.evaluate(JS_PIXEL_TITLE)
 
 
 def test_jupyterlab_shift_window_noisy_mask_alarm_and_pixel_drill_down(launch, page, tmp_path):
