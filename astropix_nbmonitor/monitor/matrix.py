@@ -209,7 +209,6 @@ class MatrixCanvas(anywidget.AnyWidget):
         self.set_scheme(scheme)
         #: The values drawn, ``[row, column]`` (NaN: no value): what :meth:`show` was given last.
         self.color: np.ndarray = np.zeros((self.rows, self.cols), dtype=np.uint8)
-        self.scale: tuple[float, float, float | None] = (0.0, 1.0, None)
         self.pixels = color_indices(self.color, 0.0, 1.0).tobytes()
 
     def set_scheme(self, scheme: str) -> None:
@@ -225,7 +224,6 @@ class MatrixCanvas(anywidget.AnyWidget):
             msg = f"values of shape {values.shape} for a {self.rows} x {self.cols} matrix"
             raise ValueError(msg)
         self.color = values
-        self.scale = (float(vmin), float(vmax), None if mid is None else float(mid))
         pixels = color_indices(values, vmin, vmax, mid).tobytes()
         if pixels != self.pixels:
             self.pixels = pixels
