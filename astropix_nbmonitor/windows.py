@@ -215,11 +215,13 @@ class PixelDeltas:
     Memory: the copies (the size of the source's spectra, 452,480 bytes a chip
     for the defaults) plus the stored seconds, at most ``budget_bytes``
     (entries counted as their arrays plus 256 bytes each). A second of one
-    chip takes 6 bytes per non-zero (pixel, TOT bin) pair, at most 560 x 101 x
-    6 = 339,360 bytes (the defaults); the default 32 MiB budget therefore
-    keeps the whole 600 s ring up to about 9,000 distinct (pixel, bin) pairs
-    per second (all chips together: a few thousand hits/s always fit,
-    millions rarely do). Beyond it, the **oldest seconds are dropped** (never
+    chip takes 3 bytes per non-zero (pixel, TOT bin) pair while no pair has
+    256 counts or more in it (a uint16 index and a uint8 count, see
+    :func:`compact_counts`; 4 or 6 bytes above), at most 560 x 101 x 3 =
+    169,680 bytes (the defaults); the default 32 MiB budget therefore keeps
+    the whole 600 s ring up to about 18,000 distinct (pixel, bin) pairs per
+    second (all chips together: a few thousand hits/s always fit, millions
+    rarely do). Beyond it, the **oldest seconds are dropped** (never
     the newest): :attr:`dropped_seconds` counts them and :attr:`kept_from` is
     the first second known complete, so a masked window reaching further back
     is reported inexact (``exact`` False from
@@ -282,9 +284,9 @@ class PixelDeltas:
         return int(idx.nbytes + cnt.nbytes) + _ENTRY_OVERHEAD
 
     def sparse(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The non-zero flat indices (``index_dtype``) and counts (uint32) of a flat delta."""
+        """The non-zero flat indices (``index_dtype``) and counts (:func:`compact_counts`) of a flat delta."""
         nz = np.flatnonzero(delta)
-        return nz.astype(self.index_dtype), delta[nz].astype("<u4")
+        return nz.astype(self.index_dtype), compact_counts(delta[nz])
 
     # ------------------------------------------------------------------ storing
     def put(self, second: int, chip: int, idx: np.ndarray, cnt: np.ndarray) -> None:
@@ -302,6 +304,7 @@ class PixelDeltas:
                 self._note_mismatch(second, "a second received again after the budget dropped it")
             self.totals.add_sparse(chip, idx, cnt)
         if len(idx):
+            cnt = compact_counts(cnt)
             chips[chip] = (idx, cnt)
             self.nbytes += self._entry_bytes(idx, cnt)
         if not chips:
@@ -465,6 +468,18 @@ class PixelDeltas:
             if sel.any():
                 out += np.bincount(idx[sel] % self.nbins_flow, weights=cnt[sel], minlength=self.nbins_flow).astype(np.int64)
         return out
+
+
+def compact_counts(counts: np.ndarray) -> np.ndarray:
+    """Non-negative counts in the smallest unsigned type that holds their maximum (uint8, uint16 or uint32).
+
+    A second of per-pixel TOT counts is mostly ones and twos: one byte a
+    count instead of four halves what the ring of seconds keeps.
+    """
+    counts = np.asarray(counts)
+    top = int(counts.max()) if len(counts) else 0
+    dtype = "|u1" if top < 1 << 8 else "<u2" if top < 1 << 16 else "<u4"
+    return counts.astype(dtype, copy=False)
 
 
 def _log_limited(count: int) -> bool:

@@ -342,6 +342,22 @@ def test_per_pixel_deltas_stay_within_their_budget_and_say_when_a_window_is_inex
     assert win.masked_tot_counts(600, [], now=now)[1] is True  # nothing masked: nothing to take out
 
 
+@pytest.mark.parametrize(("per_second", "dtype"), [(3, np.uint8), (255, np.uint8), (256, np.uint16), (70_000, np.uint32)])
+def test_a_second_keeps_its_counts_in_the_smallest_type_and_masks_them_exactly(per_second, dtype):
+    win, pix = _tracked()
+    k, c, r = NOISY
+    for second in range(3):
+        noisy = _hits([c] * per_second, [r] * per_second, [NOISY_TOT] * per_second, [k] * per_second)
+        _fill_both(win, pix, np.concatenate([noisy, _hits([1, 2], [3, 4], [10.0, 20.0])]), T0 + second)
+    stored = [cnt for s in win.pixels.seconds for idx, cnt in win.pixels._entries[s].values()]
+    assert len(stored) == 2 and all(cnt.dtype == dtype for cnt in stored)
+    assert win.pixels.nbytes == sum(idx.nbytes + cnt.nbytes + 256 for s in win.pixels.seconds for idx, cnt in win.pixels._entries[s].values())
+    counts, exact = win.masked_tot_counts(10, [NOISY], now=T0 + 2.5)
+    noisy_bin = int(np.searchsorted(TOT_EDGES, NOISY_TOT, side="right"))
+    assert exact and counts[noisy_bin] == 3 * per_second and counts.sum() == 3 * per_second
+    assert win.pixel_tot_hist(10, c, r, k, now=T0 + 2.5).values(flow=True)[noisy_bin] == 3 * per_second
+
+
 def test_the_ring_alone_bounds_the_per_pixel_memory_at_a_modest_rate():
     win, pix = _tracked()
     hits = _sim_hits(100)
