@@ -188,11 +188,16 @@ for part in {freeze!r}:
         AbstractMonitor._render_dashboard = lambda self, status=None: None
     elif part == "heartbeat":
         pass  # below, once the monitor exists
+    elif part == "titles":  # the plots' titles stay as first drawn (a bqplot title change lays its figure out again)
+        from astropix_nbmonitor.monitor.panels import Panel
+        Panel.set_title = lambda self, title: False
     elif part == "liveness":  # no beats after the first: the page says, once, that updates stopped
         from astropix_nbmonitor.monitor.liveness import Liveness
         Liveness.pulse = lambda self, running, now=None: None
     else:
         {{"hitmap": HitMapPanel, "tot": TotPanel, "rates": RatePanel}}[part].update = lambda self, state: None
+if {prelude!r}:  # --prelude: the file's code first (what-if measurements)
+    exec(compile(open({prelude!r}).read(), {prelude!r}, "exec"))
 LAYOUT = {layout!r}
 info = {{"pid": os.getpid(), "layout": True}}
 kwargs = {{}}
@@ -479,9 +484,12 @@ def main_thread_trace(probe: Probe, seconds: float, top: int = 20) -> list[tuple
 
 
 def _trace_self_times(by_thread: dict, seconds: float, top: int) -> list[tuple[float, str]]:
-    """Self time per event name (ms per second of wall time) of nested complete events."""
+    """Self time per event name (ms per second of wall time) of nested complete events, with how many a second."""
     self_us: dict[str, float] = {}
+    count: dict[str, int] = {}
     for events in by_thread.values():
+        for _ts, _dur, name in events:
+            count[name] = count.get(name, 0) + 1
         events.sort(key=lambda x: (x[0], -x[1]))
         stack: list[list] = []  # [end, name, duration, time of the children]
         def close(entry: list) -> None:
@@ -494,7 +502,7 @@ def _trace_self_times(by_thread: dict, seconds: float, top: int) -> list[tuple[f
             stack.append([ts + dur, name, dur, 0.0])
         while stack:
             close(stack.pop())
-    ranked = sorted(((us / 1e3 / seconds, name) for name, us in self_us.items()), reverse=True)
+    ranked = sorted(((us / 1e3 / seconds, f"{name} ({count[name] / seconds:.1f}/s)") for name, us in self_us.items()), reverse=True)
     return ranked[:top]
 
 
@@ -523,7 +531,8 @@ def run_one(browser_type, args: argparse.Namespace, chips: int) -> dict[str, obj
     udp_port = free_udp_port()
     workdir = root / "nb"
     workdir.mkdir()
-    write_notebook(workdir / "bench.ipynb", NOTEBOOK_CELL.format(layout=layout, port=udp_port, refresh=args.refresh, freeze=args.freeze))
+    write_notebook(workdir / "bench.ipynb", NOTEBOOK_CELL.format(layout=layout, port=udp_port, refresh=args.refresh, freeze=args.freeze,
+                                                                    prelude=str(Path(args.prelude).resolve()) if args.prelude else ""))
     cmd = LaunchedCommand(
         cli_command("demo", "--http-port", str(free_tcp_port()), "--dir", str(workdir)), env=env, cwd=root, log=root / "lab.log"
     )
@@ -706,15 +715,16 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=15.0, help="seconds of data before measuring (default 15)")
     parser.add_argument("--markers", type=int, default=60, help="latency markers (at most 98 edge pixels; 0: none)")
     parser.add_argument("--freeze", default="",
-                        help="comma-separated parts never updated (hitmap, tot, rates, dashboard, liveness, heartbeat): what the others cost; "
+                        help="comma-separated parts never updated (hitmap, tot, rates, dashboard, liveness, heartbeat, titles): what the others cost; "
                         "no latency with the hit map frozen")
     parser.add_argument("--trace", type=float, default=0.0, help="after the measured span, record a Chrome trace for this many seconds and print the main thread's time by event (Paint, Layout, FunctionCall...)")
     parser.add_argument("--profile", type=float, default=0.0, help="after the measured span, sample the page's JavaScript for this many seconds and print the top functions")
+    parser.add_argument("--prelude", default=None, help="a Python file the notebook runs before it makes the monitor (what-if measurements: a patched panel...)")
     parser.add_argument("--screenshot", default=None, help="save a picture of the page after the warm-up to this path")
     parser.add_argument("--dom-census", action="store_true", help="print which of the monitor's elements changed in number")
     args = parser.parse_args()
     args.freeze = [p.strip() for p in args.freeze.split(",") if p.strip()]
-    unknown = set(args.freeze) - {"hitmap", "tot", "rates", "dashboard", "liveness", "heartbeat"}
+    unknown = set(args.freeze) - {"hitmap", "tot", "rates", "dashboard", "liveness", "heartbeat", "titles"}
     if unknown:
         parser.error(f"--freeze: unknown parts {sorted(unknown)}")
     args.markers = 0 if "hitmap" in args.freeze else min(args.markers, len(edge_pixels()))

@@ -274,16 +274,27 @@ JS_CHIP_BOXES = """() => {
     for (const figure of document.querySelectorAll('.apx-chips .apx-chipmap')) {
         const chip = Array.from(figure.classList).find(c => /^apx-chip-\\d+$/.test(c));
         const canvas = figure.querySelector('canvas.apx-matrix-canvas');
+        const caption = figure.querySelector('.apx-matrix-caption');
         const f = figure.getBoundingClientRect(), c = canvas ? canvas.getBoundingClientRect() : null;
+        const t = caption ? caption.getBoundingClientRect() : null;
         out[chip.slice('apx-chip-'.length)] = {x: f.x, y: f.y, w: f.width, h: f.height,
-            canvas: c && {x: c.x, y: c.y, w: c.width, h: c.height}};
+            canvas: c && {x: c.x, y: c.y, w: c.width, h: c.height},
+            caption: t && {x: t.x, y: t.y, w: t.width, h: t.height, text: caption.textContent}};
     }
     return out;
 }"""
 
 
+JS_LAYOUT_PIXEL_TITLE = """() => {
+    const chips = document.querySelector('.apx-chips');
+    const monitor = chips && chips.closest('.apx-monitor');
+    const title = monitor && monitor.querySelector('.apx-pixel .mainheading');
+    return title ? title.textContent : '';
+}"""
+
+
 def layout_places_each_chip(page) -> None:
-    """A layout with a hole and a ragged row: each chip's map in its cell on the page, its colours inside it."""
+    """A layout with a hole and a ragged row: each chip's map in its cell, its colours and title line inside it; hover and click."""
     run_new_cell(page, "lay = AstroPix4SimpleMonitor(port=0, layout=[[5, None, 9], [30]]); lay")
     poll("three chip maps", lambda: len(page.evaluate(JS_CHIP_BOXES)) == 3, timeout=60)
     poll("their colour canvases", lambda: all(b["canvas"] for b in page.evaluate(JS_CHIP_BOXES).values()), timeout=60)
@@ -292,10 +303,24 @@ def layout_places_each_chip(page) -> None:
     # Chip 9 two cells right of chip 5 (the hole between them), chip 30 under chip 5.
     assert abs(nine["y"] - five["y"]) < 2 and nine["x"] > five["x"] + 1.5 * five["w"], boxes
     assert abs(thirty["x"] - five["x"]) < 2 and thirty["y"] >= five["y"] + five["h"] - 2, boxes
-    for box in boxes.values():  # the canvas lies in its figure's plot area
-        c = box["canvas"]
+    for chip, box in boxes.items():  # the canvas lies in its figure's plot area, the title line above it
+        c, t = box["canvas"], box["caption"]
         assert box["x"] < c["x"] and c["x"] + c["w"] < box["x"] + box["w"], boxes
         assert box["y"] < c["y"] and c["y"] + c["h"] < box["y"] + box["h"] and c["w"] > 50 and c["h"] > 50, boxes
+        assert t and t["text"].startswith(f"chip {chip}") and t["h"] > 10, boxes
+        assert box["y"] <= t["y"] and t["y"] + t["h"] <= c["y"] + 1 and abs(t["x"] - c["x"]) < 2 and abs(t["w"] - c["w"]) < 2, boxes
+    # No layer of cells on a chip map: the colour canvas names the cell under the mouse.
+    page.locator(".apx-chips .apx-chip-9").first.scroll_into_view_if_needed()
+    c = page.evaluate(JS_CHIP_BOXES)["9"]["canvas"]
+    at = (c["x"] + c["w"] * 9.5 / 16, c["y"] + c["h"] * 20.5 / 35)
+    page.mouse.move(at[0] - 1, at[1])
+    page.mouse.move(*at)
+    hint = page.locator(".apx-chips .apx-chip-9 .apx-matrix-hint")
+    poll("the hover text of chip 9's cell", lambda: hint.count() > 0 and hint.first.inner_text().startswith("row 20, column 9, chip 9: 0 hits"))
+    page.mouse.click(*at)
+    poll("chip 9's pixel selected by a click", lambda: page.evaluate(JS_LAYOUT_PIXEL_TITLE).startswith("Pixel column 9, row 20, chip 9"))
+    page.mouse.move(1, 1)
+    poll("the hover text gone with the mouse", lambda: not hint.first.is_visible())
     run_new_cell(page, "lay.close()")
 
 

@@ -34,7 +34,7 @@ BUDGET = 2500
 
 
 class _Recorder:
-    """The comm messages sent, as (comm_id, state keys, bytes)."""
+    """The comm messages sent, as (comm_id, state keys (binary ones too), bytes)."""
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, tuple[str, ...], int]] = []
@@ -53,7 +53,10 @@ def recorder(monkeypatch) -> Iterator[_Recorder]:
             if msg_type != "comm_msg":
                 return
             size = len(json.dumps(data, default=str)) + sum(memoryview(b).nbytes for b in buffers or ())
-            rec.messages.append((self.comm_id, tuple(sorted((data or {}).get("state", {}))), size))
+            data = data or {}
+            # State keys, binary ones too (ipywidgets moves them out of "state" into "buffer_paths").
+            names = set(data.get("state", {})) | {path[0] for path in data.get("buffer_paths", ()) if path}
+            rec.messages.append((self.comm_id, tuple(sorted(names)), size))
 
     monkeypatch.setattr(comm, "create_comm", CountingComm)
     yield rec
@@ -228,3 +231,36 @@ def test_a_running_monitor_redraws_the_spectrum_once_a_second_and_the_rates_once
     assert any(m[0] in tot_ids for m in sent) and any(m[0] in rate_ids for m in sent)
     # What the page shows is the spectrum of the last redraw: at most a second behind.
     assert tot.drawn_counts().sum() <= mon.tot_hist.values().sum()
+
+
+def test_a_chip_maps_cells_and_title_line_go_in_one_message_and_never_touch_the_figures_title(recorder, monkeypatch):
+    """A layout's chip map: its hit rate is the colour canvas's caption, sent with its cells."""
+    clock = _Clock()
+    monkeypatch.setattr(hist, "time", types.SimpleNamespace(time=clock))
+    mon = AstroPix4SimpleMonitor(port=0, layout=[[0, 1]])
+    mon.engine.clock = clock
+    try:
+        sim = AstroPix4Simulator(seed=13, hits_per_readout=2.0, chip_ids=(0, 1))
+        mon.refresh()
+        titles, captions, together, figure_titles = [], 0, 0, 0
+        for _ in range(12):
+            clock.now += 0.5
+            mon.process_batch(list(sim.generate(300).records))
+            recorder.take()
+            mon.engine.refresh(0.5, paced=True)
+            sent = recorder.take()
+            for chip, panel in mon.chip_maps.items():
+                mine = [m for m in sent if m[0] == panel.heatmap.comm.comm_id]
+                assert len(mine) <= 1, (chip, mine)  # cells and caption together
+                captions += sum("caption" in m[1] for m in mine)
+                together += sum("caption" in m[1] and "pixels" in m[1] for m in mine)
+                figure_titles += sum("title" in m[1] for m in sent if m[0] == panel.figure.comm.comm_id)
+                titles.append(panel.shown_title)
+        assert figure_titles == 0
+        # The rates changed at every refresh (a stopped monitor's titles are never held back): each
+        # caption went in the message of its cells.
+        assert captions == 2 * 12, captions
+        assert together == captions, (together, captions)
+        assert all(t.startswith("chip ") and "hits/s" in t for t in titles[-2:]), titles[-2:]
+    finally:
+        mon.close()

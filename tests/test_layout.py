@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bqplot
 import ipywidgets as widgets
 import numpy as np
 import pytest
@@ -51,14 +52,14 @@ def test_the_layout_places_each_chip_map_where_it_says(layout, places, columns):
             cell = f"apx-cell-{row + 1}-{column + 1}"
             assert cell in mon.chip_maps[chip].figure._dom_classes
             assert f".apx-chips > .{cell} {{ grid-row: {row + 1}; grid-column: {column + 1}; }}" in grid.places_style.value
-            assert mon.chip_maps[chip].figure.title == f"chip {chip}"  # before any data
+            assert mon.chip_maps[chip].shown_title == f"chip {chip}"  # before any data
         assert set(mon.chip_maps) == set(places)
         # Under the main plots, which stay (the summed view and the chip selector).
         children = list(mon.children)
         assert children.index(grid.box) == children.index(mon.canvas) + 1
         assert mon.panel(HitMapPanel).figure in mon.canvas.children and mon.chip_selector in mon.toolbar.children
         mon.refresh()
-        assert all(mon.chip_maps[c].figure.title == f"chip {c}, no data" for c in places)
+        assert all(mon.chip_maps[c].shown_title == f"chip {c}, no data" for c in places)
     finally:
         mon.close()
 
@@ -122,8 +123,9 @@ def test_each_chip_map_is_that_chips_hit_map_after_data_over_loopback(quad):
         assert expected.sum() > 0
         assert np.array_equal(panel.heatmap.color, expected.T), chip
         total += expected
-        title = panel.figure.title
+        title = panel.shown_title
         assert title.startswith(f"chip {chip}, ") and "hits/s" in title
+        assert panel.heatmap.caption == title and not panel.figure.title  # drawn by the colour canvas, not by bqplot
     assert np.array_equal(total, quad.hit_map.values())
     # The main map still shows the sum of all chips.
     assert np.array_equal(quad.heatmap.color, quad.hit_map.values().T)
@@ -156,7 +158,7 @@ def test_one_shared_colour_scale_or_one_per_chip():
         # The log switch of the main map applies to the chip maps.
         mon.scale_toggle.value = "log"
         assert np.allclose(high.heatmap.color, np.log10(1 + mon.chip_hit_map(1).values().T))
-        assert high.figure.title.endswith("(log10)")
+        assert high.shown_title.endswith("(log10)")
     finally:
         mon.close()
     mon = AstroPix4SimpleMonitor(port=0, layout=[[0, 1]], shared_scale=False)
@@ -169,9 +171,30 @@ def test_one_shared_colour_scale_or_one_per_chip():
 
 
 def _click(panel: HitMapPanel, column: int, row: int) -> None:
-    """What bqplot's front end sends on a click on a cell of a map's click layer."""
+    """What the page sends on a click on a cell: the colour canvas's message, or bqplot's of the click layer."""
+    if panel.light is None:
+        panel.heatmap._handle_custom_msg({"event": "click", "row": row, "column": column}, [])
+        return
     data = {"row": row - 0.5, "column": column - 0.5, "rowNum": row, "columnNum": column}
     panel.light._handle_custom_msg({"event": "element_click", "data": data}, [])
+
+
+def test_chip_maps_have_no_layer_of_cells_and_their_canvas_answers_clicks_and_hovers(quad):
+    quad.replay(AstroPix4Simulator(seed=5, chip_ids=(0, 1, 2, 3), hits_per_readout=2).generate(2000).records)
+    panel = quad.chip_maps[1]
+    assert panel.light is None and panel.heatmap.pointer
+    assert not [m for m in panel.figure.marks if isinstance(m, bqplot.GridHeatMap)]
+    assert quad.panel(HitMapPanel).light is not None  # the main map keeps bqplot's layer
+    counts = quad.chip_hit_map(1).values()
+    panel.heatmap._handle_custom_msg({"event": "hover", "row": 20, "column": 9}, [])
+    assert panel.heatmap.hint == {"row": 20, "column": 9, "text": f"row 20, column 9, chip 1: {int(counts[9, 20]):,} hits"}
+    # What the page may send and the map ignores: not a cell, outside the matrix, another event, garbage.
+    for junk in ({"event": "hover", "row": 35, "column": 0}, {"event": "click", "row": "x", "column": 1},
+                 {"event": "element_click", "row": 1, "column": 1}, {"event": "click"}, ["click", 1, 1], "hover"):
+        panel.heatmap._handle_custom_msg(junk, [])
+    assert quad.selected_pixel is None and panel.heatmap.hint["row"] == 20
+    panel.heatmap._handle_custom_msg({"event": "click", "row": 20, "column": 9}, [])
+    assert quad.selected_pixel == (9, 20) and quad.shown_chip == 1
 
 
 def test_a_click_on_chip_2s_map_selects_chip_2s_pixel(quad):
@@ -210,10 +233,10 @@ def test_masks_and_noisy_pixels_are_drawn_on_their_own_chips_map(quad):
     assert np.argwhere(np.asarray(on2.mask_layer.color) == 1).tolist() == [[4, 3]]
     assert np.isnan(on2.heatmap.color[4, 3]) and np.isnan(on2.heatmap.color).sum() == 1
     assert not np.isnan(np.asarray(on0.heatmap.color, dtype=float)).any()
-    assert "1 masked" in on2.figure.title and "masked" not in on0.figure.title
+    assert "1 masked" in on2.shown_title and "masked" not in on0.shown_title
     # The tooltip of the masked pixel says so.
-    on2.light._handle_custom_msg({"event": "hover", "data": {"rowNum": 4, "columnNum": 3}}, [])
-    assert on2.tooltip.value == "row 4, column 3, chip 2: masked"
+    on2.heatmap._handle_custom_msg({"event": "hover", "row": 4, "column": 3}, [])
+    assert on2.heatmap.hint["text"] == "row 4, column 3, chip 2: masked"
     # A noisy pixel of chip 1 only: marked on chip 1's map.
     noisy = AstroPix4Simulator(seed=7, chip_ids=(1,), noisy_pixels=[(30, 2)], noisy_rate=0.5).generate(3000).records
     quad.replay(noisy)
@@ -222,7 +245,7 @@ def test_masks_and_noisy_pixels_are_drawn_on_their_own_chips_map(quad):
     assert on1.noisy_markers in on1.figure.marks
     assert list(on1.noisy_markers.x) == [2] and list(on1.noisy_markers.y) == [30]
     assert all(quad.chip_maps[c].noisy_markers not in quad.chip_maps[c].figure.marks for c in (0, 2, 3))
-    assert "1 noisy" in on1.figure.title
+    assert "1 noisy" in on1.shown_title
 
 
 def test_a_viewer_of_a_hub_draws_each_chip_map_from_the_hubs_state():
@@ -246,7 +269,7 @@ def test_a_viewer_of_a_hub_draws_each_chip_map_from_the_hubs_state():
             expected = mon.chip_hit_map(chip).values()
             assert expected.sum() > 0
             assert np.array_equal(viewer.chip_maps[chip].heatmap.color, expected.T)
-            assert viewer.chip_maps[chip].figure.title.startswith(f"chip {chip}, ")
+            assert viewer.chip_maps[chip].shown_title.startswith(f"chip {chip}, ")
     finally:
         if viewer is not None:
             viewer.close()

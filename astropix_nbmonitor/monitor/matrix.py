@@ -16,18 +16,29 @@ changes.
 
 ``color`` keeps, in the kernel, the values drawn (``[row, column]``, NaN for
 no value), as a ``bqplot.HeatMap``'s ``color`` did.
+
+:attr:`MatrixCanvas.caption`, when set, is a title line drawn by the same
+element in the figure's top margin, over the plot area: a title whose
+numbers change while data come (a chip map's hit rate) is then one text
+node rewritten, where a change of the bqplot figure's ``title`` lays the
+whole figure out again, axes and marks (one SVG element per cell of its
+click layer): about 8 ms of the page's main thread a refresh for 16 chip
+maps (``benchmarks/bench_browser.py --freeze titles``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anywidget
 import numpy as np
-from traitlets import Bytes, Dict, Int, Unicode
+from traitlets import Bool, Bytes, Dict, Int, Unicode
 
 __all__ = ["MatrixCanvas", "NULL_INDEX", "SCHEMES", "palette_bytes", "color_indices", "stack_underlays"]
+
+logger = logging.getLogger(__name__)
 
 #: The palette index of a cell without a value (NaN): the palette's last colour.
 NULL_INDEX = 255
@@ -111,8 +122,59 @@ function render({ model, el }) {
   const attach = () => {
     const parent = el.parentElement;
     const figure = parent ? parent.querySelector(":scope > ." + model.get("target")) : null;
-    if (figure) { figure.insertBefore(canvas, figure.firstChild); return; }
+    if (figure) {
+      figure.insertBefore(canvas, figure.firstChild);
+      figure.appendChild(caption);
+      figure.appendChild(hint);
+      figure.addEventListener("mousemove", onMove);
+      figure.addEventListener("mouseleave", onLeave);
+      figure.addEventListener("click", onClick);
+      return;
+    }
     if (tries++ < 600) { setTimeout(attach, 50); }
+  };
+  const caption = document.createElement("div");
+  caption.className = "apx-matrix-caption";
+  // With "pointer": clicks and hovers over the plot area name their cell to the kernel
+  // (in place of a layer of one SVG element a cell), and "hint" is shown by the mouse.
+  const hint = document.createElement("div");
+  hint.className = "apx-matrix-hint";
+  let hovered = null;
+  const cellAt = (ev) => {
+    const r = canvas.getBoundingClientRect();
+    const rows = model.get("rows"), cols = model.get("cols");
+    const x = (ev.clientX - r.left) / r.width, y = (ev.clientY - r.top) / r.height;
+    if (!(x >= 0 && x < 1 && y >= 0 && y < 1) || rows <= 0 || cols <= 0) { return null; }
+    return { row: Math.floor(y * rows), column: Math.floor(x * cols) };
+  };
+  const showHint = () => {
+    // The kernel's answer names its cell: shown only while the mouse is on that cell.
+    const h = model.get("hint") || {};
+    const text = hovered && h.row === hovered.row && h.column === hovered.column ? (h.text || "") : "";
+    if (hint.textContent !== text) { hint.textContent = text; }
+    hint.style.display = text ? "block" : "none";
+  };
+  const send = (event, cell) => {
+    try { model.send({ event: event, row: cell.row, column: cell.column }); } catch (e) { /* no kernel */ }
+  };
+  const onMove = (ev) => {
+    if (!model.get("pointer")) { return; }
+    const cell = cellAt(ev);
+    if (!cell) { hovered = null; showHint(); return; }
+    const box = canvas.parentElement.getBoundingClientRect();
+    hint.style.left = (ev.clientX - box.left + 14) + "px";
+    hint.style.top = (ev.clientY - box.top + 14) + "px";
+    if (!hovered || hovered.row !== cell.row || hovered.column !== cell.column) {
+      hovered = cell;
+      send("hover", cell);
+    }
+    showHint();
+  };
+  const onLeave = () => { hovered = null; showHint(); };
+  const onClick = (ev) => {
+    if (!model.get("pointer")) { return; }
+    const cell = cellAt(ev);
+    if (cell) { send("click", cell); }
   };
   let image = null;
   let drawn = 0;
@@ -123,6 +185,15 @@ function render({ model, el }) {
     canvas.style.top = top + "px";
     canvas.style.width = "calc(100% - " + (left + right) + "px)";
     canvas.style.height = "calc(100% - " + (top + bottom) + "px)";
+    caption.style.left = left + "px";
+    caption.style.right = right + "px";
+    caption.style.height = top + "px";
+    caption.style.lineHeight = top + "px";
+  };
+  const label = () => {
+    const text = model.get("caption") || "";
+    if (caption.textContent !== text) { caption.textContent = text; }
+    caption.title = text;
   };
   const draw = () => {
     const rows = model.get("rows"), cols = model.get("cols");
@@ -148,11 +219,25 @@ function render({ model, el }) {
   model.on("change:rows", draw);
   model.on("change:cols", draw);
   model.on("change:inset", place);
+  model.on("change:caption", label);
+  model.on("change:hint", showHint);
   place();
+  label();
+  showHint();
   draw();
   attach();
   return () => {
+    const figure = canvas.parentElement;
+    if (figure) {
+      figure.removeEventListener("mousemove", onMove);
+      figure.removeEventListener("mouseleave", onLeave);
+      figure.removeEventListener("click", onClick);
+    }
     canvas.remove();
+    caption.remove();
+    hint.remove();
+    model.off("change:caption", label);
+    model.off("change:hint", showHint);
     model.off("change:pixels", draw);
     model.off("change:palette", draw);
     model.off("change:rows", draw);
@@ -170,6 +255,17 @@ _CSS = """
 .apx-over-matrix > .apx-matrix-canvas { position: absolute; z-index: 0; image-rendering: pixelated; pointer-events: none; }
 .apx-over-matrix > svg { position: relative; z-index: 1; }
 .apx-over-matrix > svg .svg-figure { background: transparent !important; }
+.apx-over-matrix > .apx-matrix-caption {
+  position: absolute; top: 0; z-index: 2; contain: strict; pointer-events: none;
+  text-align: center; white-space: nowrap; overflow: hidden; text-overflow: ellipsis;
+  font-size: 13px; color: var(--jp-ui-font-color1, #000);
+}
+.apx-over-matrix > .apx-matrix-caption:empty { display: none; }
+.apx-over-matrix > .apx-matrix-hint {
+  position: absolute; z-index: 3; display: none; pointer-events: none; white-space: nowrap;
+  font-size: 12px; padding: 2px 6px; border: 1px solid #999; border-radius: 3px;
+  background: var(--jp-layout-color0, #fff); color: var(--jp-ui-font-color1, #000);
+}
 """
 
 
@@ -201,6 +297,12 @@ class MatrixCanvas(anywidget.AnyWidget):
     inset = Dict().tag(sync=True)
     #: The CSS class of the figure the canvas goes into (a sibling of this widget's element).
     target = Unicode("").tag(sync=True)
+    #: A title line drawn in the figure's top margin (empty: none); plain text.
+    caption = Unicode("").tag(sync=True)
+    #: Clicks and hovers over the plot area are sent to the kernel (see :meth:`on_cell`).
+    pointer = Bool(False).tag(sync=True)
+    #: What the mouse shows over a cell, in answer to a hover: ``{"row", "column", "text"}`` (plain text).
+    hint = Dict().tag(sync=True)
 
     def __init__(self, rows: int, cols: int, *, null_color: str = "#c8c8c8", scheme: str = "viridis", **kwargs: Any) -> None:
         super().__init__(rows=int(rows), cols=int(cols), **kwargs)
@@ -210,6 +312,31 @@ class MatrixCanvas(anywidget.AnyWidget):
         #: The values drawn, ``[row, column]`` (NaN: no value): what :meth:`show` was given last.
         self.color: np.ndarray = np.zeros((self.rows, self.cols), dtype=np.uint8)
         self.pixels = color_indices(self.color, 0.0, 1.0).tobytes()
+        self._cell_callbacks: list[Callable[[str, int, int], None]] = []
+        self.on_msg(self._on_page_msg)
+
+    def on_cell(self, callback: Callable[[str, int, int], None]) -> None:
+        """Call ``callback(event, column, row)`` for a ``"click"`` or ``"hover"`` on a cell; turns :attr:`pointer` on."""
+        self._cell_callbacks.append(callback)
+        self.pointer = True
+
+    def _on_page_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        """A message of the page: a cell clicked or hovered; anything else (or a cell outside the matrix) is ignored."""
+        if not isinstance(content, dict) or content.get("event") not in ("click", "hover"):
+            logger.debug("ignored a message of the page: %.200r", content)
+            return
+        try:
+            row, column = int(content["row"]), int(content["column"])
+        except (KeyError, TypeError, ValueError):
+            logger.debug("ignored a %s message without a cell: %.200r", content.get("event"), content)
+            return
+        if not (0 <= row < self.rows and 0 <= column < self.cols):
+            return
+        for callback in list(self._cell_callbacks):
+            try:
+                callback(content["event"], column, row)
+            except Exception:
+                logger.exception("a %s on cell (column %d, row %d) failed", content["event"], column, row)
 
     def set_scheme(self, scheme: str) -> None:
         """Use another colour scheme (sends the palette once)."""

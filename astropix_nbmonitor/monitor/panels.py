@@ -235,13 +235,13 @@ class Panel:
         turning into a rate, a note on masked pixels) and any title of a
         stopped monitor go at once.
         """
-        figure = self.figure
-        if figure.title == title:
+        shown = self.shown_title
+        if shown == title:
             return False
         engine = getattr(self.monitor, "engine", None)
         now = float(getattr(engine, "clock", time.time)())
         last = getattr(self, "_titled_at", None)
-        numbers_only = _NUMBERS.sub("#", title) == _NUMBERS.sub("#", figure.title or "")
+        numbers_only = _NUMBERS.sub("#", title) == _NUMBERS.sub("#", shown)
         if (
             self.title_interval
             and numbers_only
@@ -250,9 +250,17 @@ class Panel:
             and 0.0 <= now - last < self.title_interval
         ):
             return False
-        figure.title = title
+        self._put_title(title)
         self._titled_at = now
         return True
+
+    @property
+    def shown_title(self) -> str:
+        """The panel's title as the page shows it."""
+        return self.figure.title or ""
+
+    def _put_title(self, title: str) -> None:
+        self.figure.title = title
 
     def redraw(self) -> None:
         """Ask the monitor for a refresh now (after a control changed)."""
@@ -300,6 +308,10 @@ class HitMapPanel(Panel):
     css_class = "apx-hitmap"
     #: Whether the panel adds its scale and reference toggles to the toolbar (a chip map of a layout follows the main map's).
     OWN_CONTROLS = True
+    #: Clicks and hovers caught by the colour canvas (True) or by a transparent ``GridHeatMap`` on
+    #: top (False, :attr:`light`): the latter is one SVG element a cell, which the page lays out
+    #: and composites again at every change of the figure (16 chip maps: 8,960 elements).
+    CANVAS_POINTER = False
 
     def build(self) -> None:
         monitor = self.monitor
@@ -333,23 +345,12 @@ class HitMapPanel(Panel):
         # The tooltip: a small HTML widget the hover callback fills with the cell's counts.
         self.tooltip = widgets.HTML("")
         self.tooltip.add_class("apx-hitmap-tooltip")
-        # The light layer: transparent cells on the cell boundaries, never updated. It has
-        # scales of its own (the same ranges): nothing the map's updates touch makes it redraw.
-        self.light = bqplot.GridHeatMap(
-            row=np.arange(-0.5, num_rows, 1.0),
-            column=np.arange(-0.5, num_cols, 1.0),
-            color=np.zeros((num_rows, num_cols), dtype=np.uint8),
-            scales={
-                "row": bqplot.LinearScale(min=-0.5, max=num_rows - 0.5, reverse=True),
-                "column": bqplot.LinearScale(min=-0.5, max=num_cols - 0.5),
-                "color": bqplot.ColorScale(min=0.0, max=1.0, colors=[_CLEAR, _CLEAR]),
-            },
-            null_color=_CLEAR,
-            stroke=None,
-            tooltip=self.tooltip,
-        )
-        self.light.on_element_click(self._on_element_click)
-        self.light.on_hover(self._on_hover)
+        if self.CANVAS_POINTER:
+            # Clicks and hovers: the colour canvas names the cell under the mouse (no SVG layer).
+            self.light = None
+            self.heatmap.on_cell(self._on_cell)
+        else:
+            self._build_light(num_rows, num_cols)
         self.figure.axes = [
             bqplot.Axis(scale=col_scale, label="column", tick_values=np.arange(0, num_cols, 3, dtype=np.float64), grid_lines="none"),
             bqplot.Axis(scale=row_scale, side="left", label="row", tick_values=np.arange(0, num_rows, 5, dtype=np.float64), grid_lines="none"),
@@ -368,9 +369,40 @@ class HitMapPanel(Panel):
         self._last: tuple[Any, ...] | None = None
         #: What the map shows now, for the tooltip: (counts [row, column] with NaN when masked, ratio or None).
         self._shown: tuple[np.ndarray, np.ndarray | None] = (np.zeros(self.shape), None)
-        self.figure.marks = [self.light]
+        self.figure.marks = self._pointer_marks()
         if self.OWN_CONTROLS:
             self._build_controls()
+
+    def _build_light(self, num_rows: int, num_cols: int) -> None:
+        # The light layer: transparent cells on the cell boundaries, never updated. It has
+        # scales of its own (the same ranges): nothing the map's updates touch makes it redraw.
+        self.light = bqplot.GridHeatMap(
+            row=np.arange(-0.5, num_rows, 1.0),
+            column=np.arange(-0.5, num_cols, 1.0),
+            color=np.zeros((num_rows, num_cols), dtype=np.uint8),
+            scales={
+                "row": bqplot.LinearScale(min=-0.5, max=num_rows - 0.5, reverse=True),
+                "column": bqplot.LinearScale(min=-0.5, max=num_cols - 0.5),
+                "color": bqplot.ColorScale(min=0.0, max=1.0, colors=[_CLEAR, _CLEAR]),
+            },
+            null_color=_CLEAR,
+            stroke=None,
+            tooltip=self.tooltip,
+        )
+        self.light.on_element_click(self._on_element_click)
+        self.light.on_hover(self._on_hover)
+
+    def _pointer_marks(self) -> list[bqplot.Mark]:
+        """The marks on top that catch clicks and hovers: the light layer (none when the canvas does)."""
+        return [] if self.light is None else [self.light]
+
+    def _on_cell(self, event: str, column: int, row: int) -> None:
+        """A click or hover the colour canvas reports (:attr:`CANVAS_POINTER`)."""
+        if event == "click":
+            if self.monitor is not None:
+                self.click(column, row)
+        else:
+            self.heatmap.hint = {"row": row, "column": column, "text": self.tooltip_text(column, row)}
 
     def _build_controls(self) -> None:
         self.scale_label = widgets.Label("hit map scale")
@@ -388,7 +420,7 @@ class HitMapPanel(Panel):
         self.controls = [box, self.view_box]
 
     def own_widgets(self) -> list[widgets.Widget]:
-        return [self.heatmap, self.light, self.mask_layer, self.noisy_markers, self.selected_marker, self.tooltip]
+        return [self.heatmap, *self._pointer_marks(), self.mask_layer, self.noisy_markers, self.selected_marker, self.tooltip]
 
     @staticmethod
     def _cell_of(content: dict[str, Any]) -> tuple[int, int] | None:
@@ -519,7 +551,14 @@ class HitMapPanel(Panel):
         return self.masked(state.hit_counts(self.chip))
 
     def update(self, state: EngineState, top: float | None = None) -> None:
-        """Send what changed; ``top``: the colour scale's top to use (a layout's shared scale), else this map's own."""
+        """Send what changed; ``top``: the colour scale's top to use (a layout's shared scale), else this map's own.
+
+        The colour canvas's changes (its cells, a caption) go in one message.
+        """
+        with self.heatmap.hold_sync():
+            self._update(state, top)
+
+    def _update(self, state: EngineState, top: float | None) -> None:
         self._update_markers()
         if self._update_selected() | self._update_mask_layer():
             self._last = None
@@ -536,7 +575,7 @@ class HitMapPanel(Panel):
             self._draw_ratio(state, reference, counts)
         else:
             self._draw_counts(counts, log, top)
-        marks = [*self.overlay_marks(), self.light]
+        marks = [*self.overlay_marks(), *self._pointer_marks()]
         if list(self.figure.marks) != marks:
             self.figure.marks = marks
         self._draw_title(state)
