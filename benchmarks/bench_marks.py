@@ -283,7 +283,7 @@ def kernel_bytes(refreshes: int = 20) -> None:
             panel = mon.panel(HitMapPanel)
             watched.clear()
             watched |= {id(w) for w in (panel.heatmap, panel.color_scale, panel.color_axis, panel.figure, panel.mask_layer,
-                                        panel.light, panel.noisy_markers, panel.selected_marker)}
+                                        panel.noisy_markers, panel.selected_marker)}
             if setup == "log":
                 mon.scale_toggle.value = "log"
             if setup == "mask":

@@ -164,9 +164,17 @@ def cell_fills(page) -> list[str]:
     return page.evaluate(CELL_FILLS_JS)
 
 
+def cell_center(page, column: int, row: int) -> tuple[float, float]:
+    """Where on the screen the centre of the main hit map's cell (column, row) is (the map scrolled into view)."""
+    canvas = page.locator(".apx-hitmap canvas.apx-matrix-canvas").first
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    return box["x"] + box["width"] * (column + 0.5) / 16, box["y"] + box["height"] * (row + 0.5) / 35
+
+
 def exercise_monitor(page, name: str) -> None:
     """The checks common to JupyterLab and Voila, on a page showing a live monitor."""
-    poll(f"{NUM_CELLS} hit-map cells", lambda: page.locator(".apx-hitmap rect.heatmapcell").count() == NUM_CELLS)
+    poll(f"the hit map's {NUM_CELLS} cells drawn", lambda: len(cell_fills(page)) == NUM_CELLS)
     first = poll("a readout count on the dashboard", lambda: readouts(page) is not None and (readouts(page),))[0]
     poll("the readout count to rise", lambda: (readouts(page) or 0) > first)
     fills = cell_fills(page)
@@ -364,7 +372,7 @@ def test_voila_dashboard_is_live(launch, page):
         # port over from the old one, which Voila shuts down.
         processes = len(marked_processes(env[MARK_VAR]))
         page.reload()
-        poll(f"{NUM_CELLS} hit-map cells after a reload", lambda: page.locator(".apx-hitmap rect.heatmapcell").count() == NUM_CELLS)
+        poll(f"{NUM_CELLS} hit-map cells after a reload", lambda: len(cell_fills(page)) == NUM_CELLS)
         first = poll("a readout count after the reload", lambda: readouts(page) is not None and (readouts(page),))[0]
         poll("the readout count to rise after the reload", lambda: (readouts(page) or 0) > first)
         assert page.locator("text=Not monitoring").count() == 0
@@ -413,7 +421,7 @@ def test_serve_hub_three_pages_at_once_are_live(launch, browser):
             pages.append(page)
         for i, page in enumerate(pages):
             page.bring_to_front()  # a background tab does not render (no animation frames)
-            poll(f"{NUM_CELLS} cells on page {i}", lambda p=page: p.locator(".apx-hitmap rect.heatmapcell").count() == NUM_CELLS)
+            poll(f"{NUM_CELLS} cells on page {i}", lambda p=page: len(cell_fills(p)) == NUM_CELLS)
             first = poll(f"a count on page {i}", lambda p=page: readouts(p) is not None and (readouts(p),))[0]
             poll(f"the count to rise on page {i}", lambda p=page, f=first: (readouts(p) or 0) > f)
             poll(f"colours on page {i}", lambda p=page: len(set(cell_fills(p))) > 3)
@@ -468,7 +476,7 @@ def test_jupyterlab_shift_window_noisy_mask_alarm_and_pixel_drill_down(launch, p
         page.goto(url)
         run_all_cells(page)
         poll("the widget", lambda: page.locator(".apx-hitmap").count() > 0, timeout=120)
-        poll(f"{NUM_CELLS} hit-map cells", lambda: page.locator(".apx-hitmap rect.heatmapcell").count() == NUM_CELLS)
+        poll(f"the hit map's {NUM_CELLS} cells drawn", lambda: len(cell_fills(page)) == NUM_CELLS)
         page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=120_000)
         run_new_cell(
             page,
@@ -480,19 +488,16 @@ def test_jupyterlab_shift_window_noisy_mask_alarm_and_pixel_drill_down(launch, p
         poll("the masked hits on the dashboard", lambda: page.locator(".apx-dashboard .apx-masked-hits").count() > 0)
         poll("the masked pixel in the neutral colour", lambda: {"#c8c8c8", "rgb(200, 200, 200)"} & set(cell_fills(page)))
         poll("the window in the hit map's title", lambda: "last 10 s" in (page.locator(".apx-hitmap .mainheading").first.text_content() or ""))
-        cell = page.locator(".apx-hitmap rect.heatmapcell").nth(17 * 16 + 8)
-        cell.scroll_into_view_if_needed()
-        box = cell.bounding_box()
-        at = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-        page.mouse.click(*at)  # whatever layer is on top of that cell (the mask layer with a mask) gets it
+        at = cell_center(page, 8, 17)
+        page.mouse.click(*at)  # whatever mark is on top of that cell (the mask layer with a mask), the map gets it
         # The panel appears first with its generic title, then with the pixel's.
         spectrum_title = re.compile(r"Pixel column \d+, row \d+: TOT, [\d,]+ hits")
         poll("the selected pixel's spectrum", lambda: spectrum_title.match(pixel_title(page) or ""))
         spectrum = page.locator(".apx-pixel path.area")  # the spectrum: a filled step line
         poll("the pixel's TOT spectrum", lambda: spectrum.count() > 0 and len(spectrum.first.get_attribute("d") or "") > 100)
-        # The mouse is on the cell: the kernel fills the tooltip with its counts.
+        # The mouse is on the cell: the kernel answers with its counts, shown by the mouse.
         page.mouse.move(at[0] + 1, at[1])
-        tooltip = page.locator(".apx-hitmap-tooltip")
+        tooltip = page.locator(".apx-hitmap .apx-matrix-hint")
         poll("the cell's tooltip", lambda: re.match(r"row 17, column 8: ([\d,]+ hits|masked)", tooltip.first.inner_text() if tooltip.count() else ""))
         page.locator(".apx-toolbar").first.evaluate("e => e.scrollIntoView({block: 'start'})")
         page.mouse.move(1, 1)
@@ -501,8 +506,7 @@ def test_jupyterlab_shift_window_noisy_mask_alarm_and_pixel_drill_down(launch, p
         page.screenshot(path=str(ARTIFACTS / "shift.png"))
         # A second click on the same pixel deselects it.
         page.locator(".apx-toolbar").first.evaluate("e => e.scrollIntoView({block: 'start'})")
-        box = cell.bounding_box()
-        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.click(*cell_center(page, 8, 17))
         poll("the pixel panel to hide", lambda: pixel_title(page) == "")
         # Acknowledge: the alarms whose condition cleared go (the colliding ids may still hold "lost").
         run_new_cell(page, "noisy_src.stop()")
@@ -602,7 +606,7 @@ def test_jupyterlab_page_does_not_grow_refresh_after_refresh(launch, page, tmp_p
     with failure_artifacts(page, cmd, ARTIFACTS / "dom-growth-failure"):
         page.goto(url)
         run_all_cells(page)
-        poll(f"{NUM_CELLS} hit-map cells", lambda: page.locator(".apx-hitmap rect.heatmapcell").count() == NUM_CELLS, timeout=120)
+        poll(f"the hit map's {NUM_CELLS} cells drawn", lambda: len(cell_fills(page)) == NUM_CELLS, timeout=120)
         poll("a readout count", lambda: (readouts(page) or 0) > 0)
         page.locator(".apx-toolbar").first.evaluate("e => e.scrollIntoView({block: 'start'})")
         page.mouse.move(1, 1)  # no tooltip
@@ -614,9 +618,7 @@ def test_jupyterlab_page_does_not_grow_refresh_after_refresh(launch, page, tmp_p
         assert_same_elements(page, first)
 
         # A selected pixel: its panel appears, then it does not grow either.
-        cell = page.locator(".apx-hitmap rect.heatmapcell").nth(17 * 16 + 8)
-        box = cell.bounding_box()
-        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.click(*cell_center(page, 8, 17))
         poll("the selected pixel's spectrum", lambda: pixel_title(page).startswith("Pixel column"))
         page.mouse.move(1, 1)
         wait_refreshes(page, 2)
@@ -624,8 +626,7 @@ def test_jupyterlab_page_does_not_grow_refresh_after_refresh(launch, page, tmp_p
         assert with_pixel.total > first.total
         wait_refreshes(page, 20)
         assert_same_elements(page, with_pixel)
-        box = cell.bounding_box()
-        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.click(*cell_center(page, 8, 17))
         poll("the pixel panel to hide", lambda: pixel_title(page) == "")
 
         # A 10 s window and log colours for 20 refreshes, then back to the whole run in linear colours.

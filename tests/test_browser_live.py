@@ -33,6 +33,7 @@ from test_browser import (  # the same browser, page, polls and readers
     ARTIFACTS,
     NUM_CELLS,
     assert_no_js_errors,
+    cell_fills,
     browser,  # noqa: F401 - a fixture
     page,  # noqa: F401 - a fixture
     poll,
@@ -113,7 +114,7 @@ def test_jupyterlab_hidden_page_pauses_and_a_dead_kernel_shows(launch, page, tmp
 
         page.goto(url)
         run_all_cells(page)
-        poll(f"{NUM_CELLS} hit-map cells", lambda: page.locator(".apx-hitmap rect.heatmapcell").count() == NUM_CELLS, timeout=120)
+        poll(f"the hit map's {NUM_CELLS} cells drawn", lambda: len(cell_fills(page)) == NUM_CELLS, timeout=120)
         page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=120_000)
         poll("the liveness element to say live", lambda: liveness(page) == "ok")
         first = poll("a readout count", lambda: readouts(page) is not None and (readouts(page),))[0]

@@ -171,20 +171,16 @@ def test_one_shared_colour_scale_or_one_per_chip():
 
 
 def _click(panel: HitMapPanel, column: int, row: int) -> None:
-    """What the page sends on a click on a cell: the colour canvas's message, or bqplot's of the click layer."""
-    if panel.light is None:
-        panel.heatmap._handle_custom_msg({"event": "click", "row": row, "column": column}, [])
-        return
-    data = {"row": row - 0.5, "column": column - 0.5, "rowNum": row, "columnNum": column}
-    panel.light._handle_custom_msg({"event": "element_click", "data": data}, [])
+    """What the page sends on a click on a cell: the colour canvas's message."""
+    panel.heatmap._handle_custom_msg({"event": "click", "row": row, "column": column}, [])
 
 
-def test_chip_maps_have_no_layer_of_cells_and_their_canvas_answers_clicks_and_hovers(quad):
+def test_maps_have_no_layer_of_cells_and_their_canvas_answers_clicks_and_hovers(quad):
     quad.replay(AstroPix4Simulator(seed=5, chip_ids=(0, 1, 2, 3), hits_per_readout=2).generate(2000).records)
     panel = quad.chip_maps[1]
-    assert panel.light is None and panel.heatmap.pointer
-    assert not [m for m in panel.figure.marks if isinstance(m, bqplot.GridHeatMap)]
-    assert quad.panel(HitMapPanel).light is not None  # the main map keeps bqplot's layer
+    assert panel.heatmap.pointer and quad.panel(HitMapPanel).heatmap.pointer
+    for figure in (panel.figure, quad.panel(HitMapPanel).figure):
+        assert not [m for m in figure.marks if isinstance(m, bqplot.GridHeatMap)]
     counts = quad.chip_hit_map(1).values()
     panel.heatmap._handle_custom_msg({"event": "hover", "row": 20, "column": 9}, [])
     assert panel.heatmap.hint == {"row": 20, "column": 9, "text": f"row 20, column 9, chip 1: {int(counts[9, 20]):,} hits"}

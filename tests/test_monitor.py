@@ -156,12 +156,13 @@ def test_update_display_sends_a_javascript_safe_color_array(monitor):
     assert monitor.heatmap.pixels == color_indices(counts_t := monitor.hit_map.values().T, 0.0, panel.color_scale.max).tobytes()
     assert counts_t.max() > 0 and len(set(monitor.heatmap.pixels)) > 2  # several colours drawn
     assert monitor.heatmap.inset == monitor.figures[0].fig_margin and monitor.figures[0].background_style["fill"] == "none"
-    assert panel.light.tooltip is panel.tooltip and list(monitor.figures[0].marks) == [panel.light]
+    assert list(monitor.figures[0].marks) == [] and monitor.heatmap.pointer  # the canvas catches clicks and hovers
     counts = monitor.hit_map.values().T
     row, column = np.argwhere(counts == counts.max())[0]
-    # What bqplot's front end sends when the mouse enters a cell of the light layer.
-    panel.light._handle_custom_msg({"event": "hover", "data": {"rowNum": int(row), "columnNum": int(column)}}, [])
-    assert panel.tooltip.value == f"row {row}, column {column}: {int(counts.max()):,} hits"
+    # What the colour canvas sends when the mouse enters a cell; the kernel answers with its hint.
+    hover = {"event": "hover", "row": int(row), "column": int(column)}
+    monitor.heatmap._handle_custom_msg(hover, [])
+    assert monitor.heatmap.hint == {"row": row, "column": column, "text": f"row {row}, column {column}: {int(counts.max()):,} hits"}
     assert panel.row_scale.reverse
     overflow = int(monitor.tot_hist.values(flow=True)[-1])
     assert monitor.figures[1].title.endswith(f"overflow > 500 us: {overflow})")
@@ -170,14 +171,14 @@ def test_update_display_sends_a_javascript_safe_color_array(monitor):
     monitor.scale_toggle.value = "log"
     assert monitor.heatmap.color.dtype == np.float32
     assert np.allclose(monitor.heatmap.color, np.log10(1 + counts))
-    assert list(monitor.figures[0].marks) == [panel.light]
-    panel.tooltip.value = ""
-    panel.light._handle_custom_msg({"event": "hover", "data": {"rowNum": int(row), "columnNum": int(column)}}, [])
-    assert panel.tooltip.value == f"row {row}, column {column}: {int(counts.max()):,} hits"
+    assert list(monitor.figures[0].marks) == []
+    monitor.heatmap.hint = {}
+    monitor.heatmap._handle_custom_msg(hover, [])
+    assert monitor.heatmap.hint["text"] == f"row {row}, column {column}: {int(counts.max()):,} hits"
     assert panel.color_axis.label == "" and monitor.figures[0].title == "Hit map: log10(1 + hits)"
     monitor.scale_toggle.value = "linear"
     assert np.array_equal(monitor.heatmap.color, counts)
-    assert list(monitor.figures[0].marks) == [panel.light]
+    assert list(monitor.figures[0].marks) == []
 
 
 def test_the_tot_title_takes_the_overflow_edge_from_the_real_edges():

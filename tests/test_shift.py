@@ -428,10 +428,9 @@ def test_a_click_on_a_pixel_selects_it_and_a_second_click_deselects(monitor):
     monitor.replay(run.records)
     hits = monitor.hit_map.values()
     column, row = _spot(hits)
-    # What bqplot's front end sends on a click on a cell (of the transparent layer that catches clicks).
+    # What the hit map's colour canvas sends on a click on a cell.
     def click() -> None:
-        data = {"row": row, "column": column, "rowNum": row, "columnNum": column}
-        monitor.panel(HitMapPanel).light._handle_custom_msg({"event": "element_click", "data": data}, [])
+        monitor.panel(HitMapPanel).heatmap._handle_custom_msg({"event": "click", "row": row, "column": column}, [])
 
     click()
     assert monitor.selected_pixel == (column, row)

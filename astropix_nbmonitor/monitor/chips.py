@@ -116,9 +116,6 @@ class ChipMapPanel(HitMapPanel):
     """
 
     OWN_CONTROLS = False
-    #: Clicks and hovers by the colour canvas: a layout's maps have no SVG layer of cells
-    #: (16 chips: renderer 11.6% -> 9.1% of a core, ``bench_browser.py --chips 16``).
-    CANVAS_POINTER = True
     css_class = "apx-chipmap"
     title = ""
     #: The hit rate in the title: at most every second while running. The title is the colour

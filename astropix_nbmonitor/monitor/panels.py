@@ -294,12 +294,12 @@ class HitMapPanel(Panel):
     drawn, rows first, as a ``bqplot.HeatMap``'s did. bqplot's own HeatMap
     costs the page a PNG encoding and decoding of the whole plot at every
     refresh, a ``GridHeatMap`` one SVG element per pixel (see
-    ``benchmarks/bench_marks.py``). A transparent ``GridHeatMap`` whose data
-    never change (:attr:`light`) lies on top: it
-    catches the clicks (``element_click`` with the cell's row and column
-    numbers) and the hovers (the tooltip, :attr:`tooltip`, is filled from the
-    counts shown when the kernel gets the hover). Masked pixels are painted
-    by a bqplot HeatMap (:attr:`mask_layer`, sent only when the mask
+    ``benchmarks/bench_marks.py``). The canvas also catches the clicks and
+    hovers over the plot area and names their cell to the kernel (a click
+    selects the pixel, a hover gets the cell's counts back as its hint,
+    :meth:`tooltip_text`): no layer of one SVG element a cell, which the page
+    would lay out and composite again at every change of the figure. Masked
+    pixels are painted by a bqplot HeatMap (:attr:`mask_layer`, sent only when the mask
     changes), noisy pixels and the selected pixel by Scatter markers.
     """
 
@@ -308,10 +308,6 @@ class HitMapPanel(Panel):
     css_class = "apx-hitmap"
     #: Whether the panel adds its scale and reference toggles to the toolbar (a chip map of a layout follows the main map's).
     OWN_CONTROLS = True
-    #: Clicks and hovers caught by the colour canvas (True) or by a transparent ``GridHeatMap`` on
-    #: top (False, :attr:`light`): the latter is one SVG element a cell, which the page lays out
-    #: and composites again at every change of the figure (16 chip maps: 8,960 elements).
-    CANVAS_POINTER = False
 
     def build(self) -> None:
         monitor = self.monitor
@@ -342,15 +338,8 @@ class HitMapPanel(Panel):
         self.color_axis = bqplot.ColorAxis(
             scale=self.color_scale, side="right", label="hits", tick_format="~s", tick_values=integer_ticks(1.0)
         )
-        # The tooltip: a small HTML widget the hover callback fills with the cell's counts.
-        self.tooltip = widgets.HTML("")
-        self.tooltip.add_class("apx-hitmap-tooltip")
-        if self.CANVAS_POINTER:
-            # Clicks and hovers: the colour canvas names the cell under the mouse (no SVG layer).
-            self.light = None
-            self.heatmap.on_cell(self._on_cell)
-        else:
-            self._build_light(num_rows, num_cols)
+        # Clicks and hovers: the colour canvas names the cell under the mouse (no layer of SVG cells).
+        self.heatmap.on_cell(self._on_cell)
         self.figure.axes = [
             bqplot.Axis(scale=col_scale, label="column", tick_values=np.arange(0, num_cols, 3, dtype=np.float64), grid_lines="none"),
             bqplot.Axis(scale=row_scale, side="left", label="row", tick_values=np.arange(0, num_rows, 5, dtype=np.float64), grid_lines="none"),
@@ -369,35 +358,12 @@ class HitMapPanel(Panel):
         self._last: tuple[Any, ...] | None = None
         #: What the map shows now, for the tooltip: (counts [row, column] with NaN when masked, ratio or None).
         self._shown: tuple[np.ndarray, np.ndarray | None] = (np.zeros(self.shape), None)
-        self.figure.marks = self._pointer_marks()
+        self.figure.marks = []
         if self.OWN_CONTROLS:
             self._build_controls()
 
-    def _build_light(self, num_rows: int, num_cols: int) -> None:
-        # The light layer: transparent cells on the cell boundaries, never updated. It has
-        # scales of its own (the same ranges): nothing the map's updates touch makes it redraw.
-        self.light = bqplot.GridHeatMap(
-            row=np.arange(-0.5, num_rows, 1.0),
-            column=np.arange(-0.5, num_cols, 1.0),
-            color=np.zeros((num_rows, num_cols), dtype=np.uint8),
-            scales={
-                "row": bqplot.LinearScale(min=-0.5, max=num_rows - 0.5, reverse=True),
-                "column": bqplot.LinearScale(min=-0.5, max=num_cols - 0.5),
-                "color": bqplot.ColorScale(min=0.0, max=1.0, colors=[_CLEAR, _CLEAR]),
-            },
-            null_color=_CLEAR,
-            stroke=None,
-            tooltip=self.tooltip,
-        )
-        self.light.on_element_click(self._on_element_click)
-        self.light.on_hover(self._on_hover)
-
-    def _pointer_marks(self) -> list[bqplot.Mark]:
-        """The marks on top that catch clicks and hovers: the light layer (none when the canvas does)."""
-        return [] if self.light is None else [self.light]
-
     def _on_cell(self, event: str, column: int, row: int) -> None:
-        """A click or hover the colour canvas reports (:attr:`CANVAS_POINTER`)."""
+        """A click on a cell selects (or deselects) its pixel; a hover answers with the cell's counts as shown now."""
         if event == "click":
             if self.monitor is not None:
                 self.click(column, row)
@@ -420,35 +386,11 @@ class HitMapPanel(Panel):
         self.controls = [box, self.view_box]
 
     def own_widgets(self) -> list[widgets.Widget]:
-        return [self.heatmap, *self._pointer_marks(), self.mask_layer, self.noisy_markers, self.selected_marker, self.tooltip]
-
-    @staticmethod
-    def _cell_of(content: dict[str, Any]) -> tuple[int, int] | None:
-        """``(column, row)`` of the cell an ``element_click`` or ``hover`` message names (None: none)."""
-        data = content.get("data") or content.get("point") or {}
-        try:
-            if "rowNum" in data and "columnNum" in data:
-                return int(data["columnNum"]), int(data["rowNum"])
-            return int(data["column"]), int(data["row"])
-        except (KeyError, TypeError, ValueError):
-            return None
-
-    def _on_element_click(self, _mark: bqplot.Mark, content: dict[str, Any]) -> None:
-        """A click on a cell of the light layer: select or deselect its pixel."""
-        cell = self._cell_of(content)
-        if cell is None or self.monitor is None:
-            return
-        self.click(*cell)
+        return [self.heatmap, self.mask_layer, self.noisy_markers, self.selected_marker]
 
     def click(self, column: int, row: int) -> None:
         """What a click on (column, row) does: the monitor's :meth:`click_pixel`."""
         self.monitor.click_pixel(column, row)
-
-    def _on_hover(self, _mark: bqplot.Mark, content: dict[str, Any]) -> None:
-        """The mouse entered a cell: the tooltip tells its counts (as shown now)."""
-        cell = self._cell_of(content)
-        if cell is not None:
-            self.tooltip.value = self.tooltip_text(*cell)
 
     def tooltip_text(self, column: int, row: int) -> str:
         """The tooltip of pixel (column, row): row, column, hits (and the ratio, masked)."""
@@ -575,7 +517,7 @@ class HitMapPanel(Panel):
             self._draw_ratio(state, reference, counts)
         else:
             self._draw_counts(counts, log, top)
-        marks = [*self.overlay_marks(), *self._pointer_marks()]
+        marks = self.overlay_marks()
         if list(self.figure.marks) != marks:
             self.figure.marks = marks
         self._draw_title(state)
