@@ -47,9 +47,9 @@ __all__ = ["HEARTBEAT_S", "VIEW_TIMEOUT_S", "DEAD_AFTER_S", "Liveness", "CellWat
 logger = logging.getLogger(__name__)
 
 #: Seconds between two heartbeats of a visible page.
-HEARTBEAT_S = 10.0
+HEARTBEAT_S = 5.0
 #: Seconds without a heartbeat after which the kernel considers that no view is shown.
-VIEW_TIMEOUT_S = 30.0
+VIEW_TIMEOUT_S = 20.0
 #: Seconds without a beat after which a visible page says its monitor stopped updating.
 DEAD_AFTER_S = 5.0
 
