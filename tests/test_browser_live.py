@@ -189,10 +189,10 @@ def test_voila_serve_runs_without_offline_buffer_and_shows_liveness(launch, page
 # --------------------------------------------------------------------------
 # The element's front-end code alone, on a blank page with a stand-in model.
 
-_MOUNT = """async (esm) => {
+_MOUNT = """async ([esm, options]) => {
     const mod = await import(URL.createObjectURL(new Blob([esm], {type: "text/javascript"})));
     const handlers = {};
-    const traits = {state: "running", beat: 1700000000, note: "", dead_after: 0.3, heartbeat: 0.1};
+    const traits = {state: "running", beat: 1700000000, note: "", dead_after: 0.3, heartbeat: options.heartbeat || 0.1};
     window.sent = [];
     window.noKernel = false;
     const model = {
@@ -206,8 +206,10 @@ _MOUNT = """async (esm) => {
     monitor.className = "apx-monitor";
     const el = document.createElement("div");
     monitor.appendChild(el);
-    document.body.appendChild(monitor);
+    // A widget's view is rendered first, attached to the page after (options.attachAfter ms).
+    if (!options.attachAfter) { document.body.appendChild(monitor); }
     window.cleanup = mod.default.render({model, el});
+    if (options.attachAfter) { setTimeout(() => document.body.appendChild(monitor), options.attachAfter); }
 }"""
 
 
@@ -216,7 +218,7 @@ def test_liveness_front_end_states_heartbeats_and_no_kernel(page):
 
     esm = Liveness.class_traits()["_esm"].default_value
     page.set_content("<html><body></body></html>")
-    page.evaluate(_MOUNT, esm)
+    page.evaluate(_MOUNT, [esm, {}])
     sent = lambda: page.evaluate("window.sent.length")  # noqa: E731
     text = lambda: page.locator(".apx-liveness .apx-live-line").inner_text()  # noqa: E731
     frozen = lambda: page.locator(".apx-monitor.apx-frozen").count() == 1  # noqa: E731
@@ -259,3 +261,23 @@ def test_liveness_front_end_states_heartbeats_and_no_kernel(page):
     after = sent()
     time.sleep(0.5)
     assert sent() == after
+
+
+def test_liveness_says_the_page_is_shown_as_soon_as_it_is_attached(page):
+    """A view rendered before it is attached (as a widget's is) sends its first heartbeat once on the page.
+
+    With heartbeats every hour, the only heartbeat in the first seconds is the
+    one sent on attaching: without it, a page hidden before the first interval
+    ended would never have armed the kernel's tracker, and never paused.
+    """
+    from astropix_nbmonitor.monitor.liveness import Liveness
+
+    esm = Liveness.class_traits()["_esm"].default_value
+    page.set_content("<html><body></body></html>")
+    page.evaluate(_MOUNT, [esm, {"heartbeat": 3600, "attachAfter": 300}])
+    assert page.evaluate("window.sent.length") == 0  # not on the page yet: nothing said
+    poll("the first heartbeat once attached", lambda: page.evaluate("window.sent.length") == 1, timeout=5)
+    assert page.evaluate("window.sent[0].event") == "heartbeat"
+    time.sleep(0.5)
+    assert page.evaluate("window.sent.length") == 1  # one, not one per poll
+    page.evaluate("window.cleanup()")

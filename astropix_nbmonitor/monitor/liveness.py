@@ -157,10 +157,20 @@ function render({ model, el }) {
   model.on("change:status", showStatus);
   document.addEventListener("visibilitychange", onVisibility);
   const timer = setInterval(() => { heartbeat(); draw(); }, model.get("heartbeat") * 1000);
-  heartbeat();
+  // The first heartbeat as soon as the element is on the page: a widget's view is rendered
+  // before it is attached, and a page hidden before the first interval ended would otherwise
+  // never have said it was shown (the kernel pauses nothing before a first heartbeat).
+  let removed = false, waits = 0;
+  const firstHeartbeat = () => {
+    if (removed) { return; }
+    if (el.isConnected) { heartbeat(); return; }
+    if (waits++ < 1200) { setTimeout(firstHeartbeat, 50); }
+  };
+  firstHeartbeat();
   showStatus();
   draw();
   return () => {
+    removed = true;
     model.off("change:status", showStatus);
     clearInterval(timer);
     document.removeEventListener("visibilitychange", onVisibility);
