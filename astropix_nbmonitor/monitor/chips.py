@@ -120,7 +120,7 @@ class ChipMapPanel(HitMapPanel):
     title = ""
     #: The hit rate in the title: at most every second while running. The title is the colour
     #: canvas's caption (one text node; it travels with the cells' message), not the figure's
-    #: ``title``, whose every change lays the figure out again with its 560 click cells.
+    #: ``title``, whose every change lays the whole figure out again, axes and marks.
     title_interval = 1.0
 
     def __init__(self, figure: bqplot.Figure, monitor: Any, chip_id: int, main: HitMapPanel | None = None) -> None:

@@ -21,9 +21,12 @@ no value), as a ``bqplot.HeatMap``'s ``color`` did.
 element in the figure's top margin, over the plot area: a title whose
 numbers change while data come (a chip map's hit rate) is then one text
 node rewritten, where a change of the bqplot figure's ``title`` lays the
-whole figure out again, axes and marks (one SVG element per cell of its
-click layer): about 8 ms of the page's main thread a refresh for 16 chip
-maps (``benchmarks/bench_browser.py --freeze titles``).
+whole figure out again, axes and marks: about 8 ms of the page's main
+thread a refresh for 16 chip maps (``benchmarks/bench_browser.py --freeze
+titles``). With :attr:`MatrixCanvas.pointer` (:meth:`MatrixCanvas.on_cell`)
+the element also tells the kernel which cell a click or a hover is on, and
+shows the kernel's answer to a hover (:attr:`MatrixCanvas.hint`) by the
+mouse: no layer of one SVG element a cell is needed to catch them.
 """
 
 from __future__ import annotations
