@@ -137,6 +137,20 @@ def poll(what: str, predicate: Callable[[], object], timeout: float = 60.0, inte
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last value {last!r})")
 
 
+def settled_readouts(page, settle: float = 1.0, timeout: float = 15.0) -> int | None:
+    """The dashboard's readout count once it stayed the same for ``settle`` s (two refresh intervals)."""
+    deadline = time.monotonic() + timeout
+    last, since = readouts(page), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = readouts(page)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= settle:
+            return last
+    pytest.fail(f"the readout count kept changing for {timeout:.0f} s after Stop (last {last!r})")
+
+
 def readouts(page) -> int | None:
     """The dashboard's readout count (None while it is not shown)."""
     loc = page.locator(".apx-dashboard .apx-num-readouts")
@@ -191,7 +205,9 @@ def exercise_monitor(page, name: str) -> None:
     # Stop freezes the count.
     page.locator("button.apx-stop").first.click()
     poll("the Start button to be enabled", lambda: page.locator("button.apx-start").first.is_enabled())
-    frozen = poll("the count after Stop", lambda: (readouts(page),))[0]
+    # The buttons may change before the last refresh, which shows the readouts received before
+    # the Stop (the backlog drained): the count settles once, then must not move.
+    frozen = settled_readouts(page)
     time.sleep(2.0)  # four refresh intervals: long enough for a running monitor to count more
     assert readouts(page) == frozen, "the readout count moved after Stop"
 
