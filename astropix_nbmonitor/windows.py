@@ -284,9 +284,9 @@ class PixelDeltas:
         return int(idx.nbytes + cnt.nbytes) + _ENTRY_OVERHEAD
 
     def sparse(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The non-zero flat indices (``index_dtype``) and counts (:func:`compact_counts`) of a flat delta."""
+        """The non-zero flat indices (``index_dtype``) and counts (uint32; :meth:`put` stores them compacted) of a flat delta."""
         nz = np.flatnonzero(delta)
-        return nz.astype(self.index_dtype), compact_counts(delta[nz])
+        return nz.astype(self.index_dtype), delta[nz].astype("<u4")
 
     # ------------------------------------------------------------------ storing
     def put(self, second: int, chip: int, idx: np.ndarray, cnt: np.ndarray) -> None:
